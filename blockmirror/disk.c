@@ -1,0 +1,352 @@
+/* disk.c: local image I/O with write tracking into attached dirty bitmaps. */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "blockmirror/disk.h"
+#include "common/log.h"
+
+struct bm_disk {
+    int fd;
+    uint64_t size;
+    bool readonly;
+    bool blockdev;
+    bool can_punch;
+    char *path;
+    /* Protects bitmaps[] and nbitmaps; writers hold it shared while they mark. */
+    pthread_rwlock_t bitmaps_lock;
+    struct bm_bitmap *bitmaps[BM_DISK_MAX_BITMAPS];
+    unsigned nbitmaps;
+};
+
+int bm_disk_open(const char *path, unsigned open_flags, struct bm_disk **out)
+{
+    bool ro = open_flags & BM_DISK_OPEN_READONLY;
+    int fd = open(path, (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        bm_error("cannot open %s%s: %s", path, ro ? " read-only" : "", strerror(e));
+        return -e;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    uint64_t size;
+    bool blockdev = S_ISBLK(st.st_mode);
+    if (blockdev) {
+        if (ioctl(fd, BLKGETSIZE64, &size) < 0) {
+            int e = errno;
+            bm_error("%s: cannot read block device size: %s", path, strerror(e));
+            close(fd);
+            return -e;
+        }
+    } else if (S_ISREG(st.st_mode)) {
+        size = (uint64_t)st.st_size;
+    } else {
+        bm_error("%s: not a regular file or block device", path);
+        close(fd);
+        return -EINVAL;
+    }
+    struct bm_disk *d = calloc(1, sizeof *d);
+    if (!d || !(d->path = strdup(path))) {
+        free(d);
+        close(fd);
+        return -ENOMEM;
+    }
+    d->fd = fd;
+    d->size = size;
+    d->readonly = ro;
+    d->blockdev = blockdev;
+    d->can_punch = !ro;
+    pthread_rwlock_init(&d->bitmaps_lock, NULL);
+    *out = d;
+    return 0;
+}
+
+void bm_disk_close(struct bm_disk *d)
+{
+    if (!d)
+        return;
+    close(d->fd);
+    pthread_rwlock_destroy(&d->bitmaps_lock);
+    free(d->path);
+    free(d);
+}
+
+uint64_t bm_disk_size(const struct bm_disk *d)
+{
+    return d->size;
+}
+
+const char *bm_disk_path(const struct bm_disk *d)
+{
+    return d->path;
+}
+
+bool bm_disk_is_readonly(const struct bm_disk *d)
+{
+    return d->readonly;
+}
+
+bool bm_disk_is_blockdev(const struct bm_disk *d)
+{
+    return d->blockdev;
+}
+
+bool bm_disk_can_punch(const struct bm_disk *d)
+{
+    return d->can_punch;
+}
+
+static bool in_range(const struct bm_disk *d, uint64_t offset, uint64_t len)
+{
+    return offset <= d->size && len <= d->size - offset;
+}
+
+/* Called after every content-changing operation, whatever its result: a failed write may
+ * still have changed part of the range, so it is marked too. */
+static void mark_dirty(struct bm_disk *d, uint64_t offset, uint64_t len)
+{
+    pthread_rwlock_rdlock(&d->bitmaps_lock);
+    for (unsigned i = 0; i < d->nbitmaps; i++)
+        bm_bitmap_set_range(d->bitmaps[i], offset, len);
+    pthread_rwlock_unlock(&d->bitmaps_lock);
+}
+
+int bm_disk_pread(struct bm_disk *d, void *buf, size_t len, uint64_t offset)
+{
+    if (!in_range(d, offset, len))
+        return -EINVAL;
+    uint8_t *p = buf;
+    while (len > 0) {
+        ssize_t r = pread(d->fd, p, len, (off_t)offset);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (r == 0) {
+            /* A file shrunk under us: what is past its end reads as zeroes. */
+            memset(p, 0, len);
+            return 0;
+        }
+        p += r;
+        len -= (size_t)r;
+        offset += (uint64_t)r;
+    }
+    return 0;
+}
+
+static int write_all(struct bm_disk *d, const void *buf, size_t len, uint64_t offset,
+                     unsigned flags)
+{
+    const uint8_t *p = buf;
+    int rwf = (flags & BM_DISK_FUA) ? RWF_DSYNC : 0;
+    while (len > 0) {
+        struct iovec iov = {.iov_base = (void *)p, .iov_len = len};
+        ssize_t r = pwritev2(d->fd, &iov, 1, (off_t)offset, rwf);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        p += r;
+        len -= (size_t)r;
+        offset += (uint64_t)r;
+    }
+    return 0;
+}
+
+int bm_disk_pwrite(struct bm_disk *d, const void *buf, size_t len, uint64_t offset,
+                   unsigned flags)
+{
+    if (d->readonly)
+        return -EPERM;
+    if (!in_range(d, offset, len))
+        return -EINVAL;
+    int r = write_all(d, buf, len, offset, flags);
+    mark_dirty(d, offset, len);
+    return r;
+}
+
+static int write_zero_buffers(struct bm_disk *d, uint64_t offset, uint64_t len)
+{
+    static const uint8_t zeroes[1 << 16];
+    while (len > 0) {
+        size_t n = len > sizeof zeroes ? sizeof zeroes : (size_t)len;
+        int r = write_all(d, zeroes, n, offset, 0);
+        if (r < 0)
+            return r;
+        offset += n;
+        len -= n;
+    }
+    return 0;
+}
+
+static int try_fallocate(struct bm_disk *d, int mode, uint64_t offset, uint64_t len)
+{
+    if (fallocate(d->fd, mode, (off_t)offset, (off_t)len) == 0)
+        return 0;
+    return -errno;
+}
+
+static bool unsupported(int r)
+{
+    return r == -EOPNOTSUPP || r == -ENOSYS || r == -EINVAL || r == -ENODEV;
+}
+
+static int do_zero(struct bm_disk *d, uint64_t offset, uint64_t len, unsigned flags)
+{
+    int r = -EOPNOTSUPP;
+    if (!(flags & BM_DISK_NO_HOLE))
+        r = try_fallocate(d, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len);
+    if (r < 0 && unsupported(r))
+        r = try_fallocate(d, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, len);
+    if (r < 0 && unsupported(r) && d->blockdev) {
+        uint64_t range[2] = {offset, len};
+        r = ioctl(d->fd, BLKZEROOUT, range) == 0 ? 0 : -errno;
+    }
+    if (r < 0 && unsupported(r)) {
+        if (flags & BM_DISK_FAST)
+            return -ENOTSUP;
+        r = write_zero_buffers(d, offset, len);
+    }
+    if (r == 0 && (flags & BM_DISK_FUA) && fdatasync(d->fd) < 0)
+        r = -errno;
+    return r;
+}
+
+int bm_disk_zero(struct bm_disk *d, uint64_t offset, uint64_t len, unsigned flags)
+{
+    if (d->readonly)
+        return -EPERM;
+    if (!in_range(d, offset, len))
+        return -EINVAL;
+    if (len == 0)
+        return 0;
+    int r = do_zero(d, offset, len, flags);
+    if (r != -ENOTSUP)
+        mark_dirty(d, offset, len);
+    return r;
+}
+
+int bm_disk_trim(struct bm_disk *d, uint64_t offset, uint64_t len, unsigned flags)
+{
+    if (d->readonly)
+        return -EPERM;
+    if (!in_range(d, offset, len))
+        return -EINVAL;
+    if (len == 0)
+        return 0;
+    int r;
+    if (d->blockdev) {
+        uint64_t range[2] = {offset, len};
+        r = ioctl(d->fd, BLKDISCARD, range) == 0 ? 0 : -errno;
+    } else {
+        r = try_fallocate(d, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len);
+    }
+    /* Trim is advisory: a device that cannot discard has done nothing wrong. */
+    if (r < 0 && unsupported(r))
+        r = 0;
+    if (r == 0 && (flags & BM_DISK_FUA) && fdatasync(d->fd) < 0)
+        r = -errno;
+    mark_dirty(d, offset, len);
+    return r;
+}
+
+int bm_disk_flush(struct bm_disk *d)
+{
+    if (fdatasync(d->fd) < 0)
+        return -errno;
+    return 0;
+}
+
+int bm_disk_cache(struct bm_disk *d, uint64_t offset, uint64_t len)
+{
+    if (!in_range(d, offset, len))
+        return -EINVAL;
+    int r = posix_fadvise(d->fd, (off_t)offset, (off_t)len, POSIX_FADV_WILLNEED);
+    return r == 0 || r == ESPIPE ? 0 : -r;
+}
+
+int bm_disk_extents(struct bm_disk *d, uint64_t offset, uint64_t len, struct bm_extent *ext,
+                    size_t max, size_t *n)
+{
+    if (!in_range(d, offset, len) || len == 0 || max == 0)
+        return -EINVAL;
+    uint64_t end = offset + len;
+    size_t k = 0;
+    if (d->blockdev) {
+        ext[0] = (struct bm_extent){offset, len, 0};
+        *n = 1;
+        return 0;
+    }
+    while (offset < end && k < max) {
+        off_t data = lseek(d->fd, (off_t)offset, SEEK_DATA);
+        if (data < 0) {
+            if (errno == ENXIO) {
+                /* No data from here to the end of the file. */
+                ext[k++] = (struct bm_extent){offset, end - offset,
+                                              BM_EXTENT_HOLE | BM_EXTENT_ZERO};
+                break;
+            }
+            /* The filesystem cannot tell: everything is data. */
+            ext[k++] = (struct bm_extent){offset, end - offset, 0};
+            break;
+        }
+        if ((uint64_t)data > offset) {
+            uint64_t hole_end = (uint64_t)data < end ? (uint64_t)data : end;
+            ext[k++] = (struct bm_extent){offset, hole_end - offset,
+                                          BM_EXTENT_HOLE | BM_EXTENT_ZERO};
+            offset = hole_end;
+            continue;
+        }
+        off_t hole = lseek(d->fd, (off_t)offset, SEEK_HOLE);
+        uint64_t data_end = hole < 0 ? end : ((uint64_t)hole < end ? (uint64_t)hole : end);
+        if (data_end <= offset)
+            data_end = end;
+        ext[k++] = (struct bm_extent){offset, data_end - offset, 0};
+        offset = data_end;
+    }
+    *n = k;
+    return 0;
+}
+
+int bm_disk_attach_bitmap(struct bm_disk *d, struct bm_bitmap *b)
+{
+    if (bm_bitmap_size(b) < d->size)
+        return -EINVAL;
+    pthread_rwlock_wrlock(&d->bitmaps_lock);
+    int r = -ENOSPC;
+    if (d->nbitmaps < BM_DISK_MAX_BITMAPS) {
+        d->bitmaps[d->nbitmaps++] = b;
+        r = 0;
+    }
+    pthread_rwlock_unlock(&d->bitmaps_lock);
+    return r;
+}
+
+void bm_disk_detach_bitmap(struct bm_disk *d, struct bm_bitmap *b)
+{
+    pthread_rwlock_wrlock(&d->bitmaps_lock);
+    for (unsigned i = 0; i < d->nbitmaps; i++) {
+        if (d->bitmaps[i] == b) {
+            d->bitmaps[i] = d->bitmaps[--d->nbitmaps];
+            break;
+        }
+    }
+    pthread_rwlock_unlock(&d->bitmaps_lock);
+}

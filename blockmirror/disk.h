@@ -1,0 +1,71 @@
+/* disk.h: bm_disk, the one way anyone reads or writes a guest or exported disk image. */
+#ifndef BM_BLOCKMIRROR_DISK_H
+#define BM_BLOCKMIRROR_DISK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/bitmap.h"
+
+/*
+ * A bm_disk wraps a local image (regular file or block device) opened once and shared by all
+ * its users and threads.  Every operation that can change contents (write, zero, trim) marks the
+ * blocks it touched in every attached dirty bitmap *after* the operation has returned, so a
+ * mirror that clears a bit before reading the block never misses a write (the ordering
+ * invariant).  All calls are thread-safe; they return 0 or -errno.
+ */
+struct bm_disk;
+
+/* Open flags. */
+#define BM_DISK_OPEN_READONLY 1u
+
+/* Operation flags. */
+#define BM_DISK_FUA 1u     /* data is on stable storage when the call returns */
+#define BM_DISK_NO_HOLE 2u /* zero: leave the range allocated */
+#define BM_DISK_FAST 4u    /* zero: fail with -ENOTSUP instead of writing zeroes slowly */
+
+/* Extent flags (the NBD base:allocation bits). */
+#define BM_EXTENT_HOLE 1u
+#define BM_EXTENT_ZERO 2u
+
+struct bm_extent {
+    uint64_t offset;
+    uint64_t length;
+    uint32_t flags;
+};
+
+/* The most bitmaps one disk tracks into at once. */
+#define BM_DISK_MAX_BITMAPS 8
+
+int bm_disk_open(const char *path, unsigned open_flags, struct bm_disk **out);
+void bm_disk_close(struct bm_disk *d);
+
+uint64_t bm_disk_size(const struct bm_disk *d);
+const char *bm_disk_path(const struct bm_disk *d);
+bool bm_disk_is_readonly(const struct bm_disk *d);
+bool bm_disk_is_blockdev(const struct bm_disk *d);
+/* True when zeroing and trimming can punch holes (so WRITE_ZEROES is fast). */
+bool bm_disk_can_punch(const struct bm_disk *d);
+
+/* Ranges must lie within [0, size): callers check bounds; these return -EINVAL otherwise. */
+int bm_disk_pread(struct bm_disk *d, void *buf, size_t len, uint64_t offset);
+int bm_disk_pwrite(struct bm_disk *d, const void *buf, size_t len, uint64_t offset,
+                   unsigned flags);
+int bm_disk_zero(struct bm_disk *d, uint64_t offset, uint64_t len, unsigned flags);
+int bm_disk_trim(struct bm_disk *d, uint64_t offset, uint64_t len, unsigned flags);
+int bm_disk_flush(struct bm_disk *d);
+/* Hint that a range will be read soon. */
+int bm_disk_cache(struct bm_disk *d, uint64_t offset, uint64_t len);
+
+/* Describe [offset, offset + len) as consecutive extents starting at offset, at most max of
+ * them (they may cover less than len). Sets *n (>= 1 on success). */
+int bm_disk_extents(struct bm_disk *d, uint64_t offset, uint64_t len, struct bm_extent *ext,
+                    size_t max, size_t *n);
+
+/* Dirty tracking. The bitmap must cover the disk's size; -ENOSPC if BM_DISK_MAX_BITMAPS are
+ * attached already. A detached bitmap sees no further writes once detach returns. */
+int bm_disk_attach_bitmap(struct bm_disk *d, struct bm_bitmap *b);
+void bm_disk_detach_bitmap(struct bm_disk *d, struct bm_bitmap *b);
+
+#endif

@@ -1,0 +1,7 @@
+/* cli.h: the blkmig subcommands, each an entry point taking its own argv. */
+#ifndef BM_CLI_CLI_H
+#define BM_CLI_CLI_H
+
+int cmd_nbd_serve(int argc, char **argv);
+
+#endif

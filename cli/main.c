@@ -1,0 +1,53 @@
+/* main.c: the blkmig command: dispatch to subcommands. */
+#include <config.h>
+
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+
+static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *summary;
+} commands[] = {
+    {"nbd-serve", cmd_nbd_serve, "serve disk images over NBD (fast, multi-connection)"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: blkmig COMMAND [OPTIONS...]\n"
+            "       blkmig --help | --version\n"
+            "\n"
+            "blkmig live-migrates virtual machines with their local disks, and mirrors and\n"
+            "serves disk images over NBD.\n"
+            "\n"
+            "Commands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "\n'blkmig COMMAND --help' describes a command; man blkmig-COMMAND has more.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "-V") == 0) {
+        printf("blkmig %s\n", PACKAGE_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(cmd, commands[i].name) == 0)
+            return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "blkmig: unknown command '%s'\n\n", cmd);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,292 @@
+/* nbd-serve.c: `blkmig nbd-serve`, export files and block devices over NBD. */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "blockmirror/disk.h"
+#include "cli/cli.h"
+#include "common/log.h"
+#include "common/parse.h"
+#include "nbd/inject.h"
+#include "nbd/server.h"
+
+#define MAX_EXPORTS 64
+
+static struct nbd_server *the_server;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    if (the_server)
+        nbd_server_shutdown(the_server);
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "Usage: blkmig nbd-serve [OPTIONS] [PATH]\n"
+        "       blkmig nbd-serve [OPTIONS] --export NAME=PATH [--export NAME=PATH]...\n"
+        "\n"
+        "Serve files or block devices over the NBD protocol (fixed newstyle, structured\n"
+        "replies, base:allocation, multi-conn). A bare PATH is the default export (\"\").\n"
+        "\n"
+        "Where to listen:\n"
+        "  -p, --port N          TCP port (default 10809)\n"
+        "  -b, --bind ADDR       address to listen on (default: all)\n"
+        "  -u, --unix PATH       listen on a unix socket instead of TCP\n"
+        "Exports:\n"
+        "  -e, --export NAME=PATH  export PATH under NAME (repeatable)\n"
+        "  -r, --readonly        refuse writes on every export\n"
+        "Limits:\n"
+        "  -s, --shared N        serve at most N connections at once (default 64)\n"
+        "  -t, --threads N       worker threads per connection (default 16)\n"
+        "Process:\n"
+        "  -f, --foreground      stay in the foreground (default: detach once listening)\n"
+        "  -P, --pid-file FILE   write the server's process id to FILE\n"
+        "  -l, --log-level L     error, warn, info or debug (default warn)\n"
+        "Fault injection (for testing NBD clients):\n"
+        "  -i, --inject SPEC     OPS:key=value[:key=value]..., for example\n"
+        "                          write:error=EIO:rate=0.01   read:delay=5ms\n"
+        "                          flush:error=EIO:after=100   all:error=EIO:count=3\n"
+        "                        OPS: read write flush trim zero block-status cache all\n"
+        "                        keys: error delay rate after count (see the man page)\n"
+        "      --seed N          seed for --inject rates (default 0): same seed, same faults\n"
+        "  -h, --help            show this help\n"
+        "\n"
+        "SIGTERM or SIGINT stop accepting, finish in-flight requests and exit 0.\n");
+}
+
+struct export_arg {
+    char *name;
+    const char *path;
+    struct bm_disk *disk;
+};
+
+static int write_pid_file(const char *path, pid_t pid)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        bm_error("cannot write pid file %s: %s", path, strerror(errno));
+        return -1;
+    }
+    fprintf(f, "%ld\n", (long)pid);
+    if (fclose(f) != 0) {
+        bm_error("cannot write pid file %s: %s", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* Detach: the parent reports the child's pid and exits; the child carries on serving. */
+static int daemonize(const char *pid_file)
+{
+    pid_t pid = fork();
+    if (pid < 0) {
+        bm_error("fork: %s", strerror(errno));
+        return -1;
+    }
+    if (pid > 0) {
+        if (pid_file && write_pid_file(pid_file, pid) < 0) {
+            kill(pid, SIGTERM);
+            _exit(1);
+        }
+        _exit(0);
+    }
+    setsid();
+    if (chdir("/") < 0)
+        return -1;
+    int fd = open("/dev/null", O_RDWR);
+    if (fd >= 0) {
+        dup2(fd, STDIN_FILENO);
+        dup2(fd, STDOUT_FILENO);
+        if (fd > STDERR_FILENO)
+            close(fd);
+    }
+    return 0;
+}
+
+static int parse_export(const char *arg, struct export_arg *e)
+{
+    const char *eq = strchr(arg, '=');
+    if (!eq || eq[1] == '\0') {
+        bm_error("--export %s: expected NAME=PATH", arg);
+        return -1;
+    }
+    e->name = strndup(arg, (size_t)(eq - arg));
+    e->path = eq + 1;
+    return e->name ? 0 : -1;
+}
+
+int cmd_nbd_serve(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"port", required_argument, NULL, 'p'},     {"bind", required_argument, NULL, 'b'},
+        {"unix", required_argument, NULL, 'u'},     {"export", required_argument, NULL, 'e'},
+        {"readonly", no_argument, NULL, 'r'},       {"read-only", no_argument, NULL, 'r'},
+        {"shared", required_argument, NULL, 's'},   {"threads", required_argument, NULL, 't'},
+        {"foreground", no_argument, NULL, 'f'},     {"pid-file", required_argument, NULL, 'P'},
+        {"log-level", required_argument, NULL, 'l'}, {"inject", required_argument, NULL, 'i'},
+        {"seed", required_argument, NULL, 'S'},     {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    bm_log_set_prefix("blkmig nbd-serve");
+    const char *port = NULL, *bind_addr = NULL, *unix_path = NULL, *pid_file = NULL;
+    bool readonly = false, foreground = false;
+    uint64_t shared = 64, threads = 16, seed = 0;
+    struct export_arg exports[MAX_EXPORTS];
+    unsigned nexports = 0;
+    static struct nbd_inject inject;
+    char err[256];
+    int status = 1;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "p:b:u:e:rs:t:fP:l:i:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'p': {
+            uint64_t v;
+            if (bm_parse_u64(optarg, 1, 65535, &v) < 0) {
+                bm_error("--port %s: expected a port number from 1 to 65535", optarg);
+                return 2;
+            }
+            port = optarg;
+            break;
+        }
+        case 'b': bind_addr = optarg; break;
+        case 'u': unix_path = optarg; break;
+        case 'e':
+            if (nexports >= MAX_EXPORTS) {
+                bm_error("too many exports (at most %d)", MAX_EXPORTS);
+                return 2;
+            }
+            if (parse_export(optarg, &exports[nexports]) < 0)
+                return 2;
+            nexports++;
+            break;
+        case 'r': readonly = true; break;
+        case 's':
+            if (bm_parse_u64(optarg, 1, 4096, &shared) < 0) {
+                bm_error("--shared %s: expected a number from 1 to 4096", optarg);
+                return 2;
+            }
+            break;
+        case 't':
+            if (bm_parse_u64(optarg, 1, 256, &threads) < 0) {
+                bm_error("--threads %s: expected a number from 1 to 256", optarg);
+                return 2;
+            }
+            break;
+        case 'f': foreground = true; break;
+        case 'P': pid_file = optarg; break;
+        case 'l': {
+            enum bm_log_level lvl;
+            if (bm_log_parse_level(optarg, &lvl) < 0) {
+                bm_error("--log-level %s: expected error, warn, info or debug", optarg);
+                return 2;
+            }
+            bm_log_set_level(lvl);
+            break;
+        }
+        case 'i':
+            if (nbd_inject_parse(&inject, optarg, err, sizeof err) < 0) {
+                bm_error("--inject %s", err);
+                return 2;
+            }
+            break;
+        case 'S':
+            if (bm_parse_u64(optarg, 0, UINT64_MAX, &seed) < 0) {
+                bm_error("--seed %s: expected a whole number", optarg);
+                return 2;
+            }
+            break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    for (int i = optind; i < argc; i++) {
+        if (nexports >= MAX_EXPORTS) {
+            bm_error("too many exports (at most %d)", MAX_EXPORTS);
+            return 2;
+        }
+        exports[nexports].name = strdup("");
+        exports[nexports].path = argv[i];
+        nexports++;
+    }
+    if (nexports == 0) {
+        bm_error("nothing to export: give a PATH or --export NAME=PATH (see --help)");
+        return 2;
+    }
+    if (unix_path && (port || bind_addr)) {
+        bm_error("--unix cannot be combined with --port or --bind");
+        return 2;
+    }
+    inject.seed = seed;
+
+    struct nbd_server_config cfg = {.max_connections = (unsigned)shared,
+                                    .threads_per_conn = (unsigned)threads,
+                                    .inject = inject.nrules ? &inject : NULL};
+    struct nbd_server *s = nbd_server_new(&cfg);
+    if (!s) {
+        bm_error("cannot create the server: %s", strerror(errno));
+        return 1;
+    }
+    for (unsigned i = 0; i < nexports; i++)
+        exports[i].disk = NULL;
+    for (unsigned i = 0; i < nexports; i++) {
+        int r = bm_disk_open(exports[i].path, readonly ? BM_DISK_OPEN_READONLY : 0,
+                             &exports[i].disk);
+        if (r < 0 && r == -EACCES && !readonly) {
+            bm_error("%s: open it with --readonly to serve it read-only", exports[i].path);
+            goto out;
+        }
+        if (r < 0)
+            goto out;
+        r = nbd_server_add_export(s, exports[i].name, NULL, exports[i].disk, readonly);
+        if (r == -EEXIST) {
+            bm_error("export name '%s' given twice", exports[i].name);
+            goto out;
+        }
+        if (r < 0) {
+            bm_error("export '%s': %s", exports[i].name, strerror(-r));
+            goto out;
+        }
+    }
+    int r = unix_path ? nbd_server_listen_unix(s, unix_path)
+                      : nbd_server_listen_tcp(s, bind_addr, port ? port : "10809");
+    if (r < 0)
+        goto out;
+
+    if (!foreground) {
+        if (daemonize(pid_file) < 0)
+            goto out;
+    } else if (pid_file && write_pid_file(pid_file, getpid()) < 0) {
+        goto out;
+    }
+    the_server = s;
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    bm_info("serving %u export%s", nexports, nexports == 1 ? "" : "s");
+    status = nbd_server_run(s) < 0 ? 1 : 0;
+    the_server = NULL;
+    if (pid_file)
+        unlink(pid_file);
+out:
+    if (nbd_server_connections(s) > 0)
+        return status; /* threads still running after the drain timeout: exit leaves it */
+    nbd_server_free(s);
+    for (unsigned i = 0; i < nexports; i++) {
+        bm_disk_close(exports[i].disk);
+        free(exports[i].name);
+    }
+    return status;
+}

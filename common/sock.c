@@ -1,0 +1,125 @@
+/* sock.c: socket setup helpers shared by servers and clients. */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/sock.h"
+
+int bm_listen_tcp(const char *host, const char *port, int *fds, int max)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_ADDRCONFIG};
+    struct addrinfo *res;
+    int r = getaddrinfo(host, port, &hints, &res);
+    if (r != 0) {
+        bm_error("cannot resolve %s:%s: %s", host ? host : "*", port, gai_strerror(r));
+        return -EINVAL;
+    }
+    int n = 0, last_err = 0;
+    for (struct addrinfo *ai = res; ai && n < max; ai = ai->ai_next) {
+        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0) {
+            last_err = errno;
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (ai->ai_family == AF_INET6)
+            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 128) < 0) {
+            last_err = errno;
+            close(fd);
+            continue;
+        }
+        fds[n++] = fd;
+    }
+    freeaddrinfo(res);
+    if (n == 0) {
+        bm_error("cannot listen on %s:%s: %s", host ? host : "*", port, strerror(last_err));
+        return -(last_err ? last_err : EADDRNOTAVAIL);
+    }
+    return n;
+}
+
+int bm_listen_unix(const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path) {
+        bm_error("unix socket path too long (max %zu bytes): %s", sizeof sa.sun_path - 1, path);
+        return -ENAMETOOLONG;
+    }
+    strcpy(sa.sun_path, path);
+    struct stat st;
+    if (lstat(path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode)) {
+            bm_error("%s exists and is not a socket; refusing to replace it", path);
+            return -EEXIST;
+        }
+        unlink(path);
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 128) < 0) {
+        int e = errno;
+        bm_error("cannot listen on unix socket %s: %s", path, strerror(e));
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+int bm_connect(const char *host, const char *port)
+{
+    if (host && host[0] == '/') {
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        if (strlen(host) >= sizeof sa.sun_path)
+            return -ENAMETOOLONG;
+        strcpy(sa.sun_path, host);
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            return -errno;
+        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+            int e = errno;
+            close(fd);
+            return -e;
+        }
+        return fd;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res;
+    if (getaddrinfo(host, port, &hints, &res) != 0)
+        return -EINVAL;
+    int fd = -ECONNREFUSED;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        int s = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        if (s < 0)
+            continue;
+        if (connect(s, ai->ai_addr, ai->ai_addrlen) == 0) {
+            fd = s;
+            break;
+        }
+        fd = -errno;
+        close(s);
+    }
+    freeaddrinfo(res);
+    if (fd >= 0)
+        bm_sock_nodelay(fd);
+    return fd;
+}
+
+void bm_sock_nodelay(int fd)
+{
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}

@@ -1,0 +1,17 @@
+/* sock.h: listening and connecting sockets (TCP over every resolved address, or unix). */
+#ifndef BM_COMMON_SOCK_H
+#define BM_COMMON_SOCK_H
+
+#include <stddef.h>
+
+/* Listen on every address host (NULL = all) resolves to, port given as a string. Stores up to
+ * max fds in fds; returns how many (>= 1) or -errno, after logging why. */
+int bm_listen_tcp(const char *host, const char *port, int *fds, int max);
+/* Listen on a unix socket path (an existing socket file is replaced). Returns fd or -errno. */
+int bm_listen_unix(const char *path);
+/* Connect to host:port (TCP) or, if host starts with '/', to a unix path. Returns fd or -errno. */
+int bm_connect(const char *host, const char *port);
+/* TCP_NODELAY where the socket is TCP (ignored otherwise). */
+void bm_sock_nodelay(int fd);
+
+#endif

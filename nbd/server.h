@@ -1,0 +1,42 @@
+/* server.h: the NBD server API: exports bm_disks over TCP or unix sockets. */
+#ifndef BM_NBD_SERVER_H
+#define BM_NBD_SERVER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "blockmirror/disk.h"
+#include "nbd/inject.h"
+
+struct nbd_server;
+
+struct nbd_server_config {
+    unsigned max_connections;  /* connections served at once; more are refused (default 64) */
+    unsigned threads_per_conn; /* worker threads per connection, grown on demand (default 16) */
+    struct nbd_inject *inject; /* fault injection rules, or NULL */
+};
+
+/* The largest READ/WRITE/CACHE payload served; larger requests get EINVAL. */
+#define NBD_SERVER_MAX_PAYLOAD (32u * 1024 * 1024)
+#define NBD_SERVER_PREFERRED_BLOCK 4096u
+
+/* Returns NULL with errno on failure. */
+struct nbd_server *nbd_server_new(const struct nbd_server_config *cfg);
+/* Export disk under name ("" is the default export). The disk must outlive the server.
+ * Returns 0, -EEXIST for a duplicate name, -EINVAL for a name over 4096 bytes. */
+int nbd_server_add_export(struct nbd_server *s, const char *name, const char *description,
+                          struct bm_disk *disk, bool readonly);
+/* Listen on every address host resolves to (NULL = all), or on a unix socket path. */
+int nbd_server_listen_tcp(struct nbd_server *s, const char *host, const char *port);
+int nbd_server_listen_unix(struct nbd_server *s, const char *path);
+/* Serve until nbd_server_shutdown(): then stop accepting, stop reading new requests, let
+ * in-flight requests finish and reply, close every connection, and return 0. */
+int nbd_server_run(struct nbd_server *s);
+/* Async-signal-safe: ask nbd_server_run() to drain and return. */
+void nbd_server_shutdown(struct nbd_server *s);
+/* Connections open now. */
+unsigned nbd_server_connections(struct nbd_server *s);
+/* Free a server whose run has returned (or never started). Removes its unix socket file. */
+void nbd_server_free(struct nbd_server *s);
+
+#endif
