@@ -38,9 +38,11 @@ int nbd_inject_errno_from_name(const char *name)
 static int parse_ops(const char *s, size_t len, unsigned *ops)
 {
     *ops = 0;
-    while (len > 0) {
+    for (;;) {
         const char *comma = memchr(s, ',', len);
         size_t n = comma ? (size_t)(comma - s) : len;
+        if (n == 0)
+            return -EINVAL;
         unsigned bit = 0;
         for (size_t i = 0; i < sizeof op_names / sizeof op_names[0]; i++)
             if (strlen(op_names[i].name) == n && strncmp(s, op_names[i].name, n) == 0)

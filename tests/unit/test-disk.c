@@ -1,0 +1,210 @@
+/* test-disk.c: unit tests for blockmirror/disk (I/O, bounds, extents, write tracking). */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "blockmirror/disk.h"
+
+#define SIZE (8u << 20)
+#define GRAN 65536u
+
+struct fixture {
+    char path[64];
+    struct bm_disk *d;
+    struct bm_bitmap *b;
+};
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof *f);
+    strcpy(f->path, "/tmp/blkmig-test-disk.XXXXXX");
+    int fd = mkstemp(f->path);
+    if (fd < 0 || ftruncate(fd, SIZE) < 0)
+        return -1;
+    close(fd);
+    if (bm_disk_open(f->path, 0, &f->d) < 0)
+        return -1;
+    f->b = bm_bitmap_new(SIZE, GRAN);
+    if (bm_disk_attach_bitmap(f->d, f->b) < 0)
+        return -1;
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    bm_disk_close(f->d);
+    bm_bitmap_free(f->b);
+    unlink(f->path);
+    free(f);
+    return 0;
+}
+
+static void test_open_errors(void **state)
+{
+    (void)state;
+    struct bm_disk *d;
+    assert_int_equal(bm_disk_open("/nonexistent/blkmig", 0, &d), -ENOENT);
+    assert_int_equal(bm_disk_open("/tmp", 0, &d), -EISDIR);
+}
+
+static void test_rw_and_tracking(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t buf[8192], back[8192];
+    memset(buf, 0xab, sizeof buf);
+    assert_int_equal(bm_disk_size(f->d), SIZE);
+    assert_int_equal(bm_bitmap_count(f->b), 0);
+    /* 8 KiB straddling the first block boundary dirties blocks 0 and 1. */
+    assert_int_equal(bm_disk_pwrite(f->d, buf, sizeof buf, GRAN - 4096, 0), 0);
+    assert_int_equal(bm_bitmap_count(f->b), 2);
+    assert_true(bm_bitmap_test(f->b, 0) && bm_bitmap_test(f->b, 1));
+    assert_int_equal(bm_disk_pread(f->d, back, sizeof back, GRAN - 4096), 0);
+    assert_memory_equal(buf, back, sizeof buf);
+    /* Reads do not dirty. */
+    assert_int_equal(bm_disk_pread(f->d, back, sizeof back, 5 * GRAN), 0);
+    assert_false(bm_bitmap_test(f->b, 5));
+    /* FUA writes, zeroes and trims dirty too. */
+    assert_int_equal(bm_disk_pwrite(f->d, buf, 512, 3 * GRAN, BM_DISK_FUA), 0);
+    assert_true(bm_bitmap_test(f->b, 3));
+    assert_int_equal(bm_disk_zero(f->d, 10 * GRAN, GRAN, 0), 0);
+    assert_true(bm_bitmap_test(f->b, 10));
+    assert_int_equal(bm_disk_trim(f->d, 20 * GRAN, 2 * GRAN, 0), 0);
+    assert_true(bm_bitmap_test(f->b, 20) && bm_bitmap_test(f->b, 21));
+    assert_int_equal(bm_bitmap_count(f->b), 6);
+    /* Zeroed data reads back as zero. */
+    assert_int_equal(bm_disk_zero(f->d, GRAN - 4096, 8192, BM_DISK_NO_HOLE), 0);
+    assert_int_equal(bm_disk_pread(f->d, back, sizeof back, GRAN - 4096), 0);
+    memset(buf, 0, sizeof buf);
+    assert_memory_equal(buf, back, sizeof back);
+    assert_int_equal(bm_disk_flush(f->d), 0);
+}
+
+static void test_bounds(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t buf[512] = {0};
+    assert_int_equal(bm_disk_pread(f->d, buf, 512, SIZE - 256), -EINVAL);
+    assert_int_equal(bm_disk_pwrite(f->d, buf, 512, SIZE, 0), -EINVAL);
+    assert_int_equal(bm_disk_pwrite(f->d, buf, 512, UINT64_MAX - 10, 0), -EINVAL);
+    assert_int_equal(bm_disk_zero(f->d, SIZE - 1, 2, 0), -EINVAL);
+    assert_int_equal(bm_disk_trim(f->d, UINT64_MAX, 1, 0), -EINVAL);
+    assert_int_equal(bm_bitmap_count(f->b), 0); /* rejected requests dirty nothing */
+}
+
+static void test_detach(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t buf[512] = {1};
+    struct bm_bitmap *second = bm_bitmap_new(SIZE, 4096);
+    assert_int_equal(bm_disk_attach_bitmap(f->d, second), 0);
+    assert_int_equal(bm_disk_pwrite(f->d, buf, 512, 0, 0), 0);
+    assert_true(bm_bitmap_test(second, 0) && bm_bitmap_test(f->b, 0));
+    bm_disk_detach_bitmap(f->d, second);
+    assert_int_equal(bm_disk_pwrite(f->d, buf, 512, 4096, 0), 0);
+    assert_false(bm_bitmap_test(second, 1));
+    assert_true(bm_bitmap_test(f->b, 0));
+    bm_bitmap_free(second);
+    struct bm_bitmap *small = bm_bitmap_new(SIZE / 2, 4096);
+    assert_int_equal(bm_disk_attach_bitmap(f->d, small), -EINVAL);
+    bm_bitmap_free(small);
+}
+
+static void test_extents(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t buf[65536];
+    memset(buf, 7, sizeof buf);
+    assert_int_equal(bm_disk_pwrite(f->d, buf, sizeof buf, 1 << 20, 0), 0);
+    struct bm_extent e[16];
+    size_t n;
+    assert_int_equal(bm_disk_extents(f->d, 0, SIZE, e, 16, &n), 0);
+    assert_int_equal(n, 3);
+    assert_int_equal(e[0].offset, 0);
+    assert_int_equal(e[0].length, 1 << 20);
+    assert_int_equal(e[0].flags, BM_EXTENT_HOLE | BM_EXTENT_ZERO);
+    assert_int_equal(e[1].offset, 1 << 20);
+    assert_int_equal(e[1].length, 65536);
+    assert_int_equal(e[1].flags, 0);
+    assert_int_equal(e[2].offset + e[2].length, SIZE);
+    /* At most max extents, starting at offset. */
+    assert_int_equal(bm_disk_extents(f->d, 4096, SIZE - 4096, e, 1, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(e[0].offset, 4096);
+    assert_int_equal(bm_disk_extents(f->d, 0, SIZE + 1, e, 16, &n), -EINVAL);
+    /* Trim punches a hole back. */
+    assert_int_equal(bm_disk_trim(f->d, 1 << 20, 65536, 0), 0);
+    assert_int_equal(bm_disk_extents(f->d, 0, SIZE, e, 16, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(e[0].flags, BM_EXTENT_HOLE | BM_EXTENT_ZERO);
+}
+
+static void test_readonly(void **state)
+{
+    struct fixture *f = *state;
+    struct bm_disk *ro;
+    assert_int_equal(bm_disk_open(f->path, BM_DISK_OPEN_READONLY, &ro), 0);
+    uint8_t buf[512] = {0};
+    assert_true(bm_disk_is_readonly(ro));
+    assert_int_equal(bm_disk_pwrite(ro, buf, 512, 0, 0), -EPERM);
+    assert_int_equal(bm_disk_zero(ro, 0, 512, 0), -EPERM);
+    assert_int_equal(bm_disk_trim(ro, 0, 512, 0), -EPERM);
+    assert_int_equal(bm_disk_pread(ro, buf, 512, 0), 0);
+    bm_disk_close(ro);
+}
+
+struct writer_arg {
+    struct bm_disk *d;
+    unsigned id;
+};
+
+static void *writer(void *p)
+{
+    struct writer_arg *a = p;
+    uint8_t buf[4096];
+    memset(buf, (int)a->id, sizeof buf);
+    for (unsigned i = 0; i < 32; i++)
+        bm_disk_pwrite(a->d, buf, sizeof buf, ((uint64_t)i * 4 + a->id) * GRAN, 0);
+    return NULL;
+}
+
+/* Writers on four threads: every block any of them wrote is dirty, and nothing else. */
+static void test_concurrent_writers(void **state)
+{
+    struct fixture *f = *state;
+    pthread_t t[4];
+    struct writer_arg a[4];
+    for (unsigned i = 0; i < 4; i++) {
+        a[i] = (struct writer_arg){f->d, i};
+        pthread_create(&t[i], NULL, writer, &a[i]);
+    }
+    for (unsigned i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+    assert_int_equal(bm_bitmap_count(f->b), 128);
+    assert_int_equal(bm_bitmap_next_clear(f->b, 0), UINT64_MAX); /* all 128 blocks */
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_open_errors),
+        cmocka_unit_test_setup_teardown(test_rw_and_tracking, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bounds, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_detach, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_extents, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_readonly, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_writers, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
