@@ -21,7 +21,6 @@ struct bm_disk {
     uint64_t size;
     bool readonly;
     bool blockdev;
-    bool can_punch;
     char *path;
     /* Protects bitmaps[] and nbitmaps; writers hold it shared while they mark. */
     pthread_rwlock_t bitmaps_lock;
@@ -70,7 +69,6 @@ int bm_disk_open(const char *path, unsigned open_flags, struct bm_disk **out)
     d->size = size;
     d->readonly = ro;
     d->blockdev = blockdev;
-    d->can_punch = !ro;
     pthread_rwlock_init(&d->bitmaps_lock, NULL);
     *out = d;
     return 0;
@@ -104,11 +102,6 @@ bool bm_disk_is_readonly(const struct bm_disk *d)
 bool bm_disk_is_blockdev(const struct bm_disk *d)
 {
     return d->blockdev;
-}
-
-bool bm_disk_can_punch(const struct bm_disk *d)
-{
-    return d->can_punch;
 }
 
 static bool in_range(const struct bm_disk *d, uint64_t offset, uint64_t len)
@@ -213,6 +206,9 @@ static int do_zero(struct bm_disk *d, uint64_t offset, uint64_t len, unsigned fl
     int r = -EOPNOTSUPP;
     if (!(flags & BM_DISK_NO_HOLE))
         r = try_fallocate(d, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len);
+    /* On a block device only an unmap is sure to be fast; zero-range may write zeroes. */
+    if (r < 0 && unsupported(r) && d->blockdev && (flags & BM_DISK_FAST))
+        return -ENOTSUP;
     if (r < 0 && unsupported(r))
         r = try_fallocate(d, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, len);
     if (r < 0 && unsupported(r) && d->blockdev) {

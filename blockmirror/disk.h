@@ -45,8 +45,6 @@ uint64_t bm_disk_size(const struct bm_disk *d);
 const char *bm_disk_path(const struct bm_disk *d);
 bool bm_disk_is_readonly(const struct bm_disk *d);
 bool bm_disk_is_blockdev(const struct bm_disk *d);
-/* True when zeroing and trimming can punch holes (so WRITE_ZEROES is fast). */
-bool bm_disk_can_punch(const struct bm_disk *d);
 
 /* Ranges must lie within [0, size): callers check bounds; these return -EINVAL otherwise. */
 int bm_disk_pread(struct bm_disk *d, void *buf, size_t len, uint64_t offset);

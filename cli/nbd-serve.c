@@ -113,6 +113,20 @@ static int daemonize(const char *pid_file)
     return 0;
 }
 
+/* The server detaches into "/", so paths it removes at exit must not be relative. */
+static char *absolute_path(const char *path)
+{
+    if (path[0] == '/')
+        return strdup(path);
+    char cwd[4096];
+    if (!getcwd(cwd, sizeof cwd))
+        return NULL;
+    char *abs;
+    if (asprintf(&abs, "%s/%s", cwd, path) < 0)
+        return NULL;
+    return abs;
+}
+
 static int parse_export(const char *arg, struct export_arg *e)
 {
     const char *eq = strchr(arg, '=');
@@ -228,6 +242,14 @@ int cmd_nbd_serve(int argc, char **argv)
         return 2;
     }
     inject.seed = seed;
+    char *abs_unix = NULL, *abs_pid = NULL;
+    if ((unix_path && !(abs_unix = absolute_path(unix_path))) ||
+        (pid_file && !(abs_pid = absolute_path(pid_file)))) {
+        bm_error("cannot resolve the current directory: %s", strerror(errno));
+        return 1;
+    }
+    unix_path = abs_unix;
+    pid_file = abs_pid;
 
     struct nbd_server_config cfg = {.max_connections = (unsigned)shared,
                                     .threads_per_conn = (unsigned)threads,
@@ -242,7 +264,7 @@ int cmd_nbd_serve(int argc, char **argv)
     for (unsigned i = 0; i < nexports; i++) {
         int r = bm_disk_open(exports[i].path, readonly ? BM_DISK_OPEN_READONLY : 0,
                              &exports[i].disk);
-        if (r < 0 && r == -EACCES && !readonly) {
+        if (r < 0 && (r == -EACCES || r == -EROFS) && !readonly) {
             bm_error("%s: open it with --readonly to serve it read-only", exports[i].path);
             goto out;
         }
@@ -258,6 +280,13 @@ int cmd_nbd_serve(int argc, char **argv)
             goto out;
         }
     }
+    /* Handlers first, so a signal that arrives while starting up still ends cleanly. */
+    the_server = s;
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
     int r = unix_path ? nbd_server_listen_unix(s, unix_path)
                       : nbd_server_listen_tcp(s, bind_addr, port ? port : "10809");
     if (r < 0)
@@ -269,21 +298,17 @@ int cmd_nbd_serve(int argc, char **argv)
     } else if (pid_file && write_pid_file(pid_file, getpid()) < 0) {
         goto out;
     }
-    the_server = s;
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
     bm_info("serving %u export%s", nexports, nexports == 1 ? "" : "s");
     status = nbd_server_run(s) < 0 ? 1 : 0;
-    the_server = NULL;
     if (pid_file)
         unlink(pid_file);
 out:
+    the_server = NULL;
     if (nbd_server_connections(s) > 0)
         return status; /* threads still running after the drain timeout: exit leaves it */
     nbd_server_free(s);
+    free(abs_unix);
+    free(abs_pid);
     for (unsigned i = 0; i < nexports; i++) {
         bm_disk_close(exports[i].disk);
         free(exports[i].name);

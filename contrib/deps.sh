@@ -28,7 +28,7 @@ bm_install_deps() {
         "${missing[@]}" </dev/null || return 1
 }
 
-# bm_configure_build DIR [CONFIGURE ARGS...]: configure (once) and build blkmig in DIR. When the
+# bm_build TOP DIR [CONFIGURE ARGS...]: configure (once per set of args) and build blkmig in DIR. When the
 # source tree itself is configured (a developer's in-tree build), DIR is the source tree.
 bm_build() {
     local top=$1 dir=$2

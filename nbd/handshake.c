@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <time.h>
 
 #include "common/io.h"
 #include "common/log.h"
@@ -298,10 +299,30 @@ static int handle_option(struct nbd_conn *c, uint32_t opt, const uint8_t *data, 
     }
 }
 
-static void set_recv_timeout(int fd, int seconds)
+static void set_recv_timeout(int fd, int64_t ms)
 {
-    struct timeval tv = {.tv_sec = seconds};
+    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Reads time out when the whole handshake has taken NBD_HANDSHAKE_TIMEOUT, not per read. */
+static int arm_deadline(struct nbd_conn *c, int64_t deadline)
+{
+    int64_t left = deadline - now_ms();
+    if (left <= 0) {
+        bm_info("nbd conn %llu: handshake took over %d s; disconnecting",
+                (unsigned long long)c->id, NBD_HANDSHAKE_TIMEOUT);
+        return -ETIMEDOUT;
+    }
+    set_recv_timeout(c->fd, left);
+    return 0;
 }
 
 int nbd_handshake(struct nbd_conn *c)
@@ -310,7 +331,8 @@ int nbd_handshake(struct nbd_conn *c)
     bm_put_be64(b, NBD_MAGIC);
     bm_put_be64(b + 8, NBD_IHAVEOPT);
     bm_put_be16(b + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
-    set_recv_timeout(c->fd, NBD_HANDSHAKE_TIMEOUT);
+    int64_t deadline = now_ms() + NBD_HANDSHAKE_TIMEOUT * 1000;
+    set_recv_timeout(c->fd, NBD_HANDSHAKE_TIMEOUT * 1000);
     int r = bm_write_full(c->fd, b, sizeof b);
     if (r < 0)
         return r;
@@ -329,6 +351,9 @@ int nbd_handshake(struct nbd_conn *c)
         return -ENOMEM;
     r = -EPROTO;
     for (unsigned n = 0; n < NBD_MAX_OPTIONS; n++) {
+        r = arm_deadline(c, deadline);
+        if (r < 0)
+            break;
         r = bm_read_full(c->fd, b, 16);
         if (r < 0) {
             r = r == -ENODATA ? 1 : r;

@@ -19,6 +19,8 @@
 #define NBD_MAX_OPTIONS 1024
 /* Seconds a client may take over the handshake. */
 #define NBD_HANDSHAKE_TIMEOUT 30
+/* Size of a connection's input buffer. */
+#define NBD_CONN_RBUF_SIZE (64u * 1024)
 /* Context id for base:allocation. */
 #define NBD_CONTEXT_BASE_ALLOCATION 1
 
@@ -59,10 +61,14 @@ struct nbd_conn {
     bool structured;
     bool base_allocation;
     const struct nbd_export *meta_exp; /* export the meta context was set for */
+    _Atomic bool transmitting;         /* handshake done: readers watch the stop pipe */
     /* read_lock: one thread reads a request (header and payload) at a time.
      * write_lock: one reply is written whole at a time. */
     pthread_mutex_t read_lock;
     pthread_mutex_t write_lock;
+    /* Input buffer, under read_lock: pipelined requests are parsed from one recv. */
+    uint8_t *rbuf;
+    size_t rpos, rlen;
     /* lock protects nthreads, busy, closing. */
     pthread_mutex_t lock;
     unsigned nthreads;

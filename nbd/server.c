@@ -104,6 +104,7 @@ unsigned nbd_server_connections(struct nbd_server *s)
 static void conn_free(struct nbd_conn *c)
 {
     close(c->fd);
+    free(c->rbuf);
     pthread_mutex_destroy(&c->read_lock);
     pthread_mutex_destroy(&c->write_lock);
     pthread_mutex_destroy(&c->lock);
@@ -147,6 +148,7 @@ static void *conn_main(void *arg)
         nbd_conn_thread_exit(c);
         return NULL;
     }
+    atomic_store(&c->transmitting, true);
     bm_info("nbd conn %llu: serving export '%s'%s", (unsigned long long)c->id, c->exp->name,
             c->structured ? " with structured replies" : "");
     return nbd_conn_worker(c);
@@ -219,23 +221,29 @@ static void accept_one(struct nbd_server *s, int lfd)
     pthread_mutex_unlock(&s->lock);
 }
 
-/* Stop reading new requests on every connection and wait for them to finish. */
-static void drain(struct nbd_server *s)
+/* Stop reading new requests on every connection and wait for them to finish. Connections in
+ * transmission see the stop pipe between requests (so no request is cut in half); those still
+ * negotiating are simply hung up on. Returns 0, or -ETIMEDOUT if some never finished. */
+static int drain(struct nbd_server *s)
 {
+    int ret = 0;
     pthread_mutex_lock(&s->lock);
     for (struct nbd_conn *c = s->conns; c; c = c->next)
-        shutdown(c->fd, SHUT_RD);
+        if (!atomic_load(&c->transmitting))
+            shutdown(c->fd, SHUT_RDWR);
     struct timespec deadline;
     clock_gettime(CLOCK_REALTIME, &deadline);
     deadline.tv_sec += DRAIN_TIMEOUT;
     while (s->nconns > 0) {
         if (pthread_cond_timedwait(&s->cond, &s->lock, &deadline) == ETIMEDOUT) {
-            bm_warn("nbd server: %u connections still busy after %d s; exiting anyway",
-                    s->nconns, DRAIN_TIMEOUT);
+            bm_error("nbd server: %u connections still busy after %d s; giving up on them",
+                     s->nconns, DRAIN_TIMEOUT);
+            ret = -ETIMEDOUT;
             break;
         }
     }
     pthread_mutex_unlock(&s->lock);
+    return ret;
 }
 
 int nbd_server_run(struct nbd_server *s)
@@ -263,8 +271,7 @@ int nbd_server_run(struct nbd_server *s)
     for (int i = 0; i < s->nlisten; i++)
         close(s->listen_fds[i]);
     s->nlisten = 0;
-    drain(s);
-    return 0;
+    return drain(s);
 }
 
 void nbd_server_free(struct nbd_server *s)

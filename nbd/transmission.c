@@ -2,10 +2,12 @@
 #include <config.h>
 
 #include <errno.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/io.h"
 #include "common/log.h"
@@ -13,6 +15,8 @@
 
 /* Reads below this size skip hole detection and go out as one data chunk. */
 #define SPARSE_READ_MIN (128u * 1024)
+/* A worker frees a request buffer larger than this once the request is answered. */
+#define BUF_KEEP (1u << 20)
 /* Most extents in one READ or BLOCK_STATUS reply. */
 #define MAX_EXTENTS 512
 
@@ -226,12 +230,10 @@ static unsigned inject_op(uint16_t type)
 }
 
 /* Run a validated request and send its reply. Returns <0 only when the socket failed. */
-static int execute(struct worker *w, const struct nbd_request *req)
+static int execute(struct worker *w, const struct nbd_request *req, int err, uint64_t delay)
 {
     struct nbd_conn *c = w->c;
     struct bm_disk *d = c->exp->disk;
-    uint64_t delay = 0;
-    int err = nbd_inject_decide(c->server->cfg.inject, inject_op(req->type), &delay);
     if (delay) {
         struct timespec ts = {.tv_sec = (time_t)(delay / 1000000000u),
                               .tv_nsec = (long)(delay % 1000000000u)};
@@ -272,16 +274,75 @@ static int execute(struct worker *w, const struct nbd_request *req)
     return send_simple(c, req->cookie, 0, NULL, 0);
 }
 
+/* Read exactly len bytes of the request stream (read_lock held): first from the input
+ * buffer, then large remainders straight into dst, small ones through the buffer so that one
+ * recv picks up every request the client has pipelined. dst NULL discards. At a request
+ * boundary it also returns -ESHUTDOWN once the server is stopping. Returns 0 or -errno
+ * (-ENODATA for a clean EOF before the first byte). */
+static int conn_read(struct nbd_conn *c, uint8_t *dst, uint64_t len, bool at_boundary)
+{
+    bool started = false;
+    if (at_boundary && c->rpos == c->rlen) {
+        /* At a request boundary with nothing buffered: wait for the next request or for the
+         * server to stop, so that a shutdown never cuts a request in half. */
+        struct pollfd pfd[2] = {{.fd = c->fd, .events = POLLIN},
+                                {.fd = c->server->stop_pipe[0], .events = POLLIN}};
+        for (;;) {
+            int r = poll(pfd, 2, -1);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r < 0)
+                return -errno;
+            if (pfd[1].revents)
+                return -ESHUTDOWN;
+            break;
+        }
+    }
+    while (len > 0) {
+        if (c->rpos < c->rlen) {
+            size_t n = c->rlen - c->rpos;
+            if (n > len)
+                n = (size_t)len;
+            if (dst) {
+                memcpy(dst, c->rbuf + c->rpos, n);
+                dst += n;
+            }
+            c->rpos += n;
+            len -= n;
+            started = true;
+            continue;
+        }
+        if (dst && len >= NBD_CONN_RBUF_SIZE) {
+            int r = bm_read_full(c->fd, dst, (size_t)len);
+            return r == -ENODATA && started ? -ECONNRESET : r;
+        }
+        if (!c->rbuf && !(c->rbuf = malloc(NBD_CONN_RBUF_SIZE)))
+            return -ENOMEM;
+        ssize_t r = read(c->fd, c->rbuf, NBD_CONN_RBUF_SIZE);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (r == 0)
+            return started ? -ECONNRESET : -ENODATA;
+        c->rpos = 0;
+        c->rlen = (size_t)r;
+    }
+    return 0;
+}
+
 enum read_outcome { REQ_RUN, REQ_REJECT, REQ_STOP };
 
 /* Read one request (and its payload) under read_lock. */
-static enum read_outcome read_request(struct worker *w, struct nbd_request *req, int *reject)
+static enum read_outcome read_request(struct worker *w, struct nbd_request *req, int *reject,
+                                      int *inject_err, uint64_t *inject_delay)
 {
     struct nbd_conn *c = w->c;
     uint8_t hdr[NBD_REQUEST_SIZE];
-    int r = bm_read_full(c->fd, hdr, sizeof hdr);
+    int r = conn_read(c, hdr, sizeof hdr, true);
     if (r < 0) {
-        if (r != -ENODATA)
+        if (r != -ENODATA && r != -ESHUTDOWN)
             bm_info("nbd conn %llu: read: %s", (unsigned long long)c->id, strerror(-r));
         return REQ_STOP;
     }
@@ -300,9 +361,9 @@ static enum read_outcome read_request(struct worker *w, struct nbd_request *req,
         if (*reject == 0 && ensure_buf(w, req->length) < 0)
             *reject = ENOMEM;
         if (*reject == 0)
-            r = bm_read_full(c->fd, w->buf, req->length);
+            r = conn_read(c, w->buf, req->length, false);
         else
-            r = bm_discard_full(c->fd, req->length);
+            r = conn_read(c, NULL, req->length, false);
         if (r < 0) {
             bm_info("nbd conn %llu: write payload: %s", (unsigned long long)c->id,
                     strerror(r == -ENODATA ? ECONNRESET : -r));
@@ -313,7 +374,11 @@ static enum read_outcome read_request(struct worker *w, struct nbd_request *req,
         bm_debug("nbd conn %llu: %s offset 0x%llx length %u flags 0x%x rejected: %s",
                  (unsigned long long)c->id, nbd_cmd_name(req->type),
                  (unsigned long long)req->offset, req->length, req->flags, strerror(*reject));
-    return *reject ? REQ_REJECT : REQ_RUN;
+    if (*reject)
+        return REQ_REJECT;
+    /* Decided here, under read_lock, so faults follow the order requests arrived in. */
+    *inject_err = nbd_inject_decide(c->server->cfg.inject, inject_op(req->type), inject_delay);
+    return REQ_RUN;
 }
 
 void *nbd_conn_worker(void *arg)
@@ -330,8 +395,9 @@ void *nbd_conn_worker(void *arg)
             break;
         }
         struct nbd_request req;
-        int reject = 0;
-        enum read_outcome o = read_request(&w, &req, &reject);
+        int reject = 0, inject_err = 0;
+        uint64_t inject_delay = 0;
+        enum read_outcome o = read_request(&w, &req, &reject, &inject_err, &inject_delay);
         if (o == REQ_STOP) {
             pthread_mutex_lock(&c->lock);
             c->closing = true;
@@ -347,7 +413,14 @@ void *nbd_conn_worker(void *arg)
         pthread_mutex_unlock(&c->lock);
         pthread_mutex_unlock(&c->read_lock);
 
-        int r = o == REQ_REJECT ? send_error_reply(c, &req, reject) : execute(&w, &req);
+        int r = o == REQ_REJECT ? send_error_reply(c, &req, reject)
+                                : execute(&w, &req, inject_err, inject_delay);
+        if (w.cap > BUF_KEEP) {
+            /* Keep at most BUF_KEEP per idle thread: big requests are rare. */
+            free(w.buf);
+            w.buf = NULL;
+            w.cap = 0;
+        }
 
         pthread_mutex_lock(&c->lock);
         c->busy--;
