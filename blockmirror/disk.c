@@ -22,6 +22,11 @@ struct bm_disk {
     bool readonly;
     bool blockdev;
     char *path;
+    /* Held shared by every content change for its whole length (I/O, marking, hooks);
+     * taken exclusively to quiesce the disk or to swap hooks. Writer-preferring, so a
+     * quiesce is never starved by a stream of writes. */
+    pthread_rwlock_t gate;
+    struct bm_disk_hooks hooks; /* under gate */
     /* Protects bitmaps[] and nbitmaps; writers hold it shared while they mark. */
     pthread_rwlock_t bitmaps_lock;
     struct bm_bitmap *bitmaps[BM_DISK_MAX_BITMAPS];
@@ -70,6 +75,11 @@ int bm_disk_open(const char *path, unsigned open_flags, struct bm_disk **out)
     d->readonly = ro;
     d->blockdev = blockdev;
     pthread_rwlock_init(&d->bitmaps_lock, NULL);
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&d->gate, &attr);
+    pthread_rwlockattr_destroy(&attr);
     *out = d;
     return 0;
 }
@@ -80,6 +90,7 @@ void bm_disk_close(struct bm_disk *d)
         return;
     close(d->fd);
     pthread_rwlock_destroy(&d->bitmaps_lock);
+    pthread_rwlock_destroy(&d->gate);
     free(d->path);
     free(d);
 }
@@ -163,6 +174,24 @@ static int write_all(struct bm_disk *d, const void *buf, size_t len, uint64_t of
     return 0;
 }
 
+/* Enter and leave a content change: the gate, and the hooks around it. */
+static void change_begin(struct bm_disk *d, uint64_t offset, uint64_t len)
+{
+    pthread_rwlock_rdlock(&d->gate);
+    if (d->hooks.before)
+        d->hooks.before(d->hooks.opaque, offset, len);
+}
+
+static int change_end(struct bm_disk *d, enum bm_disk_change kind, const void *buf,
+                      uint64_t offset, uint64_t len, int result)
+{
+    mark_dirty(d, offset, len);
+    if (d->hooks.after)
+        d->hooks.after(d->hooks.opaque, kind, buf, offset, len, result);
+    pthread_rwlock_unlock(&d->gate);
+    return result;
+}
+
 int bm_disk_pwrite(struct bm_disk *d, const void *buf, size_t len, uint64_t offset,
                    unsigned flags)
 {
@@ -170,9 +199,9 @@ int bm_disk_pwrite(struct bm_disk *d, const void *buf, size_t len, uint64_t offs
         return -EPERM;
     if (!in_range(d, offset, len))
         return -EINVAL;
+    change_begin(d, offset, len);
     int r = write_all(d, buf, len, offset, flags);
-    mark_dirty(d, offset, len);
-    return r;
+    return change_end(d, BM_CHANGE_WRITE, buf, offset, len, r);
 }
 
 static int write_zero_buffers(struct bm_disk *d, uint64_t offset, uint64_t len)
@@ -233,10 +262,16 @@ int bm_disk_zero(struct bm_disk *d, uint64_t offset, uint64_t len, unsigned flag
         return -EINVAL;
     if (len == 0)
         return 0;
+    change_begin(d, offset, len);
     int r = do_zero(d, offset, len, flags);
-    if (r != -ENOTSUP)
-        mark_dirty(d, offset, len);
-    return r;
+    if (r == -ENOTSUP) {
+        /* A refused fast zero changed nothing. */
+        if (d->hooks.after)
+            d->hooks.after(d->hooks.opaque, BM_CHANGE_ZERO, NULL, offset, len, r);
+        pthread_rwlock_unlock(&d->gate);
+        return r;
+    }
+    return change_end(d, BM_CHANGE_ZERO, NULL, offset, len, r);
 }
 
 int bm_disk_trim(struct bm_disk *d, uint64_t offset, uint64_t len, unsigned flags)
@@ -247,6 +282,7 @@ int bm_disk_trim(struct bm_disk *d, uint64_t offset, uint64_t len, unsigned flag
         return -EINVAL;
     if (len == 0)
         return 0;
+    change_begin(d, offset, len);
     int r;
     if (d->blockdev) {
         uint64_t range[2] = {offset, len};
@@ -259,8 +295,27 @@ int bm_disk_trim(struct bm_disk *d, uint64_t offset, uint64_t len, unsigned flag
         r = 0;
     if (r == 0 && (flags & BM_DISK_FUA) && fdatasync(d->fd) < 0)
         r = -errno;
-    mark_dirty(d, offset, len);
-    return r;
+    return change_end(d, BM_CHANGE_TRIM, NULL, offset, len, r);
+}
+
+void bm_disk_set_hooks(struct bm_disk *d, const struct bm_disk_hooks *hooks)
+{
+    pthread_rwlock_wrlock(&d->gate);
+    if (hooks)
+        d->hooks = *hooks;
+    else
+        memset(&d->hooks, 0, sizeof d->hooks);
+    pthread_rwlock_unlock(&d->gate);
+}
+
+void bm_disk_quiesce(struct bm_disk *d)
+{
+    pthread_rwlock_wrlock(&d->gate);
+}
+
+void bm_disk_release(struct bm_disk *d)
+{
+    pthread_rwlock_unlock(&d->gate);
 }
 
 int bm_disk_flush(struct bm_disk *d)

@@ -61,6 +61,32 @@ int bm_disk_cache(struct bm_disk *d, uint64_t offset, uint64_t len);
 int bm_disk_extents(struct bm_disk *d, uint64_t offset, uint64_t len, struct bm_extent *ext,
                     size_t max, size_t *n);
 
+/* Kinds of content change, as seen by hooks. */
+enum bm_disk_change { BM_CHANGE_WRITE, BM_CHANGE_ZERO, BM_CHANGE_TRIM };
+
+/*
+ * Hooks around every content change, for an active mirror (write-blocking mode). before() runs
+ * before the change touches the image; after() runs once it is in the image and marked dirty,
+ * with the data for BM_CHANGE_WRITE (NULL otherwise) and the change's result; the writer is
+ * answered only when after() returns. Both run on the writer's thread and must not fail the
+ * write: whatever they do, the writer sees only the local result.
+ */
+struct bm_disk_hooks {
+    void (*before)(void *opaque, uint64_t offset, uint64_t len);
+    void (*after)(void *opaque, enum bm_disk_change kind, const void *buf, uint64_t offset,
+                  uint64_t len, int result);
+    void *opaque;
+};
+
+/* Install (or with NULL remove) the hooks. Waits for changes in progress to finish, so once it
+ * returns every later change sees the new hooks and none sees the old ones. */
+void bm_disk_set_hooks(struct bm_disk *d, const struct bm_disk_hooks *hooks);
+
+/* Hold every new content change (writers block) and wait for those in progress to finish;
+ * bm_disk_release lets them go. Reads are not held. Not nestable. */
+void bm_disk_quiesce(struct bm_disk *d);
+void bm_disk_release(struct bm_disk *d);
+
 /* Dirty tracking. The bitmap must cover the disk's size; -ENOSPC if BM_DISK_MAX_BITMAPS are
  * attached already. A detached bitmap sees no further writes once detach returns. */
 int bm_disk_attach_bitmap(struct bm_disk *d, struct bm_bitmap *b);

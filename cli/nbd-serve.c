@@ -159,7 +159,8 @@ int cmd_nbd_serve(int argc, char **argv)
     unsigned nexports = 0;
     static struct nbd_inject inject;
     char err[256];
-    int status = 1;
+    char *abs_unix = NULL, *abs_pid = NULL;
+    int status = 2;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "p:b:u:e:rs:t:fP:l:i:h", opts, NULL)) != -1) {
@@ -168,7 +169,7 @@ int cmd_nbd_serve(int argc, char **argv)
             uint64_t v;
             if (bm_parse_u64(optarg, 1, 65535, &v) < 0) {
                 bm_error("--port %s: expected a port number from 1 to 65535", optarg);
-                return 2;
+                goto usage_error;
             }
             port = optarg;
             break;
@@ -178,23 +179,23 @@ int cmd_nbd_serve(int argc, char **argv)
         case 'e':
             if (nexports >= MAX_EXPORTS) {
                 bm_error("too many exports (at most %d)", MAX_EXPORTS);
-                return 2;
+                goto usage_error;
             }
             if (parse_export(optarg, &exports[nexports]) < 0)
-                return 2;
+                goto usage_error;
             nexports++;
             break;
         case 'r': readonly = true; break;
         case 's':
             if (bm_parse_u64(optarg, 1, 4096, &shared) < 0) {
                 bm_error("--shared %s: expected a number from 1 to 4096", optarg);
-                return 2;
+                goto usage_error;
             }
             break;
         case 't':
             if (bm_parse_u64(optarg, 1, 256, &threads) < 0) {
                 bm_error("--threads %s: expected a number from 1 to 256", optarg);
-                return 2;
+                goto usage_error;
             }
             break;
         case 'f': foreground = true; break;
@@ -203,7 +204,7 @@ int cmd_nbd_serve(int argc, char **argv)
             enum bm_log_level lvl;
             if (bm_log_parse_level(optarg, &lvl) < 0) {
                 bm_error("--log-level %s: expected error, warn, info or debug", optarg);
-                return 2;
+                goto usage_error;
             }
             bm_log_set_level(lvl);
             break;
@@ -211,23 +212,26 @@ int cmd_nbd_serve(int argc, char **argv)
         case 'i':
             if (nbd_inject_parse(&inject, optarg, err, sizeof err) < 0) {
                 bm_error("--inject %s", err);
-                return 2;
+                goto usage_error;
             }
             break;
         case 'S':
             if (bm_parse_u64(optarg, 0, UINT64_MAX, &seed) < 0) {
                 bm_error("--seed %s: expected a whole number", optarg);
-                return 2;
+                goto usage_error;
             }
             break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'h':
+            usage(stdout);
+            status = 0;
+            goto usage_error;
+        default: usage(stderr); goto usage_error;
         }
     }
     for (int i = optind; i < argc; i++) {
         if (nexports >= MAX_EXPORTS) {
             bm_error("too many exports (at most %d)", MAX_EXPORTS);
-            return 2;
+            goto usage_error;
         }
         exports[nexports].name = strdup("");
         exports[nexports].path = argv[i];
@@ -235,18 +239,18 @@ int cmd_nbd_serve(int argc, char **argv)
     }
     if (nexports == 0) {
         bm_error("nothing to export: give a PATH or --export NAME=PATH (see --help)");
-        return 2;
+        goto usage_error;
     }
     if (unix_path && (port || bind_addr)) {
         bm_error("--unix cannot be combined with --port or --bind");
-        return 2;
+        goto usage_error;
     }
     inject.seed = seed;
-    char *abs_unix = NULL, *abs_pid = NULL;
+    status = 1;
     if ((unix_path && !(abs_unix = absolute_path(unix_path))) ||
         (pid_file && !(abs_pid = absolute_path(pid_file)))) {
         bm_error("cannot resolve the current directory: %s", strerror(errno));
-        return 1;
+        goto usage_error;
     }
     unix_path = abs_unix;
     pid_file = abs_pid;
@@ -257,7 +261,8 @@ int cmd_nbd_serve(int argc, char **argv)
     struct nbd_server *s = nbd_server_new(&cfg);
     if (!s) {
         bm_error("cannot create the server: %s", strerror(errno));
-        return 1;
+        status = 1;
+        goto usage_error;
     }
     for (unsigned i = 0; i < nexports; i++)
         exports[i].disk = NULL;
@@ -307,11 +312,12 @@ out:
     if (nbd_server_connections(s) > 0)
         return status; /* threads still running after the drain timeout: exit leaves it */
     nbd_server_free(s);
+    for (unsigned i = 0; i < nexports; i++)
+        bm_disk_close(exports[i].disk);
+usage_error:
+    for (unsigned i = 0; i < nexports; i++)
+        free(exports[i].name);
     free(abs_unix);
     free(abs_pid);
-    for (unsigned i = 0; i < nexports; i++) {
-        bm_disk_close(exports[i].disk);
-        free(exports[i].name);
-    }
     return status;
 }

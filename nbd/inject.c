@@ -146,7 +146,8 @@ int nbd_inject_decide(struct nbd_inject *inj, unsigned op, uint64_t *delay_ns)
         if (k < r->after)
             continue;
         if (r->rate < 1.0) {
-            double u = (double)(mix(inj->seed ^ mix(i + 1) ^ k) >> 11) * 0x1.0p-53;
+            /* Seed and rule are mixed before k joins, so seeds differ in more than order. */
+            double u = (double)(mix(mix(inj->seed ^ mix(i + 1)) ^ k) >> 11) * 0x1.0p-53;
             if (u >= r->rate)
                 continue;
         }

@@ -114,3 +114,28 @@ check_server_log() {
         fail "sanitizer report in server log: $(grep -m3 -E 'Sanitizer|runtime error:' "$TMP/server.log")"
     fi
 }
+
+# need_python_nbd: set $PYTHON_NBD to a python3 that can `import nbd` (python3-libnbd), or skip.
+# (A pyenv/venv python3 first in PATH may lack the Debian module; /usr/bin/python3 has it.)
+need_python_nbd() {
+    local p
+    for p in python3 /usr/bin/python3; do
+        p=$(command -v "$p" 2>/dev/null) || continue
+        if (cd "$TMP" && "$p" -c 'import nbd; nbd.NBD') >/dev/null 2>&1; then
+            PYTHON_NBD=$p
+            export PYTHON_NBD
+            return 0
+        fi
+    done
+    skip "no python3 can import nbd (Debian package python3-libnbd)"
+}
+
+# nbdsh_run ARGS...: nbdsh, run by the python3 that need_python_nbd found.
+nbdsh_run() {
+    PATH="$(dirname "$PYTHON_NBD"):$PATH" nbdsh "$@"
+}
+
+# track_pid PID: kill PID on exit too (e.g. a daemonised server, by the pid from its pid file).
+track_pid() {
+    _PIDS+=("$1")
+}
