@@ -22,11 +22,13 @@ struct bm_disk {
     bool readonly;
     bool blockdev;
     char *path;
-    /* Held shared by every content change for its whole length (I/O, marking, hooks);
-     * taken exclusively to quiesce the disk or to swap hooks. Writer-preferring, so a
-     * quiesce is never starved by a stream of writes. */
-    pthread_rwlock_t gate;
-    struct bm_disk_hooks hooks; /* under gate */
+    /* The gate: gate_lock protects held, changing and hooks. A content change waits while
+     * held, then counts itself in changing for its whole length (I/O, marking, hooks). */
+    pthread_mutex_t gate_lock;
+    pthread_cond_t gate_cond;
+    bool held;
+    unsigned changing;
+    struct bm_disk_hooks hooks;
     /* Protects bitmaps[] and nbitmaps; writers hold it shared while they mark. */
     pthread_rwlock_t bitmaps_lock;
     struct bm_bitmap *bitmaps[BM_DISK_MAX_BITMAPS];
@@ -75,11 +77,8 @@ int bm_disk_open(const char *path, unsigned open_flags, struct bm_disk **out)
     d->readonly = ro;
     d->blockdev = blockdev;
     pthread_rwlock_init(&d->bitmaps_lock, NULL);
-    pthread_rwlockattr_t attr;
-    pthread_rwlockattr_init(&attr);
-    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-    pthread_rwlock_init(&d->gate, &attr);
-    pthread_rwlockattr_destroy(&attr);
+    pthread_mutex_init(&d->gate_lock, NULL);
+    pthread_cond_init(&d->gate_cond, NULL);
     *out = d;
     return 0;
 }
@@ -90,7 +89,8 @@ void bm_disk_close(struct bm_disk *d)
         return;
     close(d->fd);
     pthread_rwlock_destroy(&d->bitmaps_lock);
-    pthread_rwlock_destroy(&d->gate);
+    pthread_mutex_destroy(&d->gate_lock);
+    pthread_cond_destroy(&d->gate_cond);
     free(d->path);
     free(d);
 }
@@ -174,21 +174,32 @@ static int write_all(struct bm_disk *d, const void *buf, size_t len, uint64_t of
     return 0;
 }
 
-/* Enter and leave a content change: the gate, and the hooks around it. */
-static void change_begin(struct bm_disk *d, uint64_t offset, uint64_t len)
+/* Enter and leave a content change: the gate, and the hooks around it. The hooks are copied
+ * on entry so that a change sees one set from start to end. */
+static int change_begin(struct bm_disk *d, uint64_t offset, uint64_t len,
+                        struct bm_disk_hooks *hooks)
 {
-    pthread_rwlock_rdlock(&d->gate);
-    if (d->hooks.before)
-        d->hooks.before(d->hooks.opaque, offset, len);
+    pthread_mutex_lock(&d->gate_lock);
+    while (d->held)
+        pthread_cond_wait(&d->gate_cond, &d->gate_lock);
+    d->changing++;
+    *hooks = d->hooks;
+    pthread_mutex_unlock(&d->gate_lock);
+    return hooks->before ? hooks->before(hooks->opaque, offset, len) : 0;
 }
 
-static int change_end(struct bm_disk *d, enum bm_disk_change kind, const void *buf,
-                      uint64_t offset, uint64_t len, int result)
+static int change_end(struct bm_disk *d, const struct bm_disk_hooks *hooks, int token,
+                      enum bm_disk_change kind, const void *buf, uint64_t offset, uint64_t len,
+                      int result, bool changed)
 {
-    mark_dirty(d, offset, len);
-    if (d->hooks.after)
-        d->hooks.after(d->hooks.opaque, kind, buf, offset, len, result);
-    pthread_rwlock_unlock(&d->gate);
+    if (changed)
+        mark_dirty(d, offset, len);
+    if (hooks->after)
+        hooks->after(hooks->opaque, token, kind, buf, offset, len, result);
+    pthread_mutex_lock(&d->gate_lock);
+    if (--d->changing == 0)
+        pthread_cond_broadcast(&d->gate_cond);
+    pthread_mutex_unlock(&d->gate_lock);
     return result;
 }
 
@@ -199,9 +210,10 @@ int bm_disk_pwrite(struct bm_disk *d, const void *buf, size_t len, uint64_t offs
         return -EPERM;
     if (!in_range(d, offset, len))
         return -EINVAL;
-    change_begin(d, offset, len);
+    struct bm_disk_hooks h;
+    int token = change_begin(d, offset, len, &h);
     int r = write_all(d, buf, len, offset, flags);
-    return change_end(d, BM_CHANGE_WRITE, buf, offset, len, r);
+    return change_end(d, &h, token, BM_CHANGE_WRITE, buf, offset, len, r, true);
 }
 
 static int write_zero_buffers(struct bm_disk *d, uint64_t offset, uint64_t len)
@@ -262,16 +274,11 @@ int bm_disk_zero(struct bm_disk *d, uint64_t offset, uint64_t len, unsigned flag
         return -EINVAL;
     if (len == 0)
         return 0;
-    change_begin(d, offset, len);
+    struct bm_disk_hooks h;
+    int token = change_begin(d, offset, len, &h);
     int r = do_zero(d, offset, len, flags);
-    if (r == -ENOTSUP) {
-        /* A refused fast zero changed nothing. */
-        if (d->hooks.after)
-            d->hooks.after(d->hooks.opaque, BM_CHANGE_ZERO, NULL, offset, len, r);
-        pthread_rwlock_unlock(&d->gate);
-        return r;
-    }
-    return change_end(d, BM_CHANGE_ZERO, NULL, offset, len, r);
+    /* A refused fast zero changed nothing. */
+    return change_end(d, &h, token, BM_CHANGE_ZERO, NULL, offset, len, r, r != -ENOTSUP);
 }
 
 int bm_disk_trim(struct bm_disk *d, uint64_t offset, uint64_t len, unsigned flags)
@@ -282,7 +289,8 @@ int bm_disk_trim(struct bm_disk *d, uint64_t offset, uint64_t len, unsigned flag
         return -EINVAL;
     if (len == 0)
         return 0;
-    change_begin(d, offset, len);
+    struct bm_disk_hooks h;
+    int token = change_begin(d, offset, len, &h);
     int r;
     if (d->blockdev) {
         uint64_t range[2] = {offset, len};
@@ -295,27 +303,55 @@ int bm_disk_trim(struct bm_disk *d, uint64_t offset, uint64_t len, unsigned flag
         r = 0;
     if (r == 0 && (flags & BM_DISK_FUA) && fdatasync(d->fd) < 0)
         r = -errno;
-    return change_end(d, BM_CHANGE_TRIM, NULL, offset, len, r);
+    return change_end(d, &h, token, BM_CHANGE_TRIM, NULL, offset, len, r, true);
 }
 
 void bm_disk_set_hooks(struct bm_disk *d, const struct bm_disk_hooks *hooks)
 {
-    pthread_rwlock_wrlock(&d->gate);
+    pthread_mutex_lock(&d->gate_lock);
+    bool was_held = d->held;
+    d->held = true;
+    while (d->changing > 0)
+        pthread_cond_wait(&d->gate_cond, &d->gate_lock);
     if (hooks)
         d->hooks = *hooks;
     else
         memset(&d->hooks, 0, sizeof d->hooks);
-    pthread_rwlock_unlock(&d->gate);
+    d->held = was_held;
+    pthread_cond_broadcast(&d->gate_cond);
+    pthread_mutex_unlock(&d->gate_lock);
+}
+
+void bm_disk_hold(struct bm_disk *d)
+{
+    pthread_mutex_lock(&d->gate_lock);
+    d->held = true;
+    pthread_mutex_unlock(&d->gate_lock);
+}
+
+unsigned bm_disk_changes_in_progress(struct bm_disk *d)
+{
+    pthread_mutex_lock(&d->gate_lock);
+    unsigned n = d->changing;
+    pthread_mutex_unlock(&d->gate_lock);
+    return n;
 }
 
 void bm_disk_quiesce(struct bm_disk *d)
 {
-    pthread_rwlock_wrlock(&d->gate);
+    pthread_mutex_lock(&d->gate_lock);
+    d->held = true;
+    while (d->changing > 0)
+        pthread_cond_wait(&d->gate_cond, &d->gate_lock);
+    pthread_mutex_unlock(&d->gate_lock);
 }
 
 void bm_disk_release(struct bm_disk *d)
 {
-    pthread_rwlock_unlock(&d->gate);
+    pthread_mutex_lock(&d->gate_lock);
+    d->held = false;
+    pthread_cond_broadcast(&d->gate_cond);
+    pthread_mutex_unlock(&d->gate_lock);
 }
 
 int bm_disk_flush(struct bm_disk *d)

@@ -72,18 +72,24 @@ enum bm_disk_change { BM_CHANGE_WRITE, BM_CHANGE_ZERO, BM_CHANGE_TRIM };
  * write: whatever they do, the writer sees only the local result.
  */
 struct bm_disk_hooks {
-    void (*before)(void *opaque, uint64_t offset, uint64_t len);
-    void (*after)(void *opaque, enum bm_disk_change kind, const void *buf, uint64_t offset,
-                  uint64_t len, int result);
+    /* Returns a token handed to after() for the same change. */
+    int (*before)(void *opaque, uint64_t offset, uint64_t len);
+    void (*after)(void *opaque, int token, enum bm_disk_change kind, const void *buf,
+                  uint64_t offset, uint64_t len, int result);
     void *opaque;
 };
 
 /* Install (or with NULL remove) the hooks. Waits for changes in progress to finish, so once it
- * returns every later change sees the new hooks and none sees the old ones. */
+ * returns every later change sees the new hooks and none sees the old ones. Must not be called
+ * from a thread that a hook waits for while changes are in progress. */
 void bm_disk_set_hooks(struct bm_disk *d, const struct bm_disk_hooks *hooks);
 
-/* Hold every new content change (writers block) and wait for those in progress to finish;
- * bm_disk_release lets them go. Reads are not held. Not nestable. */
+/* Hold every new content change (writers block before touching anything); returns at once.
+ * bm_disk_changes_in_progress tells when the changes already under way have finished.
+ * bm_disk_quiesce holds and waits for that. bm_disk_release lets the held writers go on.
+ * Any thread may release. Reads are never held. */
+void bm_disk_hold(struct bm_disk *d);
+unsigned bm_disk_changes_in_progress(struct bm_disk *d);
 void bm_disk_quiesce(struct bm_disk *d);
 void bm_disk_release(struct bm_disk *d);
 

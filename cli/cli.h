@@ -3,5 +3,7 @@
 #define BM_CLI_CLI_H
 
 int cmd_nbd_serve(int argc, char **argv);
+int cmd_mirror(int argc, char **argv);
+int cmd_control(int argc, char **argv);
 
 #endif

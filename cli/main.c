@@ -11,7 +11,9 @@ static const struct {
     int (*fn)(int, char **);
     const char *summary;
 } commands[] = {
+    {"mirror", cmd_mirror, "live-mirror a disk in use to any NBD target"},
     {"nbd-serve", cmd_nbd_serve, "serve disk images over NBD (fast, multi-connection)"},
+    {"control", cmd_control, "send a command to a running job's control socket"},
 };
 
 static void usage(FILE *f)

@@ -81,7 +81,7 @@ int bm_listen_unix(const char *path)
 
 int bm_connect(const char *host, const char *port)
 {
-    if (host && host[0] == '/') {
+    if (host && strchr(host, '/')) {
         struct sockaddr_un sa = {.sun_family = AF_UNIX};
         if (strlen(host) >= sizeof sa.sun_path)
             return -ENAMETOOLONG;

@@ -9,7 +9,7 @@
 int bm_listen_tcp(const char *host, const char *port, int *fds, int max);
 /* Listen on a unix socket path (an existing socket file is replaced). Returns fd or -errno. */
 int bm_listen_unix(const char *path);
-/* Connect to host:port (TCP) or, if host starts with '/', to a unix path. Returns fd or -errno. */
+/* Connect to host:port (TCP) or, if host contains '/', to that unix path. Returns fd or -errno. */
 int bm_connect(const char *host, const char *port);
 /* TCP_NODELAY where the socket is TCP (ignored otherwise). */
 void bm_sock_nodelay(int fd);

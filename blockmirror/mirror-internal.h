@@ -1,0 +1,107 @@
+/* mirror-internal.h: the mirror job's state, shared by mirror.c and mirror-active.c. */
+#ifndef BM_BLOCKMIRROR_MIRROR_INTERNAL_H
+#define BM_BLOCKMIRROR_MIRROR_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "blockmirror/mirror.h"
+#include "blockmirror/target.h"
+#include "common/bitmap.h"
+
+/* One copy request in flight (background copy, bulk or dirty). */
+struct slot {
+    struct mirror_job *j;
+    uint8_t *buf;
+    uint64_t first_bit, nbits; /* blocks held busy */
+    uint64_t offset, len;
+    bool zero;      /* sent as WRITE_ZEROES */
+    bool bulk;      /* counts toward bulk progress */
+    bool redirty;   /* on failure, set the blocks dirty again */
+    bool dirty_copy; /* taken from the dirty bitmap (counts as dirty while in flight) */
+    bool used;
+};
+
+/* A write-blocking writer's change, forwarded by the job's thread. */
+struct active_req {
+    struct mirror_job *j;
+    enum bm_disk_change kind;
+    const void *buf;
+    uint64_t offset, len;
+    bool done;
+    int err;
+    struct active_req *next;
+};
+
+/* Target ranges known to read as zeroes (from its block status at setup). */
+struct zero_range {
+    uint64_t offset, len;
+};
+
+struct mirror_job {
+    struct bm_disk *src;
+    struct mirror_opts o;
+    char *uri;
+    mirror_event_fn fn;
+    void *opaque;
+    uint64_t size;
+    unsigned shift; /* log2(granularity) */
+
+    struct bm_bitmap *dirty;
+    struct bm_target *t;
+    pthread_t thread;
+    bool started;
+    int wake_fd; /* eventfd: control requests and active writes */
+
+    _Atomic bool want_complete, want_cancel;
+    _Atomic uint64_t speed;
+
+    /* busy_lock protects busy (blocks with a copy or an active write in flight), the active
+     * queue, and stopped; busy_cond signals a block going idle or an active request done. */
+    pthread_mutex_t busy_lock;
+    pthread_cond_t busy_cond;
+    struct bm_bitmap *busy;
+    struct active_req *aq_head, *aq_tail;
+    bool stopped;
+    _Atomic bool write_blocking;
+    _Atomic uint64_t active_bytes;
+
+    struct slot *slots;
+    unsigned nslots, nused;
+
+    /* Progress, on the job's thread; copied into st under stats_lock for queries. */
+    pthread_mutex_t stats_lock;
+    struct mirror_stats st;
+    uint64_t bulk_pos;
+    struct bm_extent ext;
+    bool have_ext;
+    uint64_t dirty_cursor;
+    uint64_t cleared; /* bytes of dirty copies completed */
+    struct zero_range *tz;
+    size_t ntz;
+    uint64_t start_ns;
+    int consecutive_errors;
+    uint64_t backoff_until_ns;
+    double tokens; /* speed limit bucket, bytes */
+    uint64_t tokens_ns;
+    bool held;     /* completion hold taken on the source */
+    bool released;
+    int err;
+    char errmsg[256];
+};
+
+/* mirror-active.c */
+int mirror_hook_before(void *opaque, uint64_t offset, uint64_t len);
+void mirror_hook_after(void *opaque, int token, enum bm_disk_change kind, const void *buf,
+                       uint64_t offset, uint64_t len, int result);
+/* On the job's thread: submit queued active requests to the target. */
+void mirror_active_submit(struct mirror_job *j);
+/* End of job: wake every waiting writer. */
+void mirror_active_stop(struct mirror_job *j);
+
+/* mirror.c */
+void mirror_wake(struct mirror_job *j);
+void mirror_set_state(struct mirror_job *j, enum mirror_state s, const char *detail);
+uint64_t mirror_now_ns(void);
+
+#endif

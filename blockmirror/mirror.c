@@ -1,0 +1,829 @@
+/* mirror.c: the mirror job's thread: setup, bulk pass, dirty rounds, readiness, completion. */
+#include <config.h>
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "blockmirror/mirror-internal.h"
+#include "common/log.h"
+
+#define TICK_MS 100
+/* Hole ranges are zeroed on the target in pieces of at most this many bytes. */
+#define MAX_ZERO_CHUNK (1u << 30)
+/* Auto mode: how long the copy must fail to gain (or keep up easily) before switching. */
+#define AUTO_SWITCH_TICKS 30
+
+static const char *const state_names[] = {
+    "setup", "bulk", "dirty", "ready", "completing", "done", "cancelled", "failed",
+};
+
+const char *mirror_state_name(enum mirror_state s)
+{
+    return (unsigned)s < sizeof state_names / sizeof state_names[0] ? state_names[s] : "?";
+}
+
+void mirror_opts_default(struct mirror_opts *o)
+{
+    *o = (struct mirror_opts){
+        .granularity = 64 * 1024,
+        .request_size = 1024 * 1024,
+        .in_flight = 16,
+        .connections = 4,
+        .mode = MIRROR_MODE_BACKGROUND,
+        .ready_ms = 50,
+        .retries = 5,
+        .stats_ms = 1000,
+    };
+}
+
+uint64_t mirror_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void mirror_wake(struct mirror_job *j)
+{
+    uint64_t one = 1;
+    ssize_t r = write(j->wake_fd, &one, sizeof one);
+    (void)r;
+}
+
+static void publish(struct mirror_job *j)
+{
+    j->st.elapsed_ms = (mirror_now_ns() - j->start_ns) / 1000000;
+    j->st.write_blocking = atomic_load(&j->write_blocking);
+    j->st.active_bytes = atomic_load(&j->active_bytes);
+    j->st.connections = j->t ? bm_target_connections(j->t) : 0;
+    pthread_mutex_lock(&j->stats_lock);
+    pthread_mutex_unlock(&j->stats_lock);
+}
+
+static void event(struct mirror_job *j, const char *name, const char *detail)
+{
+    publish(j);
+    if (j->fn) {
+        pthread_mutex_lock(&j->stats_lock);
+        struct mirror_stats st = j->st;
+        pthread_mutex_unlock(&j->stats_lock);
+        j->fn(j->opaque, name, &st, detail);
+    }
+}
+
+void mirror_set_state(struct mirror_job *j, enum mirror_state s, const char *detail)
+{
+    if (j->st.state == s)
+        return;
+    pthread_mutex_lock(&j->stats_lock);
+    j->st.state = s;
+    if (s == MIRROR_READY && !j->st.ready_ms)
+        j->st.ready_ms = (mirror_now_ns() - j->start_ns) / 1000000 + 1;
+    pthread_mutex_unlock(&j->stats_lock);
+    event(j, mirror_state_name(s), detail);
+}
+
+static void fail(struct mirror_job *j, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void fail(struct mirror_job *j, int err, const char *fmt, ...)
+{
+    if (j->err)
+        return;
+    j->err = err ? err : EIO;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(j->errmsg, sizeof j->errmsg, fmt, ap);
+    va_end(ap);
+    bm_error("mirror: %s", j->errmsg);
+}
+
+int mirror_new(struct bm_disk *src, const struct mirror_opts *o, mirror_event_fn fn,
+               void *opaque, struct mirror_job **out, char *err, size_t errlen)
+{
+    if (o->granularity < 512 || (o->granularity & (o->granularity - 1))) {
+        snprintf(err, errlen, "granularity must be a power of two of at least 512");
+        return -EINVAL;
+    }
+    if (o->request_size < o->granularity || o->request_size > (32u << 20)) {
+        snprintf(err, errlen, "request size must be between the granularity and 32 MiB");
+        return -EINVAL;
+    }
+    if (o->in_flight < 1 || o->in_flight > 1024) {
+        snprintf(err, errlen, "in-flight requests must be between 1 and 1024");
+        return -EINVAL;
+    }
+    struct mirror_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    j->src = src;
+    j->o = *o;
+    j->fn = fn;
+    j->opaque = opaque;
+    j->size = bm_disk_size(src);
+    j->shift = (unsigned)__builtin_ctz(o->granularity);
+    j->uri = strdup(o->target_uri);
+    j->dirty = bm_bitmap_new(j->size, o->granularity);
+    j->busy = bm_bitmap_new(j->size, o->granularity);
+    j->slots = calloc(o->in_flight, sizeof *j->slots);
+    j->nslots = o->in_flight;
+    j->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (!j->uri || !j->dirty || !j->busy || !j->slots || j->wake_fd < 0) {
+        snprintf(err, errlen, "out of memory");
+        mirror_free(j);
+        return -ENOMEM;
+    }
+    for (unsigned i = 0; i < j->nslots; i++) {
+        j->slots[i].j = j;
+        if (posix_memalign((void **)&j->slots[i].buf, 4096, o->request_size) != 0) {
+            snprintf(err, errlen, "out of memory");
+            mirror_free(j);
+            return -ENOMEM;
+        }
+    }
+    atomic_store(&j->speed, o->speed);
+    pthread_mutex_init(&j->busy_lock, NULL);
+    pthread_cond_init(&j->busy_cond, NULL);
+    pthread_mutex_init(&j->stats_lock, NULL);
+    j->st.state = MIRROR_SETUP;
+    j->st.disk_size = j->size;
+    *out = j;
+    return 0;
+}
+
+/* ---- target zero map ---- */
+
+static void add_zero_range(void *opaque, uint64_t off, uint64_t len)
+{
+    struct mirror_job *j = opaque;
+    if (j->ntz && j->tz[j->ntz - 1].offset + j->tz[j->ntz - 1].len == off) {
+        j->tz[j->ntz - 1].len += len;
+        return;
+    }
+    if ((j->ntz & (j->ntz - 1)) == 0) { /* grow at powers of two */
+        struct zero_range *n = realloc(j->tz, (j->ntz ? j->ntz * 2 : 16) * sizeof *n);
+        if (!n)
+            return; /* a smaller map only costs extra zeroing */
+        j->tz = n;
+    }
+    j->tz[j->ntz++] = (struct zero_range){off, len};
+}
+
+/* How much of [off, off+len) from off on is known zero on the target (0 if off is not). When
+ * not, *until is where the next known-zero range starts (or off+len). */
+static uint64_t known_zero(const struct mirror_job *j, uint64_t off, uint64_t len,
+                           uint64_t *until)
+{
+    size_t lo = 0, hi = j->ntz;
+    while (lo < hi) { /* first range ending after off */
+        size_t mid = (lo + hi) / 2;
+        if (j->tz[mid].offset + j->tz[mid].len <= off)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    uint64_t end = off + len;
+    *until = end;
+    if (lo == j->ntz)
+        return 0;
+    const struct zero_range *z = &j->tz[lo];
+    if (z->offset <= off) {
+        uint64_t zend = z->offset + z->len;
+        return (zend < end ? zend : end) - off;
+    }
+    if (z->offset < end)
+        *until = z->offset;
+    return 0;
+}
+
+/* ---- issuing copies ---- */
+
+static struct slot *free_slot(struct mirror_job *j)
+{
+    if (j->nused >= j->nslots)
+        return NULL;
+    for (unsigned i = 0; i < j->nslots; i++)
+        if (!j->slots[i].used)
+            return &j->slots[i];
+    return NULL;
+}
+
+static bool all_zero(const uint8_t *p, size_t len)
+{
+    static const uint8_t z[16];
+    if (len < 16)
+        return memcmp(p, z, len) == 0;
+    return memcmp(p, z, 16) == 0 && memcmp(p, p + 16, len - 16) == 0;
+}
+
+static void slot_done(void *opaque, int err)
+{
+    struct slot *s = opaque;
+    struct mirror_job *j = s->j;
+    if (err) {
+        if (s->redirty || s->bulk)
+            bm_bitmap_set_range(j->dirty, s->offset, s->len);
+        j->st.retries++;
+        j->consecutive_errors++;
+        uint64_t backoff = 100000000ull << (j->consecutive_errors < 5 ? j->consecutive_errors : 5);
+        j->backoff_until_ns = mirror_now_ns() + backoff;
+        bm_warn("mirror: target %s at 0x%llx (%llu bytes) failed: %s (%d in a row)",
+                s->zero ? "zero" : "write", (unsigned long long)s->offset,
+                (unsigned long long)s->len, strerror(err), j->consecutive_errors);
+        if ((unsigned)j->consecutive_errors > j->o.retries)
+            fail(j, err, "the target failed %d times in a row, last: %s", j->consecutive_errors,
+                 strerror(err));
+    } else {
+        j->consecutive_errors = 0;
+        if (s->zero)
+            j->st.zero_bytes += s->len;
+        else
+            j->st.bytes_sent += s->len;
+        if (s->bulk)
+            j->st.bulk_done += s->len;
+        if (s->dirty_copy)
+            j->cleared += s->len;
+    }
+    s->dirty_copy = false;
+    pthread_mutex_lock(&j->busy_lock);
+    bm_bitmap_clear_bits(j->busy, s->first_bit, s->nbits);
+    pthread_cond_broadcast(&j->busy_cond);
+    pthread_mutex_unlock(&j->busy_lock);
+    s->used = false;
+    j->nused--;
+}
+
+/* Claim blocks [first, first+count) in the busy map, shortened to stop before any block that
+ * is busy already; returns how many were claimed (0 if first itself is busy). */
+static uint64_t claim(struct mirror_job *j, uint64_t first, uint64_t count)
+{
+    pthread_mutex_lock(&j->busy_lock);
+    uint64_t nb = bm_bitmap_next_set(j->busy, first);
+    if (nb < first + count)
+        count = nb - first;
+    if (count)
+        bm_bitmap_set_bits(j->busy, first, count);
+    pthread_mutex_unlock(&j->busy_lock);
+    return count;
+}
+
+static void unclaim(struct mirror_job *j, uint64_t first, uint64_t count)
+{
+    pthread_mutex_lock(&j->busy_lock);
+    bm_bitmap_clear_bits(j->busy, first, count);
+    pthread_cond_broadcast(&j->busy_cond);
+    pthread_mutex_unlock(&j->busy_lock);
+}
+
+/* Copy [off, off+len) (claimed blocks first..first+nbits) through slot s. */
+static int copy_range(struct mirror_job *j, struct slot *s, uint64_t off, uint64_t len,
+                      bool bulk)
+{
+    s->offset = off;
+    s->len = len;
+    s->bulk = bulk;
+    s->redirty = !bulk;
+    int r = bm_disk_pread(j->src, s->buf, (size_t)len, off);
+    if (r < 0) {
+        fail(j, -r, "reading the source %s at 0x%llx: %s", bm_disk_path(j->src),
+             (unsigned long long)off, strerror(-r));
+        unclaim(j, s->first_bit, s->nbits);
+        return r;
+    }
+    s->zero = all_zero(s->buf, (size_t)len);
+    s->used = true;
+    j->nused++;
+    r = s->zero ? bm_target_zero(j->t, off, len, slot_done, s)
+                : bm_target_write(j->t, s->buf, (size_t)len, off, 0, slot_done, s);
+    if (r < 0)
+        slot_done(s, -r);
+    return 0;
+}
+
+/* Spend speed-limit tokens; false (with *wait_ms set) when over the limit. */
+static bool take_tokens(struct mirror_job *j, uint64_t bytes, int *wait_ms)
+{
+    uint64_t speed = atomic_load(&j->speed);
+    if (!speed)
+        return true;
+    uint64_t now = mirror_now_ns();
+    j->tokens += (double)(now - j->tokens_ns) * 1e-9 * (double)speed;
+    j->tokens_ns = now;
+    double cap = (double)speed / 10 + (double)j->o.request_size; /* 100 ms of burst */
+    if (j->tokens > cap)
+        j->tokens = cap;
+    if (j->tokens < 0) {
+        int ms = (int)(-j->tokens * 1000 / (double)speed) + 1;
+        *wait_ms = ms < *wait_ms ? ms : *wait_ms;
+        return false;
+    }
+    j->tokens -= (double)bytes;
+    return true;
+}
+
+/* One bulk step: the next piece of the allocated-extent walk. Returns false when the walk
+ * is over. */
+static bool bulk_step(struct mirror_job *j, struct slot *s)
+{
+    while (j->bulk_pos < j->size) {
+        if (!j->have_ext || j->ext.offset + j->ext.length <= j->bulk_pos) {
+            size_t n;
+            if (bm_disk_extents(j->src, j->bulk_pos, j->size - j->bulk_pos, &j->ext, 1, &n) < 0 ||
+                n == 0)
+                j->ext = (struct bm_extent){j->bulk_pos, j->size - j->bulk_pos, 0};
+            j->have_ext = true;
+        }
+        uint64_t off = j->bulk_pos;
+        uint64_t len = j->ext.offset + j->ext.length - off;
+        bool hole = j->ext.flags & BM_EXTENT_ZERO;
+        if (hole) {
+            uint64_t until, z = known_zero(j, off, len, &until);
+            if (z) { /* the target reads zeroes there already */
+                j->bulk_pos += z;
+                continue;
+            }
+            len = until - off;
+            if (len > MAX_ZERO_CHUNK)
+                len = MAX_ZERO_CHUNK;
+            if (!bm_target_can_zero(j->t) && len > j->o.request_size)
+                len = j->o.request_size;
+        } else if (len > j->o.request_size) {
+            len = j->o.request_size;
+        }
+        uint64_t first = off >> j->shift;
+        uint64_t last = (off + len - 1) >> j->shift;
+        uint64_t got = claim(j, first, last - first + 1);
+        if (got == 0)
+            return true; /* a writer holds it: try again later */
+        if (got < last - first + 1)
+            len = ((first + got) << j->shift) - off;
+        s->first_bit = first;
+        s->nbits = got;
+        j->bulk_pos = off + len;
+        if (hole) {
+            s->offset = off;
+            s->len = len;
+            s->bulk = false; /* zeroing holes is not bulk data */
+            s->redirty = true;
+            s->zero = true;
+            s->used = true;
+            j->nused++;
+            int r = bm_target_zero(j->t, off, len, slot_done, s);
+            if (r < 0)
+                slot_done(s, -r);
+            return true;
+        }
+        copy_range(j, s, off, len, true);
+        return true;
+    }
+    return false;
+}
+
+/* One dirty step: the next run of dirty blocks not busy. Returns false when none is left. */
+static bool dirty_step(struct mirror_job *j, struct slot *s)
+{
+    uint64_t maxbits = j->o.request_size >> j->shift;
+    uint64_t nbits = bm_bitmap_nbits(j->dirty);
+    bool wrapped = false;
+    uint64_t bit = j->dirty_cursor;
+    for (;;) {
+        uint64_t count;
+        if (!bm_bitmap_next_run(j->dirty, &bit, &count, maxbits)) {
+            if (wrapped || j->dirty_cursor == 0) {
+                j->dirty_cursor = 0;
+                return false;
+            }
+            wrapped = true;
+            j->st.rounds++;
+            bit = 0;
+            continue;
+        }
+        uint64_t got = claim(j, bit, count);
+        if (got == 0) {
+            bit++;
+            if (bit >= nbits) {
+                if (wrapped)
+                    return false;
+                wrapped = true;
+                bit = 0;
+            }
+            continue;
+        }
+        /* The ordering invariant: clear before reading. A write landing after this sets the
+         * bit again and the block is copied again. */
+        bm_bitmap_clear_bits(j->dirty, bit, got);
+        uint64_t off = bit << j->shift;
+        uint64_t end = (bit + got) << j->shift;
+        if (end > j->size)
+            end = j->size;
+        s->first_bit = bit;
+        s->nbits = got;
+        j->dirty_cursor = bit + got;
+        s->dirty_copy = true;
+        copy_range(j, s, off, end - off, false);
+        return true;
+    }
+}
+
+/* ---- the loop ---- */
+
+static uint64_t dirty_bytes(struct mirror_job *j)
+{
+    uint64_t d = bm_bitmap_dirty_bytes(j->dirty);
+    for (unsigned i = 0; i < j->nslots; i++)
+        if (j->slots[i].used && j->slots[i].dirty_copy)
+            d += j->slots[i].len;
+    return d;
+}
+
+struct tick_state {
+    uint64_t last_ns, last_sent, last_dirty, last_cleared, last_active;
+    uint64_t capacity; /* best throughput seen, bytes/s */
+    double thr, rate;  /* EWMAs */
+    unsigned behind, ahead;
+    uint64_t last_stats_ns;
+};
+
+static void set_mode(struct mirror_job *j, bool wb, const char *why)
+{
+    if (atomic_load(&j->write_blocking) == wb)
+        return;
+    atomic_store(&j->write_blocking, wb);
+    j->st.mode_switches++;
+    event(j, wb ? "write-blocking" : "background", why);
+}
+
+/* Every TICK_MS: rates, readiness, auto mode, stats events. */
+static void tick(struct mirror_job *j, struct tick_state *ts, bool bulk_over)
+{
+    uint64_t now = mirror_now_ns();
+    double dt = (double)(now - ts->last_ns) * 1e-9;
+    if (dt < TICK_MS * 1e-3)
+        return;
+    uint64_t sent = j->st.bytes_sent + j->st.zero_bytes;
+    uint64_t active = atomic_load(&j->active_bytes);
+    uint64_t dirty = dirty_bytes(j);
+    double thr = (double)(sent - ts->last_sent + active - ts->last_active) / dt;
+    double arate = (double)(active - ts->last_active) / dt; /* forwarded by writers */
+    /* Newly dirtied = growth of the dirty set + what copies took out of it. */
+    double newly = (double)dirty - (double)ts->last_dirty + (double)(j->cleared - ts->last_cleared);
+    ts->last_cleared = j->cleared;
+    double rate = (newly > 0 ? newly : 0) / dt;
+    bool busy = j->nused > 0 || dirty > 0;
+    if (busy || thr > 0)
+        ts->thr = ts->thr == 0 ? thr : 0.7 * ts->thr + 0.3 * thr;
+    ts->rate = 0.7 * ts->rate + 0.3 * rate;
+    if (thr > (double)ts->capacity && busy)
+        ts->capacity = (uint64_t)thr;
+    ts->last_ns = now;
+    ts->last_sent = sent;
+    ts->last_active = active;
+    ts->last_dirty = dirty;
+    pthread_mutex_lock(&j->stats_lock);
+    j->st.dirty_bytes = dirty;
+    j->st.throughput = (uint64_t)ts->thr;
+    j->st.dirty_rate = (uint64_t)ts->rate;
+    pthread_mutex_unlock(&j->stats_lock);
+
+    enum mirror_state s = j->st.state;
+    if (bulk_over && (s == MIRROR_DIRTY || s == MIRROR_READY)) {
+        double budget = (double)j->o.ready_ms * 1e-3;
+        double speed = ts->capacity ? (double)ts->capacity : ts->thr;
+        bool fits = dirty == 0 || (speed > 0 && (double)dirty / speed <= budget);
+        bool far = speed <= 0 || (double)dirty / speed > 4 * budget;
+        if (s == MIRROR_DIRTY && fits)
+            mirror_set_state(j, MIRROR_READY, NULL);
+        else if (s == MIRROR_READY && far && dirty > 0)
+            mirror_set_state(j, MIRROR_DIRTY, "fell behind");
+        if (j->o.mode == MIRROR_MODE_AUTO) {
+            bool wb = atomic_load(&j->write_blocking);
+            /* Not converging: writers dirty as fast as we copy, and the set is not shrinking. */
+            if (!wb && !fits && ts->rate >= 0.9 * ts->thr && ts->thr > 0)
+                ts->behind++;
+            else
+                ts->behind = 0;
+            /* Writers now need well under what the link can do: background copying will keep
+             * up again. */
+            if (wb && fits && arate + ts->rate < 0.5 * (double)ts->capacity)
+                ts->ahead++;
+            else
+                ts->ahead = 0;
+            if (ts->behind >= AUTO_SWITCH_TICKS) {
+                set_mode(j, true, "not converging: writers dirty data as fast as it is copied");
+                ts->behind = 0;
+            } else if (ts->ahead >= AUTO_SWITCH_TICKS) {
+                set_mode(j, false, "converging again: writers slower than the copy");
+                ts->ahead = 0;
+            }
+        }
+    }
+    if (j->o.stats_ms && now - ts->last_stats_ns >= (uint64_t)j->o.stats_ms * 1000000u) {
+        ts->last_stats_ns = now;
+        event(j, "stats", NULL);
+    } else {
+        publish(j);
+    }
+}
+
+struct flush_wait {
+    bool done;
+    int err;
+};
+
+static void flush_cb(void *opaque, int err)
+{
+    struct flush_wait *w = opaque;
+    w->done = true;
+    w->err = err;
+}
+
+/* Flush the target and wait for the answer (nothing else may be in flight). */
+static int flush_target(struct mirror_job *j)
+{
+    struct flush_wait w = {0};
+    int r = bm_target_flush(j->t, flush_cb, &w);
+    if (r < 0)
+        return r;
+    while (!w.done) {
+        r = bm_target_poll(j->t, NULL, 0, 1000);
+        if (r < 0 && !w.done)
+            return r;
+    }
+    return -w.err;
+}
+
+/* Wait for every command in flight (copies and forwarded writes) to be answered. */
+static void drain_target(struct mirror_job *j)
+{
+    while (bm_target_in_flight(j->t) > 0) {
+        mirror_active_submit(j);
+        if (bm_target_poll(j->t, NULL, 0, 1000) < 0 && bm_target_in_flight(j->t) > 0 &&
+            bm_target_dead(j->t))
+            break; /* dead connections answered theirs already; the rest cannot come */
+    }
+}
+
+/* The target connection broke: wait for what is in flight, reconnect with backoff. */
+static int recover_target(struct mirror_job *j)
+{
+    drain_target(j);
+    for (unsigned attempt = 1; attempt <= j->o.retries; attempt++) {
+        if (atomic_load(&j->want_cancel))
+            return -ECANCELED;
+        unsigned ms = 100u << (attempt < 5 ? attempt : 5);
+        struct timespec t = {ms / 1000, (long)(ms % 1000) * 1000000};
+        nanosleep(&t, NULL);
+        char err[256];
+        int r = bm_target_reconnect(j->t, err, sizeof err);
+        j->st.retries++;
+        if (r == 0) {
+            bm_warn("mirror: reconnected to the target (attempt %u)", attempt);
+            event(j, "reconnected", NULL);
+            return 0;
+        }
+        bm_warn("mirror: reconnect %u/%u: %s", attempt, j->o.retries, err);
+    }
+    fail(j, ECONNRESET, "lost the target %s and could not reconnect after %u attempts", j->uri,
+         j->o.retries);
+    return -ECONNRESET;
+}
+
+static void run_loop(struct mirror_job *j)
+{
+    struct tick_state ts = {.last_ns = mirror_now_ns()};
+    bool bulk_over = false;
+    j->tokens_ns = mirror_now_ns();
+    mirror_set_state(j, MIRROR_BULK, NULL);
+    for (;;) {
+        if (j->err)
+            return;
+        if (atomic_load(&j->want_cancel))
+            return;
+        int wait_ms = TICK_MS;
+        mirror_active_submit(j);
+
+        /* Completion: from ready, hold the writers, then copy what is left. */
+        if (atomic_load(&j->want_complete) && j->st.state == MIRROR_READY && !j->held) {
+            bm_disk_hold(j->src);
+            j->held = true;
+            mirror_set_state(j, MIRROR_COMPLETING, NULL);
+        }
+        bool backoff = mirror_now_ns() < j->backoff_until_ns;
+        struct slot *s;
+        while (!backoff && !j->err && (s = free_slot(j)) != NULL) {
+            if (!bulk_over) {
+                if (!take_tokens(j, j->o.request_size, &wait_ms))
+                    break;
+                if (!bulk_step(j, s)) {
+                    bulk_over = true;
+                    continue;
+                }
+                continue;
+            }
+            if (j->st.state == MIRROR_BULK)
+                mirror_set_state(j, MIRROR_DIRTY, NULL);
+            if (!j->held && !take_tokens(j, j->o.request_size, &wait_ms))
+                break;
+            if (!dirty_step(j, s))
+                break;
+        }
+        if (j->held && bm_disk_changes_in_progress(j->src) == 0 && j->nused == 0 &&
+            bm_bitmap_count(j->dirty) == 0 && bm_target_in_flight(j->t) == 0) {
+            int r = flush_target(j);
+            if (r < 0)
+                fail(j, -r, "flushing the target: %s", strerror(-r));
+            return;
+        }
+        if (backoff)
+            wait_ms = 20;
+        if (j->held && j->nused == 0)
+            wait_ms = 1; /* writers that were mid-change are finishing */
+        struct pollfd wake = {.fd = j->wake_fd, .events = POLLIN};
+        int r = bm_target_poll(j->t, &wake, 1, wait_ms);
+        if (wake.revents & POLLIN) {
+            uint64_t v;
+            ssize_t n = read(j->wake_fd, &v, sizeof v);
+            (void)n;
+        }
+        if (r < 0 && recover_target(j) < 0)
+            return;
+        tick(j, &ts, bulk_over);
+    }
+}
+
+static int setup(struct mirror_job *j)
+{
+    char err[256];
+    struct bm_target_opts to = {.uri = j->uri, .connections = j->o.connections};
+    int r = bm_target_open(&to, &j->t, err, sizeof err);
+    if (r < 0) {
+        fail(j, -r, "%s", err);
+        return r;
+    }
+    if (bm_target_size(j->t) < j->size) {
+        fail(j, ENOSPC, "the target (%llu bytes) is smaller than the source (%llu bytes)",
+             (unsigned long long)bm_target_size(j->t), (unsigned long long)j->size);
+        return -ENOSPC;
+    }
+    /* Zero ranges of the target let the bulk pass skip zeroing what is zero already. */
+    r = bm_target_zero_ranges(j->t, 0, j->size, add_zero_range, j);
+    if (r < 0 && r != -ENOTSUP)
+        bm_warn("mirror: the target's block status failed; zeroing every hole");
+    /* How much the bulk pass has to copy, for progress. */
+    uint64_t pos = 0, alloc = 0;
+    struct bm_extent e[64];
+    while (pos < j->size) {
+        size_t n;
+        if (bm_disk_extents(j->src, pos, j->size - pos, e, 64, &n) < 0 || n == 0) {
+            alloc += j->size - pos;
+            break;
+        }
+        for (size_t i = 0; i < n; i++) {
+            if (!(e[i].flags & BM_EXTENT_ZERO))
+                alloc += e[i].length;
+            pos = e[i].offset + e[i].length;
+        }
+    }
+    j->st.bulk_total = alloc;
+    /* Attach before the bulk pass reads anything: every later write is seen. */
+    r = bm_disk_attach_bitmap(j->src, j->dirty);
+    if (r < 0) {
+        fail(j, -r, "cannot track writes on the source: %s", strerror(-r));
+        return r;
+    }
+    struct bm_disk_hooks h = {.before = mirror_hook_before, .after = mirror_hook_after,
+                              .opaque = j};
+    bm_disk_set_hooks(j->src, &h);
+    if (j->o.mode == MIRROR_MODE_WRITE_BLOCKING)
+        atomic_store(&j->write_blocking, true);
+    return 0;
+}
+
+static void *job_main(void *arg)
+{
+    struct mirror_job *j = arg;
+    j->start_ns = mirror_now_ns();
+    event(j, "setup", NULL);
+    bool attached = false;
+    if (setup(j) == 0) {
+        attached = true;
+        run_loop(j);
+    }
+    /* Stop: answer every writer, wait for commands in flight, detach. */
+    if (j->t)
+        drain_target(j);
+    mirror_active_stop(j);
+    if (attached) {
+        bm_disk_set_hooks(j->src, NULL);
+        bm_disk_detach_bitmap(j->src, j->dirty);
+    }
+    if (j->err) {
+        if (j->held && !j->released) {
+            bm_disk_release(j->src);
+            j->released = true;
+        }
+        mirror_set_state(j, MIRROR_FAILED, j->errmsg);
+    } else if (atomic_load(&j->want_cancel)) {
+        if (j->held && !j->released) {
+            bm_disk_release(j->src);
+            j->released = true;
+        }
+        int r = j->t && !bm_target_dead(j->t) ? flush_target(j) : 0;
+        if (r < 0)
+            bm_warn("mirror: flushing the target on cancel: %s", strerror(-r));
+        mirror_set_state(j, MIRROR_CANCELLED, NULL);
+    } else {
+        mirror_set_state(j, MIRROR_DONE, NULL);
+    }
+    if (j->t) {
+        bm_target_close(j->t);
+        j->t = NULL;
+    }
+    return NULL;
+}
+
+int mirror_start(struct mirror_job *j)
+{
+    int r = pthread_create(&j->thread, NULL, job_main, j);
+    if (r)
+        return -r;
+    j->started = true;
+    return 0;
+}
+
+void mirror_complete(struct mirror_job *j)
+{
+    atomic_store(&j->want_complete, true);
+    mirror_wake(j);
+}
+
+void mirror_cancel(struct mirror_job *j)
+{
+    atomic_store(&j->want_cancel, true);
+    mirror_wake(j);
+}
+
+void mirror_set_speed(struct mirror_job *j, uint64_t bytes_per_second)
+{
+    atomic_store(&j->speed, bytes_per_second);
+    mirror_wake(j);
+}
+
+void mirror_query(struct mirror_job *j, struct mirror_stats *st)
+{
+    pthread_mutex_lock(&j->stats_lock);
+    *st = j->st;
+    pthread_mutex_unlock(&j->stats_lock);
+}
+
+int mirror_wait(struct mirror_job *j, char *err, size_t errlen)
+{
+    if (j->started) {
+        pthread_join(j->thread, NULL);
+        j->started = false;
+    }
+    if (j->st.state == MIRROR_DONE)
+        return 0;
+    if (j->st.state == MIRROR_CANCELLED)
+        return -ECANCELED;
+    snprintf(err, errlen, "%s", j->errmsg[0] ? j->errmsg : "the mirror job failed");
+    return -(j->err ? j->err : EIO);
+}
+
+void mirror_release(struct mirror_job *j)
+{
+    if (j->held && !j->released) {
+        bm_disk_release(j->src);
+        j->released = true;
+    }
+}
+
+void mirror_free(struct mirror_job *j)
+{
+    if (!j)
+        return;
+    if (j->started) {
+        mirror_cancel(j);
+        pthread_join(j->thread, NULL);
+    }
+    mirror_release(j);
+    bm_target_close(j->t);
+    if (j->slots)
+        for (unsigned i = 0; i < j->nslots; i++)
+            free(j->slots[i].buf);
+    free(j->slots);
+    bm_bitmap_free(j->dirty);
+    bm_bitmap_free(j->busy);
+    free(j->tz);
+    free(j->uri);
+    if (j->wake_fd >= 0)
+        close(j->wake_fd);
+    free(j);
+}

@@ -1,0 +1,40 @@
+/* control.h: the control socket: JSON lines over a unix socket (commands, replies, events). */
+#ifndef BM_COMMON_CONTROL_H
+#define BM_COMMON_CONTROL_H
+
+#include <json-c/json.h>
+#include <stddef.h>
+
+/*
+ * Wire format (documented in docs/control-protocol.md): one JSON object per line.
+ *   server, on connect: {"blkmig": {"version": "...", "service": "...", "commands": [...]}}
+ *   client:             {"execute": "NAME", "arguments": {...}, "id": ANY}   (arguments, id optional)
+ *   server:             {"return": {...}, "id": ANY}
+ *                    or {"error": {"class": "...", "desc": "..."}, "id": ANY}
+ *   server, any time:   {"event": "NAME", "data": {...}, "timestamp": {"seconds": S, "microseconds": U}}
+ */
+struct bm_control;
+
+/* A command handler: returns the result object (reference passed to the caller), or NULL after
+ * filling cls ("InvalidArgument", "CommandNotFound", "Failed"...) and desc. Runs on the control
+ * socket's own thread. */
+typedef struct json_object *(*bm_control_fn)(void *opaque, const char *cmd,
+                                              struct json_object *args, const char **cls,
+                                              char *desc, size_t desclen);
+
+/* Listen on path and serve from a new thread. commands is a NULL-terminated list of names the
+ * handler knows (for the greeting and for CommandNotFound). Returns NULL with errno. */
+struct bm_control *bm_control_start(const char *path, const char *service,
+                                    const char *const *commands, bm_control_fn fn,
+                                    void *opaque);
+/* Send an event to every connected client (any thread). data may be NULL; it is released. */
+void bm_control_emit(struct bm_control *c, const char *event, struct json_object *data);
+/* Stop the thread, close clients, remove the socket file. */
+void bm_control_stop(struct bm_control *c);
+
+/* Client side: connect, read the greeting, send one command, print events to events_fd (or
+ * drop them if -1) until the reply; returns the reply object (caller puts it) or NULL. */
+struct json_object *bm_control_call(const char *path, const char *cmd, struct json_object *args,
+                                    int events_fd, char *err, size_t errlen);
+
+#endif
