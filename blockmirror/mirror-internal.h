@@ -72,9 +72,11 @@ struct mirror_job {
     /* Progress, on the job's thread; copied into st under stats_lock for queries. */
     pthread_mutex_t stats_lock;
     struct mirror_stats st;
+    /* The bulk pass: the source's extents as they were at setup (later writes are tracked by
+     * the dirty bitmap), walked from ext_idx/bulk_pos. */
+    struct bm_extent *exts;
+    size_t nexts, ext_idx;
     uint64_t bulk_pos;
-    struct bm_extent ext;
-    bool have_ext;
     uint64_t dirty_cursor;
     uint64_t cleared; /* bytes of dirty copies completed */
     struct zero_range *tz;

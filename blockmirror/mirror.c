@@ -31,7 +31,7 @@ const char *mirror_state_name(enum mirror_state s)
 void mirror_opts_default(struct mirror_opts *o)
 {
     *o = (struct mirror_opts){
-        .granularity = 64 * 1024,
+        .granularity = 0, /* chosen from the disk size */
         .request_size = 1024 * 1024,
         .in_flight = 16,
         .connections = 4,
@@ -106,6 +106,18 @@ static void fail(struct mirror_job *j, int err, const char *fmt, ...)
 int mirror_new(struct bm_disk *src, const struct mirror_opts *o, mirror_event_fn fn,
                void *opaque, struct mirror_job **out, char *err, size_t errlen)
 {
+    struct mirror_opts oo = *o;
+    if (oo.granularity == 0) {
+        /* 4 KiB blocks copy a small random write as itself (64 KiB ones sent 2.2 times the
+         * data in our measurements); grow them only to keep the bitmap under 32 MiB. */
+        uint64_t size = bm_disk_size(src);
+        oo.granularity = 4096;
+        while (size / oo.granularity > (UINT64_C(32) << 23) && oo.granularity < (1u << 26))
+            oo.granularity <<= 1;
+        if (oo.request_size < oo.granularity)
+            oo.request_size = oo.granularity;
+    }
+    o = &oo;
     if (o->granularity < 512 || (o->granularity & (o->granularity - 1))) {
         snprintf(err, errlen, "granularity must be a power of two of at least 512");
         return -EINVAL;
@@ -282,6 +294,33 @@ static void unclaim(struct mirror_job *j, uint64_t first, uint64_t count)
     pthread_mutex_unlock(&j->busy_lock);
 }
 
+/* The speed limit, a token bucket in bytes: may another copy start now? If not, *wait_ms is
+ * lowered to when it may. Copies spend what they send (spend()), so a small copy costs little. */
+static bool may_send(struct mirror_job *j, int *wait_ms)
+{
+    uint64_t speed = atomic_load(&j->speed);
+    if (!speed)
+        return true;
+    uint64_t now = mirror_now_ns();
+    j->tokens += (double)(now - j->tokens_ns) * 1e-9 * (double)speed;
+    j->tokens_ns = now;
+    double cap = (double)speed / 10 + (double)j->o.request_size; /* 100 ms of burst */
+    if (j->tokens > cap)
+        j->tokens = cap;
+    if (j->tokens < 0) {
+        int ms = (int)(-j->tokens * 1000 / (double)speed) + 1;
+        *wait_ms = ms < *wait_ms ? ms : *wait_ms;
+        return false;
+    }
+    return true;
+}
+
+static void spend(struct mirror_job *j, uint64_t bytes)
+{
+    if (atomic_load(&j->speed))
+        j->tokens -= (double)bytes;
+}
+
 /* Copy [off, off+len) (claimed blocks first..first+nbits) through slot s. */
 static int copy_range(struct mirror_job *j, struct slot *s, uint64_t off, uint64_t len,
                       bool bulk)
@@ -298,6 +337,8 @@ static int copy_range(struct mirror_job *j, struct slot *s, uint64_t off, uint64
         return r;
     }
     s->zero = all_zero(s->buf, (size_t)len);
+    if (!s->zero)
+        spend(j, len);
     s->used = true;
     j->nused++;
     r = s->zero ? bm_target_zero(j->t, off, len, slot_done, s)
@@ -307,42 +348,21 @@ static int copy_range(struct mirror_job *j, struct slot *s, uint64_t off, uint64
     return 0;
 }
 
-/* Spend speed-limit tokens; false (with *wait_ms set) when over the limit. */
-static bool take_tokens(struct mirror_job *j, uint64_t bytes, int *wait_ms)
-{
-    uint64_t speed = atomic_load(&j->speed);
-    if (!speed)
-        return true;
-    uint64_t now = mirror_now_ns();
-    j->tokens += (double)(now - j->tokens_ns) * 1e-9 * (double)speed;
-    j->tokens_ns = now;
-    double cap = (double)speed / 10 + (double)j->o.request_size; /* 100 ms of burst */
-    if (j->tokens > cap)
-        j->tokens = cap;
-    if (j->tokens < 0) {
-        int ms = (int)(-j->tokens * 1000 / (double)speed) + 1;
-        *wait_ms = ms < *wait_ms ? ms : *wait_ms;
-        return false;
-    }
-    j->tokens -= (double)bytes;
-    return true;
-}
-
 /* One bulk step: the next piece of the allocated-extent walk. Returns false when the walk
  * is over. */
 static bool bulk_step(struct mirror_job *j, struct slot *s)
 {
-    while (j->bulk_pos < j->size) {
-        if (!j->have_ext || j->ext.offset + j->ext.length <= j->bulk_pos) {
-            size_t n;
-            if (bm_disk_extents(j->src, j->bulk_pos, j->size - j->bulk_pos, &j->ext, 1, &n) < 0 ||
-                n == 0)
-                j->ext = (struct bm_extent){j->bulk_pos, j->size - j->bulk_pos, 0};
-            j->have_ext = true;
+    while (j->ext_idx < j->nexts) {
+        const struct bm_extent *e = &j->exts[j->ext_idx];
+        if (j->bulk_pos < e->offset)
+            j->bulk_pos = e->offset;
+        if (j->bulk_pos >= e->offset + e->length) {
+            j->ext_idx++;
+            continue;
         }
         uint64_t off = j->bulk_pos;
-        uint64_t len = j->ext.offset + j->ext.length - off;
-        bool hole = j->ext.flags & BM_EXTENT_ZERO;
+        uint64_t len = e->offset + e->length - off;
+        bool hole = e->flags & BM_EXTENT_ZERO;
         if (hole) {
             uint64_t until, z = known_zero(j, off, len, &until);
             if (z) { /* the target reads zeroes there already */
@@ -619,7 +639,7 @@ static void run_loop(struct mirror_job *j)
         struct slot *s;
         while (!backoff && !j->err && (s = free_slot(j)) != NULL) {
             if (!bulk_over) {
-                if (!take_tokens(j, j->o.request_size, &wait_ms))
+                if (!may_send(j, &wait_ms))
                     break;
                 if (!bulk_step(j, s)) {
                     bulk_over = true;
@@ -629,7 +649,7 @@ static void run_loop(struct mirror_job *j)
             }
             if (j->st.state == MIRROR_BULK)
                 mirror_set_state(j, MIRROR_DIRTY, NULL);
-            if (!j->held && !take_tokens(j, j->o.request_size, &wait_ms))
+            if (!j->held && !may_send(j, &wait_ms))
                 break;
             if (!dirty_step(j, s))
                 break;
@@ -658,7 +678,7 @@ static void run_loop(struct mirror_job *j)
     }
 }
 
-static int setup(struct mirror_job *j)
+static int setup(struct mirror_job *j, bool *attached)
 {
     char err[256];
     struct bm_target_opts to = {.uri = j->uri, .connections = j->o.connections};
@@ -676,28 +696,41 @@ static int setup(struct mirror_job *j)
     r = bm_target_zero_ranges(j->t, 0, j->size, add_zero_range, j);
     if (r < 0 && r != -ENOTSUP)
         bm_warn("mirror: the target's block status failed; zeroing every hole");
-    /* How much the bulk pass has to copy, for progress. */
-    uint64_t pos = 0, alloc = 0;
-    struct bm_extent e[64];
-    while (pos < j->size) {
-        size_t n;
-        if (bm_disk_extents(j->src, pos, j->size - pos, e, 64, &n) < 0 || n == 0) {
-            alloc += j->size - pos;
-            break;
-        }
-        for (size_t i = 0; i < n; i++) {
-            if (!(e[i].flags & BM_EXTENT_ZERO))
-                alloc += e[i].length;
-            pos = e[i].offset + e[i].length;
-        }
-    }
-    j->st.bulk_total = alloc;
-    /* Attach before the bulk pass reads anything: every later write is seen. */
+    /* Attach before listing the extents: a write that completes before the listing is in
+     * it, one that completes after is in the bitmap. */
     r = bm_disk_attach_bitmap(j->src, j->dirty);
     if (r < 0) {
         fail(j, -r, "cannot track writes on the source: %s", strerror(-r));
         return r;
     }
+    *attached = true;
+    /* The extents the bulk pass walks, and how much data it copies (for progress). */
+    uint64_t pos = 0, alloc = 0;
+    size_t cap = 0;
+    while (pos < j->size) {
+        if (j->nexts == cap) {
+            cap = cap ? cap * 2 : 64;
+            struct bm_extent *n = realloc(j->exts, cap * sizeof *n);
+            if (!n) {
+                fail(j, ENOMEM, "out of memory listing the source's extents");
+                return -ENOMEM;
+            }
+            j->exts = n;
+        }
+        size_t n;
+        if (bm_disk_extents(j->src, pos, j->size - pos, j->exts + j->nexts, cap - j->nexts,
+                            &n) < 0 || n == 0) {
+            j->exts[j->nexts++] = (struct bm_extent){pos, j->size - pos, 0};
+            n = 1;
+        } else {
+            j->nexts += n;
+        }
+        for (size_t i = j->nexts - n; i < j->nexts; i++)
+            if (!(j->exts[i].flags & BM_EXTENT_ZERO))
+                alloc += j->exts[i].length;
+        pos = j->exts[j->nexts - 1].offset + j->exts[j->nexts - 1].length;
+    }
+    j->st.bulk_total = alloc;
     struct bm_disk_hooks h = {.before = mirror_hook_before, .after = mirror_hook_after,
                               .opaque = j};
     bm_disk_set_hooks(j->src, &h);
@@ -712,16 +745,14 @@ static void *job_main(void *arg)
     j->start_ns = mirror_now_ns();
     event(j, "setup", NULL);
     bool attached = false;
-    if (setup(j) == 0) {
-        attached = true;
+    if (setup(j, &attached) == 0)
         run_loop(j);
-    }
     /* Stop: answer every writer, wait for commands in flight, detach. */
     if (j->t)
         drain_target(j);
     mirror_active_stop(j);
     if (attached) {
-        bm_disk_set_hooks(j->src, NULL);
+        bm_disk_set_hooks(j->src, NULL); /* harmless if never installed */
         bm_disk_detach_bitmap(j->src, j->dirty);
     }
     if (j->err) {
@@ -822,6 +853,7 @@ void mirror_free(struct mirror_job *j)
     bm_bitmap_free(j->dirty);
     bm_bitmap_free(j->busy);
     free(j->tz);
+    free(j->exts);
     free(j->uri);
     if (j->wake_fd >= 0)
         close(j->wake_fd);

@@ -29,7 +29,7 @@ enum mirror_copy_mode { MIRROR_MODE_BACKGROUND, MIRROR_MODE_WRITE_BLOCKING, MIRR
 
 struct mirror_opts {
     const char *target_uri;
-    uint32_t granularity;  /* dirty-bitmap block size, power of two >= 512 */
+    uint32_t granularity;  /* dirty-bitmap block size, power of two >= 512; 0 = automatic */
     uint32_t request_size; /* largest copy request */
     unsigned in_flight;    /* copy requests in flight at once */
     unsigned connections;  /* NBD connections (when the target allows multi-conn) */

@@ -51,7 +51,8 @@ static void usage(FILE *f)
         "      --serve-port N       serve SOURCE on this TCP port\n"
         "      --serve-bind ADDR    address for --serve-port (default 127.0.0.1)\n"
         "Copying:\n"
-        "      --granularity SIZE   dirty-tracking block size (default 64K)\n"
+        "      --granularity SIZE   dirty-tracking block size (default 4K; larger for disks\n"
+        "                           over 1 TiB, keeping the bitmap under 32 MiB)\n"
         "      --request-size SIZE  largest copy request (default 1M)\n"
         "      --in-flight N        copy requests in flight (default 16)\n"
         "      --connections N      NBD connections when the target allows multi-conn (4)\n"
@@ -294,7 +295,7 @@ int cmd_mirror(int argc, char **argv)
             mo.granularity = (uint32_t)v;
             break;
         case O_REQ:
-            if (parse_size_opt("request-size", optarg, 512, 32 << 20, &v) < 0)
+            if (parse_size_opt("request-size", optarg, 4096, 32 << 20, &v) < 0)
                 return 2;
             mo.request_size = (uint32_t)v;
             break;
@@ -380,7 +381,7 @@ int cmd_mirror(int argc, char **argv)
         bm_error("--serve-unix and --serve-port exclude each other");
         return 2;
     }
-    if (mo.request_size < mo.granularity) {
+    if (mo.granularity && mo.request_size < mo.granularity) {
         bm_error("--request-size must be at least --granularity");
         return 2;
     }
