@@ -90,7 +90,15 @@ struct mirror_job {
     bool released;
     int err;
     char errmsg[256];
+    /* Tests only: called on the job's thread right after a copy read its data. */
+    void (*test_after_read)(void *opaque, uint64_t off, uint64_t len, bool bulk);
+    void *test_opaque;
 };
+
+/* Tests only: install test_after_read (before mirror_start). */
+void mirror_set_test_hook(struct mirror_job *j,
+                          void (*fn)(void *opaque, uint64_t off, uint64_t len, bool bulk),
+                          void *opaque);
 
 /* mirror-active.c */
 int mirror_hook_before(void *opaque, uint64_t offset, uint64_t len);

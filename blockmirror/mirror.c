@@ -12,6 +12,7 @@
 
 #include "blockmirror/mirror-internal.h"
 #include "common/log.h"
+#include "common/zero.h"
 
 #define TICK_MS 100
 /* Hole ranges are zeroed on the target in pieces of at most this many bytes. */
@@ -227,14 +228,6 @@ static struct slot *free_slot(struct mirror_job *j)
     return NULL;
 }
 
-static bool all_zero(const uint8_t *p, size_t len)
-{
-    static const uint8_t z[16];
-    if (len < 16)
-        return memcmp(p, z, len) == 0;
-    return memcmp(p, z, 16) == 0 && memcmp(p, p + 16, len - 16) == 0;
-}
-
 static void slot_done(void *opaque, int err)
 {
     struct slot *s = opaque;
@@ -336,7 +329,9 @@ static int copy_range(struct mirror_job *j, struct slot *s, uint64_t off, uint64
         unclaim(j, s->first_bit, s->nbits);
         return r;
     }
-    s->zero = all_zero(s->buf, (size_t)len);
+    if (j->test_after_read)
+        j->test_after_read(j->test_opaque, off, len, bulk);
+    s->zero = bm_is_zero(s->buf, (size_t)len);
     if (!s->zero)
         spend(j, len);
     s->used = true;
@@ -778,6 +773,14 @@ static void *job_main(void *arg)
         j->t = NULL;
     }
     return NULL;
+}
+
+void mirror_set_test_hook(struct mirror_job *j,
+                          void (*fn)(void *opaque, uint64_t off, uint64_t len, bool bulk),
+                          void *opaque)
+{
+    j->test_after_read = fn;
+    j->test_opaque = opaque;
 }
 
 int mirror_start(struct mirror_job *j)
