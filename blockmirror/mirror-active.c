@@ -67,6 +67,9 @@ void mirror_hook_after(void *opaque, int token, enum bm_disk_change kind, const 
             uint64_t first = (offset + (1u << j->shift) - 1) >> j->shift;
             uint64_t end = offset + len == j->size ? bm_bitmap_nbits(j->dirty)
                                                    : (offset + len) >> j->shift;
+            uint64_t frontier = atomic_load(&j->bulk_frontier);
+            if (frontier != UINT64_MAX && end > frontier >> j->shift)
+                end = frontier >> j->shift;
             if (end > first)
                 bm_bitmap_clear_bits(j->dirty, first, end - first);
             if (kind == BM_CHANGE_WRITE)

@@ -64,13 +64,19 @@ struct mirror_job {
     struct active_req *aq_head, *aq_tail;
     bool stopped;
     _Atomic bool write_blocking;
+    /* Where the bulk pass has issued up to (UINT64_MAX when it is over). A write-blocking
+     * writer may call blocks clean only below it: above it the bulk pass may still zero a
+     * range that was a hole at setup. */
+    _Atomic uint64_t bulk_frontier;
     _Atomic uint64_t active_bytes;
 
     struct slot *slots;
     unsigned nslots, nused;
 
-    /* Progress, on the job's thread; copied into st under stats_lock for queries. */
+    /* Progress: cur is the job thread's own; publish() copies it into st under stats_lock,
+     * which is what other threads read. */
     pthread_mutex_t stats_lock;
+    struct mirror_stats cur;
     struct mirror_stats st;
     /* The bulk pass: the source's extents as they were at setup (later writes are tracked by
      * the dirty bitmap), walked from ext_idx/bulk_pos. */

@@ -57,36 +57,34 @@ void mirror_wake(struct mirror_job *j)
     (void)r;
 }
 
+static uint64_t dirty_bytes(struct mirror_job *j);
+
 static void publish(struct mirror_job *j)
 {
-    j->st.elapsed_ms = (mirror_now_ns() - j->start_ns) / 1000000;
-    j->st.write_blocking = atomic_load(&j->write_blocking);
-    j->st.active_bytes = atomic_load(&j->active_bytes);
-    j->st.connections = j->t ? bm_target_connections(j->t) : 0;
+    j->cur.elapsed_ms = (mirror_now_ns() - j->start_ns) / 1000000;
+    j->cur.dirty_bytes = dirty_bytes(j);
+    j->cur.write_blocking = atomic_load(&j->write_blocking);
+    j->cur.active_bytes = atomic_load(&j->active_bytes);
+    j->cur.connections = j->t ? bm_target_connections(j->t) : 0;
     pthread_mutex_lock(&j->stats_lock);
+    j->st = j->cur;
     pthread_mutex_unlock(&j->stats_lock);
 }
 
 static void event(struct mirror_job *j, const char *name, const char *detail)
 {
     publish(j);
-    if (j->fn) {
-        pthread_mutex_lock(&j->stats_lock);
-        struct mirror_stats st = j->st;
-        pthread_mutex_unlock(&j->stats_lock);
-        j->fn(j->opaque, name, &st, detail);
-    }
+    if (j->fn)
+        j->fn(j->opaque, name, &j->cur, detail);
 }
 
 void mirror_set_state(struct mirror_job *j, enum mirror_state s, const char *detail)
 {
-    if (j->st.state == s)
+    if (j->cur.state == s)
         return;
-    pthread_mutex_lock(&j->stats_lock);
-    j->st.state = s;
-    if (s == MIRROR_READY && !j->st.ready_ms)
-        j->st.ready_ms = (mirror_now_ns() - j->start_ns) / 1000000 + 1;
-    pthread_mutex_unlock(&j->stats_lock);
+    j->cur.state = s;
+    if (s == MIRROR_READY && !j->cur.ready_ms)
+        j->cur.ready_ms = (mirror_now_ns() - j->start_ns) / 1000000 + 1;
     event(j, mirror_state_name(s), detail);
 }
 
@@ -165,8 +163,9 @@ int mirror_new(struct bm_disk *src, const struct mirror_opts *o, mirror_event_fn
     pthread_mutex_init(&j->busy_lock, NULL);
     pthread_cond_init(&j->busy_cond, NULL);
     pthread_mutex_init(&j->stats_lock, NULL);
-    j->st.state = MIRROR_SETUP;
-    j->st.disk_size = j->size;
+    j->cur.state = MIRROR_SETUP;
+    j->cur.disk_size = j->size;
+    j->st = j->cur;
     *out = j;
     return 0;
 }
@@ -235,7 +234,7 @@ static void slot_done(void *opaque, int err)
     if (err) {
         if (s->redirty || s->bulk)
             bm_bitmap_set_range(j->dirty, s->offset, s->len);
-        j->st.retries++;
+        j->cur.retries++;
         j->consecutive_errors++;
         uint64_t backoff = 100000000ull << (j->consecutive_errors < 5 ? j->consecutive_errors : 5);
         j->backoff_until_ns = mirror_now_ns() + backoff;
@@ -248,11 +247,11 @@ static void slot_done(void *opaque, int err)
     } else {
         j->consecutive_errors = 0;
         if (s->zero)
-            j->st.zero_bytes += s->len;
+            j->cur.zero_bytes += s->len;
         else
-            j->st.bytes_sent += s->len;
+            j->cur.bytes_sent += s->len;
         if (s->bulk)
-            j->st.bulk_done += s->len;
+            j->cur.bulk_done += s->len;
         if (s->dirty_copy)
             j->cleared += s->len;
     }
@@ -362,6 +361,7 @@ static bool bulk_step(struct mirror_job *j, struct slot *s)
             uint64_t until, z = known_zero(j, off, len, &until);
             if (z) { /* the target reads zeroes there already */
                 j->bulk_pos += z;
+                atomic_store(&j->bulk_frontier, j->bulk_pos);
                 continue;
             }
             len = until - off;
@@ -382,6 +382,7 @@ static bool bulk_step(struct mirror_job *j, struct slot *s)
         s->first_bit = first;
         s->nbits = got;
         j->bulk_pos = off + len;
+        atomic_store(&j->bulk_frontier, j->bulk_pos);
         if (hole) {
             s->offset = off;
             s->len = len;
@@ -416,7 +417,7 @@ static bool dirty_step(struct mirror_job *j, struct slot *s)
                 return false;
             }
             wrapped = true;
-            j->st.rounds++;
+            j->cur.rounds++;
             bit = 0;
             continue;
         }
@@ -471,7 +472,7 @@ static void set_mode(struct mirror_job *j, bool wb, const char *why)
     if (atomic_load(&j->write_blocking) == wb)
         return;
     atomic_store(&j->write_blocking, wb);
-    j->st.mode_switches++;
+    j->cur.mode_switches++;
     event(j, wb ? "write-blocking" : "background", why);
 }
 
@@ -482,7 +483,7 @@ static void tick(struct mirror_job *j, struct tick_state *ts, bool bulk_over)
     double dt = (double)(now - ts->last_ns) * 1e-9;
     if (dt < TICK_MS * 1e-3)
         return;
-    uint64_t sent = j->st.bytes_sent + j->st.zero_bytes;
+    uint64_t sent = j->cur.bytes_sent + j->cur.zero_bytes;
     uint64_t active = atomic_load(&j->active_bytes);
     uint64_t dirty = dirty_bytes(j);
     double thr = (double)(sent - ts->last_sent + active - ts->last_active) / dt;
@@ -501,13 +502,10 @@ static void tick(struct mirror_job *j, struct tick_state *ts, bool bulk_over)
     ts->last_sent = sent;
     ts->last_active = active;
     ts->last_dirty = dirty;
-    pthread_mutex_lock(&j->stats_lock);
-    j->st.dirty_bytes = dirty;
-    j->st.throughput = (uint64_t)ts->thr;
-    j->st.dirty_rate = (uint64_t)ts->rate;
-    pthread_mutex_unlock(&j->stats_lock);
+    j->cur.throughput = (uint64_t)ts->thr;
+    j->cur.dirty_rate = (uint64_t)ts->rate;
 
-    enum mirror_state s = j->st.state;
+    enum mirror_state s = j->cur.state;
     if (bulk_over && (s == MIRROR_DIRTY || s == MIRROR_READY)) {
         double budget = (double)j->o.ready_ms * 1e-3;
         double speed = ts->capacity ? (double)ts->capacity : ts->thr;
@@ -597,7 +595,7 @@ static int recover_target(struct mirror_job *j)
         nanosleep(&t, NULL);
         char err[256];
         int r = bm_target_reconnect(j->t, err, sizeof err);
-        j->st.retries++;
+        j->cur.retries++;
         if (r == 0) {
             bm_warn("mirror: reconnected to the target (attempt %u)", attempt);
             event(j, "reconnected", NULL);
@@ -625,7 +623,7 @@ static void run_loop(struct mirror_job *j)
         mirror_active_submit(j);
 
         /* Completion: from ready, hold the writers, then copy what is left. */
-        if (atomic_load(&j->want_complete) && j->st.state == MIRROR_READY && !j->held) {
+        if (atomic_load(&j->want_complete) && j->cur.state == MIRROR_READY && !j->held) {
             bm_disk_hold(j->src);
             j->held = true;
             mirror_set_state(j, MIRROR_COMPLETING, NULL);
@@ -638,11 +636,12 @@ static void run_loop(struct mirror_job *j)
                     break;
                 if (!bulk_step(j, s)) {
                     bulk_over = true;
+                    atomic_store(&j->bulk_frontier, UINT64_MAX);
                     continue;
                 }
                 continue;
             }
-            if (j->st.state == MIRROR_BULK)
+            if (j->cur.state == MIRROR_BULK)
                 mirror_set_state(j, MIRROR_DIRTY, NULL);
             if (!j->held && !may_send(j, &wait_ms))
                 break;
@@ -725,7 +724,7 @@ static int setup(struct mirror_job *j, bool *attached)
                 alloc += j->exts[i].length;
         pos = j->exts[j->nexts - 1].offset + j->exts[j->nexts - 1].length;
     }
-    j->st.bulk_total = alloc;
+    j->cur.bulk_total = alloc;
     struct bm_disk_hooks h = {.before = mirror_hook_before, .after = mirror_hook_after,
                               .opaque = j};
     bm_disk_set_hooks(j->src, &h);
@@ -823,9 +822,9 @@ int mirror_wait(struct mirror_job *j, char *err, size_t errlen)
         pthread_join(j->thread, NULL);
         j->started = false;
     }
-    if (j->st.state == MIRROR_DONE)
+    if (j->cur.state == MIRROR_DONE)
         return 0;
-    if (j->st.state == MIRROR_CANCELLED)
+    if (j->cur.state == MIRROR_CANCELLED)
         return -ECANCELED;
     snprintf(err, errlen, "%s", j->errmsg[0] ? j->errmsg : "the mirror job failed");
     return -(j->err ? j->err : EIO);

@@ -73,7 +73,8 @@ static void usage(FILE *f)
         "  -h, --help               show this help\n"
         "\n"
         "Exit status: 0 done (target identical to SOURCE at completion), 1 failed, 2 usage\n"
-        "error, 3 cancelled. SIGINT/SIGTERM cancel; SIGUSR1 completes.\n");
+        "error, 3 cancelled. SIGINT/SIGTERM cancel; SIGUSR1 completes. A failed or cancelled\n"
+        "mirror keeps serving SOURCE until its writers disconnect (or another signal).\n");
 }
 
 static struct json_object *stats_json(const struct mirror_stats *st)
@@ -491,6 +492,19 @@ int cmd_mirror(int argc, char **argv)
     }
     fflush(stdout);
     status = r == 0 ? 0 : r == -ECANCELED ? 3 : 1;
+    if (r != 0 && srv.running && nbd_server_connections(srv.s) > 0) {
+        /* The copy stopped, the disk did not: its writers keep it until they let go. */
+        bm_warn("the mirror %s; still serving %s to its writers until they disconnect "
+                "(SIGINT or SIGTERM to stop now)", result, src_path);
+        while (nbd_server_connections(srv.s) > 0) {
+            struct pollfd pfd = {.fd = sfd, .events = POLLIN};
+            if (poll(&pfd, 1, 200) > 0) {
+                struct signalfd_siginfo si;
+                if (read(sfd, &si, sizeof si) == sizeof si && si.ssi_signo != SIGUSR1)
+                    break;
+            }
+        }
+    }
 out:
     if (m.ctl)
         bm_control_stop(m.ctl);
