@@ -47,7 +47,7 @@ for _ in $(seq 100); do [ -S "$work/ctl.sock" ] && break; sleep 0.1; done
 echo "== a writer: fio, 8 s of 4-64 KiB random writes at 20 MB/s, with crc32c verification"
 fio --name=writer --ioengine=nbd --uri="nbd+unix:///?socket=$work/src.sock" --rw=randwrite \
     --bsrange=4k-64k --rate=20m --size=1G --runtime=8 --time_based --iodepth=8 \
-    --verify=crc32c --verify_fatal=1 --output-format=terse --terse-version=3 \
+    --verify=crc32c --verify_fatal=1 --verify_state_save=0 --output-format=terse \
     --output="$work/fio.txt" >/dev/null 2>&1 || { echo "fio failed" >&2; exit 1; }
 echo "== blkmig control ... query"
 "$BLKMIG" control "$work/ctl.sock" query
