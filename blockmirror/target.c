@@ -364,8 +364,11 @@ int bm_target_poll(struct bm_target *t, struct pollfd *extra, unsigned nextra, i
         else if (re & POLLOUT)
             nbd_aio_notify_write(c->h);
         if (nbd_aio_is_dead(c->h) || nbd_aio_is_closed(c->h)) {
-            if (!c->dead)
-                bm_error("mirror target %s: connection lost: %s", t->uri, nbd_get_error());
+            if (!c->dead) {
+                const char *why = nbd_get_error();
+                bm_error("mirror target %s: connection lost%s%s", t->uri, why ? ": " : "",
+                         why ? why : "");
+            }
             c->dead = true;
         }
     }
