@@ -48,8 +48,10 @@ void mirror_hook_after(void *opaque, int token, enum bm_disk_change kind, const 
     if (!token)
         return;
     struct active_req r = {.kind = kind, .buf = buf, .offset = offset, .len = len};
-    /* A discard on a block device leaves unknown contents: leave it to the background copy. */
-    bool forward = result == 0 && !(kind == BM_CHANGE_TRIM && bm_disk_is_blockdev(j->src));
+    /* A trim may or may not have changed the source (a device or filesystem that cannot
+     * discard ignores it): leave its blocks dirty for the background copy, which sends what
+     * the source really holds. */
+    bool forward = result == 0 && kind != BM_CHANGE_TRIM;
     pthread_mutex_lock(&j->busy_lock);
     if (forward && !j->stopped) {
         if (j->aq_tail)

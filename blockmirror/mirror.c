@@ -231,7 +231,11 @@ static void slot_done(void *opaque, int err)
 {
     struct slot *s = opaque;
     struct mirror_job *j = s->j;
-    if (err) {
+    if (err && bm_target_dead(j->t)) {
+        /* The connection died under it: the reconnect logic owns the retry budget. */
+        if (s->redirty || s->bulk)
+            bm_bitmap_set_range(j->dirty, s->offset, s->len);
+    } else if (err) {
         if (s->redirty || s->bulk)
             bm_bitmap_set_range(j->dirty, s->offset, s->len);
         j->cur.retries++;
@@ -330,7 +334,9 @@ static int copy_range(struct mirror_job *j, struct slot *s, uint64_t off, uint64
     }
     if (j->test_after_read)
         j->test_after_read(j->test_opaque, off, len, bulk);
-    s->zero = bm_is_zero(s->buf, (size_t)len);
+    /* All-zero data goes as WRITE_ZEROES where the target has it; otherwise as the (zero)
+     * data it is. */
+    s->zero = bm_target_can_zero(j->t) && bm_is_zero(s->buf, (size_t)len);
     if (!s->zero)
         spend(j, len);
     s->used = true;
@@ -367,8 +373,8 @@ static bool bulk_step(struct mirror_job *j, struct slot *s)
             len = until - off;
             if (len > MAX_ZERO_CHUNK)
                 len = MAX_ZERO_CHUNK;
-            if (!bm_target_can_zero(j->t) && len > j->o.request_size)
-                len = j->o.request_size;
+            if (!bm_target_can_zero(j->t) && len > BM_TARGET_ZERO_FALLBACK_MAX)
+                len = BM_TARGET_ZERO_FALLBACK_MAX;
         } else if (len > j->o.request_size) {
             len = j->o.request_size;
         }
@@ -483,7 +489,7 @@ static void tick(struct mirror_job *j, struct tick_state *ts, bool bulk_over)
     double dt = (double)(now - ts->last_ns) * 1e-9;
     if (dt < TICK_MS * 1e-3)
         return;
-    uint64_t sent = j->cur.bytes_sent + j->cur.zero_bytes;
+    uint64_t sent = j->cur.bytes_sent; /* payload only: zeroing costs the link nothing */
     uint64_t active = atomic_load(&j->active_bytes);
     uint64_t dirty = dirty_bytes(j);
     double thr = (double)(sent - ts->last_sent + active - ts->last_active) / dt;

@@ -12,7 +12,7 @@
 
 #define MAX_CONNS 16
 /* Zero-writing fallback buffer, for targets without WRITE_ZEROES. */
-#define ZERO_BUF (1u << 20)
+#define ZERO_BUF BM_TARGET_ZERO_FALLBACK_MAX
 
 struct conn {
     struct nbd_handle *h;

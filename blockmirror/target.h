@@ -37,7 +37,10 @@ bool bm_target_multi_conn(const struct bm_target *t);
 /* Queue a command; cb runs from bm_target_poll(). Returns 0 or -errno (then cb never runs). */
 int bm_target_write(struct bm_target *t, const void *buf, size_t len, uint64_t offset,
                     unsigned flags, bm_target_cb cb, void *opaque);
-/* Zero a range; without WRITE_ZEROES support, writes zeroes (len at most 32 MiB then). */
+/* Without WRITE_ZEROES support, bm_target_zero writes zeroes: at most this many bytes. */
+#define BM_TARGET_ZERO_FALLBACK_MAX (1u << 20)
+/* Zero a range; without WRITE_ZEROES support, writes zeroes (len at most
+ * BM_TARGET_ZERO_FALLBACK_MAX then, -EINVAL beyond). */
 int bm_target_zero(struct bm_target *t, uint64_t offset, uint64_t len, bm_target_cb cb,
                    void *opaque);
 /* Flush every connection; cb runs once, when all have answered. */

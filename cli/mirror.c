@@ -63,7 +63,7 @@ static void usage(FILE *f)
         "When ready:\n"
         "      --on-ready ACTION    complete (default): hold writers, copy the rest, flush, exit;\n"
         "                           wait: stay in sync until `complete` (control) or SIGUSR1;\n"
-        "                           cancel: stop, target consistent as of that moment\n"
+        "                           cancel: stop; the target holds what was copied, flushed\n"
         "Reporting and control:\n"
         "      --control PATH       control socket (JSON lines: query, complete, cancel,\n"
         "                           set-speed)\n"
@@ -168,6 +168,8 @@ static void on_event(void *opaque, const char *event, const struct mirror_stats 
     }
 }
 
+static int parse_rate(const char *s, uint64_t *out);
+
 static const char *const control_commands[] = {"query", "complete", "cancel", "set-speed",
                                                NULL};
 
@@ -200,7 +202,7 @@ static struct json_object *on_control(void *opaque, const char *cmd, struct json
     if (json_object_is_type(v, json_type_int) && json_object_get_int64(v) >= 0) {
         speed = (uint64_t)json_object_get_int64(v);
     } else if (!json_object_is_type(v, json_type_string) ||
-               bm_parse_size(json_object_get_string(v), &speed) < 0) {
+               parse_rate(json_object_get_string(v), &speed) < 0) {
         *cls = "InvalidArgument";
         snprintf(desc, desclen, "speed: expected bytes per second, or a size such as \"100M\"");
         return NULL;

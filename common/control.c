@@ -48,6 +48,17 @@ static int send_line(int fd, const char *s)
     return bm_writev_full(fd, iov, 2);
 }
 
+/* Server side: a whole line or nothing, without blocking (a client that does not read is
+ * dropped, never waited for: the job's thread emits events under the same lock). */
+static int send_line_nowait(int fd, const char *s)
+{
+    size_t n = strlen(s);
+    struct iovec iov[2] = {{(void *)s, n}, {(void *)"\n", 1}};
+    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = 2};
+    ssize_t w = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    return w == (ssize_t)(n + 1) ? 0 : -EAGAIN;
+}
+
 static void drop_client(struct bm_control *c, struct client *cl)
 {
     close(cl->fd);
@@ -105,8 +116,8 @@ static void handle_line(struct bm_control *c, struct client *cl, const char *lin
         }
     }
     pthread_mutex_lock(&c->lock);
-    if (cl->fd >= 0 && send_line(cl->fd, json_object_to_json_string_ext(
-                                             reply, JSON_C_TO_STRING_PLAIN)) < 0)
+    if (cl->fd >= 0 && send_line_nowait(cl->fd, json_object_to_json_string_ext(
+                                                    reply, JSON_C_TO_STRING_PLAIN)) < 0)
         drop_client(c, cl);
     pthread_mutex_unlock(&c->lock);
     json_object_put(reply);
@@ -125,7 +136,7 @@ static void client_readable(struct bm_control *c, struct client *cl)
     }
     if (cl->len + (size_t)n > MAX_LINE) {
         pthread_mutex_lock(&c->lock);
-        send_line(cl->fd, "{\"error\":{\"class\":\"GenericError\",\"desc\":\"line too long\"}}");
+        send_line_nowait(cl->fd, "{\"error\":{\"class\":\"GenericError\",\"desc\":\"line too long\"}}");
         drop_client(c, cl);
         pthread_mutex_unlock(&c->lock);
         return;
@@ -159,14 +170,14 @@ static void accept_client(struct bm_control *c)
     for (int i = 0; i < MAX_CLIENTS; i++) {
         if (c->clients[i].fd < 0) {
             c->clients[i] = (struct client){.fd = fd};
-            if (send_line(fd, c->greeting) < 0)
+            if (send_line_nowait(fd, c->greeting) < 0)
                 drop_client(c, &c->clients[i]);
             pthread_mutex_unlock(&c->lock);
             return;
         }
     }
     pthread_mutex_unlock(&c->lock);
-    send_line(fd, "{\"error\":{\"class\":\"GenericError\",\"desc\":\"too many clients\"}}");
+    send_line_nowait(fd, "{\"error\":{\"class\":\"GenericError\",\"desc\":\"too many clients\"}}");
     close(fd);
 }
 
@@ -263,17 +274,8 @@ void bm_control_emit(struct bm_control *c, const char *event, struct json_object
         if (cl->fd < 0)
             continue;
         /* A client too slow to take an event is dropped rather than stalling the job. */
-        size_t n = strlen(line);
-        char *buf = malloc(n + 1);
-        if (!buf)
-            continue;
-        memcpy(buf, line, n);
-        buf[n] = '\n';
-        ssize_t w = send(cl->fd, buf, n + 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-        free(buf);
-        if (w != (ssize_t)(n + 1)) {
+        if (send_line_nowait(cl->fd, line) < 0)
             shutdown(cl->fd, SHUT_RDWR); /* the control thread sees it and drops the client */
-        }
     }
     pthread_mutex_unlock(&c->lock);
     json_object_put(e);
@@ -323,7 +325,7 @@ static char *read_line(int fd, char *buf, size_t *have, size_t cap)
 struct json_object *bm_control_call(const char *path, const char *cmd, struct json_object *args,
                                     int events_fd, char *err, size_t errlen)
 {
-    int fd = bm_connect(path, NULL);
+    int fd = bm_connect_unix(path);
     if (fd < 0) {
         snprintf(err, errlen, "cannot connect to %s: %s", path, strerror(-fd));
         return NULL;

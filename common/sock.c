@@ -81,21 +81,8 @@ int bm_listen_unix(const char *path)
 
 int bm_connect(const char *host, const char *port)
 {
-    if (host && strchr(host, '/')) {
-        struct sockaddr_un sa = {.sun_family = AF_UNIX};
-        if (strlen(host) >= sizeof sa.sun_path)
-            return -ENAMETOOLONG;
-        strcpy(sa.sun_path, host);
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0)
-            return -errno;
-        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-            int e = errno;
-            close(fd);
-            return -e;
-        }
-        return fd;
-    }
+    if (host && strchr(host, '/'))
+        return bm_connect_unix(host);
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     struct addrinfo *res;
     if (getaddrinfo(host, port, &hints, &res) != 0)
@@ -115,6 +102,23 @@ int bm_connect(const char *host, const char *port)
     freeaddrinfo(res);
     if (fd >= 0)
         bm_sock_nodelay(fd);
+    return fd;
+}
+
+int bm_connect_unix(const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path)
+        return -ENAMETOOLONG;
+    strcpy(sa.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
     return fd;
 }
 

@@ -11,6 +11,8 @@ int bm_listen_tcp(const char *host, const char *port, int *fds, int max);
 int bm_listen_unix(const char *path);
 /* Connect to host:port (TCP) or, if host contains '/', to that unix path. Returns fd or -errno. */
 int bm_connect(const char *host, const char *port);
+/* Connect to the unix socket at path. Returns fd or -errno. */
+int bm_connect_unix(const char *path);
 /* TCP_NODELAY where the socket is TCP (ignored otherwise). */
 void bm_sock_nodelay(int fd);
 
