@@ -92,6 +92,8 @@ struct mirror_job {
     uint64_t backoff_until_ns;
     double tokens; /* speed limit bucket, bytes */
     uint64_t tokens_ns;
+    uint64_t unflushed;  /* bytes written to the target since the last flush was issued */
+    bool flush_in_flight;
     bool held;     /* completion hold taken on the source */
     bool released;
     int err;

@@ -250,10 +250,12 @@ static void slot_done(void *opaque, int err)
                  strerror(err));
     } else {
         j->consecutive_errors = 0;
-        if (s->zero)
+        if (s->zero) {
             j->cur.zero_bytes += s->len;
-        else
+        } else {
             j->cur.bytes_sent += s->len;
+            j->unflushed += s->len;
+        }
         if (s->bulk)
             j->cur.bulk_done += s->len;
         if (s->dirty_copy)
@@ -452,6 +454,30 @@ static bool dirty_step(struct mirror_job *j, struct slot *s)
         copy_range(j, s, off, end - off, false);
         return true;
     }
+}
+
+/* ---- periodic flushes ---- */
+
+/* The target's final flush has to write back everything it caches; flushing every so often
+ * during the copy spreads that work over the copy instead of the switchover. */
+#define FLUSH_EVERY (256u << 20)
+
+static void periodic_flush_done(void *opaque, int err)
+{
+    struct mirror_job *j = opaque;
+    j->flush_in_flight = false;
+    if (err)
+        bm_warn("mirror: flushing the target failed: %s", strerror(err));
+}
+
+static void maybe_flush(struct mirror_job *j)
+{
+    if (j->flush_in_flight || j->unflushed < FLUSH_EVERY || bm_target_dead(j->t))
+        return;
+    j->unflushed = 0;
+    j->flush_in_flight = true;
+    if (bm_target_flush(j->t, periodic_flush_done, j) < 0)
+        j->flush_in_flight = false;
 }
 
 /* ---- the loop ---- */
@@ -661,6 +687,8 @@ static void run_loop(struct mirror_job *j)
                 fail(j, -r, "flushing the target: %s", strerror(-r));
             return;
         }
+        if (!j->held)
+            maybe_flush(j);
         if (backoff)
             wait_ms = 20;
         if (j->held && j->nused == 0)

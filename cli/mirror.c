@@ -2,6 +2,7 @@
 #include <config.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <poll.h>
 #include <pthread.h>
@@ -34,6 +35,7 @@ struct mirror_cli {
     bool progress_shown;
     _Atomic bool ready_seen;
     _Atomic bool cancel_requested; /* by the user, not by a failure */
+    int end_pipe[2];               /* written when the job reaches an end state */
 };
 
 static void usage(FILE *f)
@@ -157,6 +159,11 @@ static void on_event(void *opaque, const char *event, const struct mirror_stats 
         if (detail)
             json_object_object_add(d, "detail", json_object_new_string(detail));
         bm_control_emit(m->ctl, event, d);
+    }
+    if (strcmp(event, "done") == 0 || strcmp(event, "cancelled") == 0 ||
+        strcmp(event, "failed") == 0) {
+        ssize_t w = write(m->end_pipe[1], "x", 1);
+        (void)w;
     }
     if (strcmp(event, "ready") == 0 && !atomic_exchange(&m->ready_seen, true)) {
         if (m->on_ready == ON_READY_COMPLETE)
@@ -402,6 +409,10 @@ int cmd_mirror(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
     int sfd = signalfd(-1, &sigs, SFD_CLOEXEC);
+    if (pipe2(m.end_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
+        bm_error("pipe: %s", strerror(errno));
+        return 1;
+    }
 
     int status = 1;
     struct bm_disk *disk = NULL;
@@ -444,8 +455,9 @@ int cmd_mirror(int argc, char **argv)
             break;
         if (m.progress)
             show_progress(&m, &st);
-        struct pollfd pfd = {.fd = sfd, .events = POLLIN};
-        if (poll(&pfd, 1, 200) > 0) {
+        struct pollfd pfd[2] = {{.fd = sfd, .events = POLLIN},
+                                {.fd = m.end_pipe[0], .events = POLLIN}};
+        if (poll(pfd, 2, 200) > 0 && (pfd[0].revents & POLLIN)) {
             struct signalfd_siginfo si;
             if (read(sfd, &si, sizeof si) == sizeof si) {
                 if (si.ssi_signo == SIGUSR1) {
@@ -526,5 +538,7 @@ out:
     bm_disk_close(disk);
     if (sfd >= 0)
         close(sfd);
+    close(m.end_pipe[0]);
+    close(m.end_pipe[1]);
     return status;
 }
