@@ -127,7 +127,7 @@ static int connect_more(struct bm_target *t, unsigned want, char *err, size_t er
 
 static int connect_all(struct bm_target *t, char *err, size_t errlen)
 {
-    struct nbd_handle *h;
+    struct nbd_handle *h = NULL;
     int r = connect_one(t, &h, err, errlen);
     if (r < 0)
         return r;
