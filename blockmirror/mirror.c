@@ -33,8 +33,10 @@ void mirror_opts_default(struct mirror_opts *o)
 {
     *o = (struct mirror_opts){
         .granularity = 0, /* chosen from the disk size */
-        .request_size = 1024 * 1024,
-        .in_flight = 16,
+        /* nbdcopy's finding, and ours: 256 KiB x 64 copied 512 MiB into qemu-nbd in 0.8-1.1 s
+         * where 1 MiB x 16 took 2.6-2.7 s (contrib/bench/RESULTS.md). */
+        .request_size = 256 * 1024,
+        .in_flight = 64,
         .connections = 4,
         .mode = MIRROR_MODE_BACKGROUND,
         .ready_ms = 50,
