@@ -266,14 +266,21 @@ static int do_zero(struct bm_disk *d, uint64_t offset, uint64_t len, unsigned fl
     return r;
 }
 
-int bm_disk_zero(struct bm_disk *d, uint64_t offset, uint64_t len, unsigned flags)
+/* The checks every content change makes first: 0 to go on, 1 for nothing to do, or -errno. */
+static int change_check(const struct bm_disk *d, uint64_t offset, uint64_t len)
 {
     if (d->readonly)
         return -EPERM;
     if (!in_range(d, offset, len))
         return -EINVAL;
-    if (len == 0)
-        return 0;
+    return len == 0;
+}
+
+int bm_disk_zero(struct bm_disk *d, uint64_t offset, uint64_t len, unsigned flags)
+{
+    int c = change_check(d, offset, len);
+    if (c)
+        return c < 0 ? c : 0;
     struct bm_disk_hooks h;
     int token = change_begin(d, offset, len, &h);
     int r = do_zero(d, offset, len, flags);
@@ -283,12 +290,9 @@ int bm_disk_zero(struct bm_disk *d, uint64_t offset, uint64_t len, unsigned flag
 
 int bm_disk_trim(struct bm_disk *d, uint64_t offset, uint64_t len, unsigned flags)
 {
-    if (d->readonly)
-        return -EPERM;
-    if (!in_range(d, offset, len))
-        return -EINVAL;
-    if (len == 0)
-        return 0;
+    int c = change_check(d, offset, len);
+    if (c)
+        return c < 0 ? c : 0;
     struct bm_disk_hooks h;
     int token = change_begin(d, offset, len, &h);
     int r;

@@ -301,17 +301,24 @@ static int submitted(struct bm_target *t, struct cmd *cmd, int64_t cookie)
     return 0;
 }
 
+/* Pick a connection and a command record for one submission. */
+static struct cmd *prepare(struct bm_target *t, bm_target_cb cb, void *opaque, int *err)
+{
+    struct conn *c = pick(t);
+    struct cmd *cmd = c ? new_cmd(t, c, cb, opaque) : NULL;
+    *err = !c ? -ENOTCONN : !cmd ? -ENOMEM : 0;
+    return cmd;
+}
+
 int bm_target_write(struct bm_target *t, const void *buf, size_t len, uint64_t offset,
                     unsigned flags, bm_target_cb cb, void *opaque)
 {
-    struct conn *c = pick(t);
-    if (!c)
-        return -ENOTCONN;
-    struct cmd *cmd = new_cmd(t, c, cb, opaque);
+    int err;
+    struct cmd *cmd = prepare(t, cb, opaque, &err);
     if (!cmd)
-        return -ENOMEM;
+        return err;
     nbd_completion_callback cc = {.callback = on_complete, .user_data = cmd};
-    int64_t cookie = nbd_aio_pwrite(c->h, buf, len, offset, cc,
+    int64_t cookie = nbd_aio_pwrite(cmd->c->h, buf, len, offset, cc,
                                     (flags & BM_TARGET_FUA) ? LIBNBD_CMD_FLAG_FUA : 0);
     return submitted(t, cmd, cookie);
 }
@@ -324,14 +331,12 @@ int bm_target_zero(struct bm_target *t, uint64_t offset, uint64_t len, bm_target
             return -EINVAL;
         return bm_target_write(t, zero_buf, (size_t)len, offset, 0, cb, opaque);
     }
-    struct conn *c = pick(t);
-    if (!c)
-        return -ENOTCONN;
-    struct cmd *cmd = new_cmd(t, c, cb, opaque);
+    int err;
+    struct cmd *cmd = prepare(t, cb, opaque, &err);
     if (!cmd)
-        return -ENOMEM;
+        return err;
     nbd_completion_callback cc = {.callback = on_complete, .user_data = cmd};
-    return submitted(t, cmd, nbd_aio_zero(c->h, len, offset, cc, 0));
+    return submitted(t, cmd, nbd_aio_zero(cmd->c->h, len, offset, cc, 0));
 }
 
 int bm_target_flush(struct bm_target *t, bm_target_cb cb, void *opaque)
