@@ -416,6 +416,12 @@ int bm_disk_extents(struct bm_disk *d, uint64_t offset, uint64_t len, struct bm_
     return 0;
 }
 
+int bm_disk_open_direct(struct bm_disk *d)
+{
+    int fd = open(d->path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
 int bm_disk_attach_bitmap(struct bm_disk *d, struct bm_bitmap *b)
 {
     if (bm_bitmap_size(b) < d->size)

@@ -93,6 +93,10 @@ unsigned bm_disk_changes_in_progress(struct bm_disk *d);
 void bm_disk_quiesce(struct bm_disk *d);
 void bm_disk_release(struct bm_disk *d);
 
+/* A new read-only O_DIRECT descriptor for the same image (the caller closes it), for readers
+ * that bypass the page cache with aligned I/O. Returns the fd or -errno. */
+int bm_disk_open_direct(struct bm_disk *d);
+
 /* Dirty tracking. The bitmap must cover the disk's size; -ENOSPC if BM_DISK_MAX_BITMAPS are
  * attached already. A detached bitmap sees no further writes once detach returns. */
 int bm_disk_attach_bitmap(struct bm_disk *d, struct bm_bitmap *b);

@@ -2,6 +2,7 @@
 #ifndef BM_BLOCKMIRROR_MIRROR_INTERNAL_H
 #define BM_BLOCKMIRROR_MIRROR_INTERNAL_H
 
+#include <libaio.h>
 #include <pthread.h>
 #include <stdatomic.h>
 
@@ -20,6 +21,8 @@ struct slot {
     bool redirty;   /* on failure, set the blocks dirty again */
     bool dirty_copy; /* taken from the dirty bitmap (counts as dirty while in flight) */
     bool used;
+    bool reading;    /* an O_DIRECT read is in flight into buf */
+    struct iocb iocb;
 };
 
 /* A write-blocking writer's change, forwarded by the job's thread. */
@@ -52,6 +55,10 @@ struct mirror_job {
     pthread_t thread;
     bool started;
     int wake_fd; /* eventfd: control requests and active writes */
+    /* --direct: libaio context, its completion eventfd, the O_DIRECT source fd */
+    io_context_t aio;
+    int aio_fd;
+    int direct_fd;
 
     _Atomic bool want_complete, want_cancel;
     _Atomic uint64_t speed;

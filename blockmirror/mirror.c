@@ -148,6 +148,8 @@ int mirror_new(struct bm_disk *src, const struct mirror_opts *o, mirror_event_fn
     j->slots = calloc(o->in_flight, sizeof *j->slots);
     j->nslots = o->in_flight;
     j->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    j->aio_fd = -1;
+    j->direct_fd = -1;
     if (!j->uri || !j->dirty || !j->busy || !j->slots || j->wake_fd < 0) {
         snprintf(err, errlen, "out of memory");
         mirror_free(j);
@@ -322,6 +324,35 @@ static void spend(struct mirror_job *j, uint64_t bytes)
 }
 
 /* Copy [off, off+len) (claimed blocks first..first+nbits) through slot s. */
+/* The data of slot s is in its buffer: send it (as WRITE_ZEROES when all zero). */
+static void send_copy(struct mirror_job *j, struct slot *s)
+{
+    if (j->test_after_read)
+        j->test_after_read(j->test_opaque, s->offset, s->len, s->bulk);
+    /* All-zero data goes as WRITE_ZEROES where the target has it; otherwise as the (zero)
+     * data it is. */
+    s->zero = bm_target_can_zero(j->t) && bm_is_zero(s->buf, (size_t)s->len);
+    if (!s->zero)
+        spend(j, s->len);
+    int r = s->zero ? bm_target_zero(j->t, s->offset, s->len, slot_done, s)
+                    : bm_target_write(j->t, s->buf, (size_t)s->len, s->offset, 0, slot_done, s);
+    if (r < 0)
+        slot_done(s, -r);
+}
+
+static void read_failed(struct mirror_job *j, struct slot *s, int err)
+{
+    fail(j, err, "reading the source %s at 0x%llx: %s", bm_disk_path(j->src),
+         (unsigned long long)s->offset, strerror(err));
+    unclaim(j, s->first_bit, s->nbits);
+    s->used = false;
+    s->dirty_copy = false;
+    j->nused--;
+}
+
+/* Copy [off, off+len) (claimed blocks first..first+nbits) through slot s: with --direct and an
+ * aligned range, an O_DIRECT read through libaio (sent when it completes, in reap_reads);
+ * otherwise a pread from the page cache, sent at once. */
 static int copy_range(struct mirror_job *j, struct slot *s, uint64_t off, uint64_t len,
                       bool bulk)
 {
@@ -329,27 +360,66 @@ static int copy_range(struct mirror_job *j, struct slot *s, uint64_t off, uint64
     s->len = len;
     s->bulk = bulk;
     s->redirty = !bulk;
-    int r = bm_disk_pread(j->src, s->buf, (size_t)len, off);
-    if (r < 0) {
-        fail(j, -r, "reading the source %s at 0x%llx: %s", bm_disk_path(j->src),
-             (unsigned long long)off, strerror(-r));
-        unclaim(j, s->first_bit, s->nbits);
-        return r;
-    }
-    if (j->test_after_read)
-        j->test_after_read(j->test_opaque, off, len, bulk);
-    /* All-zero data goes as WRITE_ZEROES where the target has it; otherwise as the (zero)
-     * data it is. */
-    s->zero = bm_target_can_zero(j->t) && bm_is_zero(s->buf, (size_t)len);
-    if (!s->zero)
-        spend(j, len);
     s->used = true;
     j->nused++;
-    r = s->zero ? bm_target_zero(j->t, off, len, slot_done, s)
-                : bm_target_write(j->t, s->buf, (size_t)len, off, 0, slot_done, s);
-    if (r < 0)
-        slot_done(s, -r);
+    if (j->aio && (off | len) % 4096 == 0) {
+        struct iocb *p = &s->iocb;
+        io_prep_pread(p, j->direct_fd, s->buf, (size_t)len, (long long)off);
+        io_set_eventfd(p, j->aio_fd);
+        p->data = s;
+        s->reading = true;
+        if (io_submit(j->aio, 1, &p) == 1)
+            return 0;
+        s->reading = false; /* fall back to a buffered read */
+    }
+    int r = bm_disk_pread(j->src, s->buf, (size_t)len, off);
+    if (r < 0) {
+        read_failed(j, s, -r);
+        return r;
+    }
+    send_copy(j, s);
     return 0;
+}
+
+/* Collect finished O_DIRECT reads (at least min of them) and send them, or with send false
+ * (the job is ending) just let their slots go. */
+static void reap_reads(struct mirror_job *j, long min, bool send)
+{
+    if (!j->aio)
+        return;
+    struct io_event ev[64];
+    struct timespec zero = {0, 0};
+    for (;;) {
+        int n = io_getevents(j->aio, min, 64, ev, min ? NULL : &zero);
+        if (n <= 0)
+            return;
+        for (int i = 0; i < n; i++) {
+            struct slot *s = ev[i].data;
+            s->reading = false;
+            long res = (long)ev[i].res;
+            if (!send) {
+                unclaim(j, s->first_bit, s->nbits);
+                s->used = false;
+                s->dirty_copy = false;
+                j->nused--;
+            } else if (res != (long)s->len) {
+                read_failed(j, s, res < 0 ? (int)-res : EIO);
+            } else {
+                send_copy(j, s);
+            }
+        }
+        min = 0;
+        if (n < 64)
+            return;
+    }
+}
+
+static unsigned reads_in_flight(const struct mirror_job *j)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < j->nslots; i++)
+        n += j->slots[i].reading;
+    return n;
 }
 
 /* One bulk step: the next piece of the allocated-extent walk. Returns false when the walk
@@ -695,13 +765,18 @@ static void run_loop(struct mirror_job *j)
             wait_ms = 20;
         if (j->held && j->nused == 0)
             wait_ms = 1; /* writers that were mid-change are finishing */
-        struct pollfd wake = {.fd = j->wake_fd, .events = POLLIN};
-        int r = bm_target_poll(j->t, &wake, 1, wait_ms);
-        if (wake.revents & POLLIN) {
-            uint64_t v;
-            ssize_t n = read(j->wake_fd, &v, sizeof v);
-            (void)n;
+        struct pollfd wake[2] = {{.fd = j->wake_fd, .events = POLLIN},
+                                 {.fd = j->aio ? j->aio_fd : -1, .events = POLLIN}};
+        int r = bm_target_poll(j->t, wake, 2, wait_ms);
+        for (int k = 0; k < 2; k++) {
+            if (wake[k].revents & POLLIN) {
+                uint64_t v;
+                ssize_t n = read(wake[k].fd, &v, sizeof v);
+                (void)n;
+            }
         }
+        if (wake[1].revents & POLLIN)
+            reap_reads(j, 0, true);
         if (r < 0 && recover_target(j) < 0)
             return;
         tick(j, &ts, bulk_over);
@@ -761,6 +836,20 @@ static int setup(struct mirror_job *j, bool *attached)
         pos = j->exts[j->nexts - 1].offset + j->exts[j->nexts - 1].length;
     }
     j->cur.bulk_total = alloc;
+    if (j->o.direct) {
+        j->direct_fd = bm_disk_open_direct(j->src);
+        if (j->direct_fd < 0) {
+            fail(j, -j->direct_fd, "cannot open %s with O_DIRECT: %s", bm_disk_path(j->src),
+                 strerror(-j->direct_fd));
+            return j->direct_fd;
+        }
+        j->aio_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        r = j->aio_fd < 0 ? -errno : -io_setup((int)j->nslots, &j->aio);
+        if (r < 0) {
+            fail(j, -r, "cannot set up libaio: %s", strerror(-r));
+            return r;
+        }
+    }
     struct bm_disk_hooks h = {.before = mirror_hook_before, .after = mirror_hook_after,
                               .opaque = j};
     bm_disk_set_hooks(j->src, &h);
@@ -777,7 +866,9 @@ static void *job_main(void *arg)
     bool attached = false;
     if (setup(j, &attached) == 0)
         run_loop(j);
-    /* Stop: answer every writer, wait for commands in flight, detach. */
+    /* Stop: let reads in flight land, answer every writer, wait for commands, detach. */
+    while (reads_in_flight(j) > 0)
+        reap_reads(j, 1, false);
     if (j->t)
         drain_target(j);
     mirror_active_stop(j);
@@ -895,5 +986,11 @@ void mirror_free(struct mirror_job *j)
     free(j->uri);
     if (j->wake_fd >= 0)
         close(j->wake_fd);
+    if (j->aio)
+        io_destroy(j->aio);
+    if (j->aio_fd >= 0)
+        close(j->aio_fd);
+    if (j->direct_fd >= 0)
+        close(j->direct_fd);
     free(j);
 }

@@ -38,6 +38,7 @@ struct mirror_opts {
     unsigned ready_ms;  /* ready when the dirty data could be copied within this long */
     unsigned retries;   /* consecutive target failures tolerated before failing */
     unsigned stats_ms;  /* period of "stats" events (0 = none) */
+    bool direct;        /* read the source with O_DIRECT through libaio where aligned */
 };
 
 void mirror_opts_default(struct mirror_opts *o);

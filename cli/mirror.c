@@ -62,6 +62,8 @@ static void usage(FILE *f)
         "      --copy-mode MODE     background | write-blocking | auto (default background)\n"
         "      --ready-ms MS        ready when the dirty data fits in MS of copying (50)\n"
         "      --retries N          target failures in a row before giving up (5)\n"
+        "      --source-io MODE     buffered (default): pread through the page cache;\n"
+        "                           direct: O_DIRECT reads through libaio where aligned\n"
         "When ready:\n"
         "      --on-ready ACTION    complete (default): hold writers, copy the rest, flush, exit;\n"
         "                           wait: stay in sync until `complete` (control) or SIGUSR1;\n"
@@ -255,7 +257,8 @@ static int parse_size_opt(const char *name, const char *v, uint64_t min, uint64_
 int cmd_mirror(int argc, char **argv)
 {
     enum { O_SERVE_UNIX = 256, O_SERVE_PORT, O_SERVE_BIND, O_GRAN, O_REQ, O_INFLIGHT, O_CONNS,
-           O_SPEED, O_MODE, O_READY_MS, O_RETRIES, O_ON_READY, O_CONTROL, O_JSON, O_NOPROG };
+           O_SPEED, O_MODE, O_READY_MS, O_RETRIES, O_ON_READY, O_CONTROL, O_JSON, O_NOPROG,
+           O_SOURCE_IO };
     static const struct option opts[] = {
         {"serve-unix", required_argument, NULL, O_SERVE_UNIX},
         {"serve-port", required_argument, NULL, O_SERVE_PORT},
@@ -272,6 +275,7 @@ int cmd_mirror(int argc, char **argv)
         {"control", required_argument, NULL, O_CONTROL},
         {"json", no_argument, NULL, O_JSON},
         {"no-progress", no_argument, NULL, O_NOPROG},
+        {"source-io", required_argument, NULL, O_SOURCE_IO},
         {"log-level", required_argument, NULL, 'l'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -370,6 +374,16 @@ int cmd_mirror(int argc, char **argv)
         case O_CONTROL: control = optarg; break;
         case O_JSON: m.json = true; break;
         case O_NOPROG: m.progress = false; break;
+        case O_SOURCE_IO:
+            if (strcmp(optarg, "buffered") == 0)
+                mo.direct = false;
+            else if (strcmp(optarg, "direct") == 0)
+                mo.direct = true;
+            else {
+                bm_error("--source-io %s: expected buffered or direct", optarg);
+                return 2;
+            }
+            break;
         case 'l': {
             enum bm_log_level lvl;
             if (bm_log_parse_level(optarg, &lvl) < 0) {

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,11 +107,14 @@ static void on_event(void *opaque, const char *event, const struct mirror_stats 
     pthread_mutex_unlock(&f->ev_lock);
 }
 
+static bool use_direct;
+
 static struct mirror_job *new_job(struct fx *f, const char *uri)
 {
     struct mirror_opts o;
     mirror_opts_default(&o);
     o.target_uri = uri;
+    o.direct = use_direct;
     o.stats_ms = 0;
     struct mirror_job *j;
     char err[256];
@@ -196,6 +200,21 @@ static void test_ordering_invariant(void **state)
     assert_same(f);
 }
 
+/* The same with O_DIRECT source reads through libaio, the ordering test included. */
+static void test_direct(void **state)
+{
+    use_direct = true;
+    test_states_and_copy(state);
+    use_direct = false;
+}
+
+static void test_direct_ordering(void **state)
+{
+    use_direct = true;
+    test_ordering_invariant(state);
+    use_direct = false;
+}
+
 static void test_cancel(void **state)
 {
     struct fx *f = *state;
@@ -248,6 +267,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_states_and_copy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ordering_invariant, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_direct, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_direct_ordering, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_target, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_options, setup, teardown),
