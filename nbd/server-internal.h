@@ -17,6 +17,8 @@
 #define NBD_MAX_OPTION_DISCARD (16u * 1024 * 1024)
 /* Options one connection may send before it is dropped. */
 #define NBD_MAX_OPTIONS 1024
+/* Seconds a reply may wait for the client to make room before the connection is dropped. */
+#define NBD_SEND_TIMEOUT 60
 /* Seconds a client may take over the handshake. */
 #define NBD_HANDSHAKE_TIMEOUT 30
 /* Size of a connection's input buffer. */

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -148,6 +149,9 @@ static void *conn_main(void *arg)
         nbd_conn_thread_exit(c);
         return NULL;
     }
+    /* A client that stops reading replies must not pin the workers forever. */
+    struct timeval tv = {.tv_sec = NBD_SEND_TIMEOUT};
+    setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     atomic_store(&c->transmitting, true);
     bm_info("nbd conn %llu: serving export '%s'%s", (unsigned long long)c->id, c->exp->name,
             c->structured ? " with structured replies" : "");
