@@ -142,8 +142,13 @@ static void client_readable(struct bm_control *c, struct client *cl)
         return;
     }
     char *nb = realloc(cl->buf, cl->len + (size_t)n + 1);
-    if (!nb)
+    if (!nb) {
+        /* Dropping the bytes would corrupt the line: drop the client instead. */
+        pthread_mutex_lock(&c->lock);
+        drop_client(c, cl);
+        pthread_mutex_unlock(&c->lock);
         return;
+    }
     cl->buf = nb;
     memcpy(cl->buf + cl->len, tmp, (size_t)n);
     cl->len += (size_t)n;

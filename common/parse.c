@@ -58,15 +58,25 @@ int bm_parse_size(const char *s, uint64_t *out)
     return 0;
 }
 
-int bm_parse_duration(const char *s, uint64_t *out_ns)
+/* A non-negative decimal number (no sign, no hex, no inf/nan) and what follows it. */
+static int parse_decimal(const char *s, double *v, char **end)
 {
     if (!s || !(isdigit((unsigned char)s[0]) || s[0] == '.'))
         return -EINVAL;
     errno = 0;
-    char *end;
-    double v = strtod(s, &end);
-    if (errno == ERANGE || !isfinite(v) || v < 0)
+    *v = strtod(s, end);
+    if (errno == ERANGE || !isfinite(*v))
         return -ERANGE;
+    return 0;
+}
+
+int bm_parse_duration(const char *s, uint64_t *out_ns)
+{
+    double v;
+    char *end;
+    int r = parse_decimal(s, &v, &end);
+    if (r < 0)
+        return r;
     double mult;
     if (*end == '\0' || strcmp(end, "ms") == 0)
         mult = 1e6;
@@ -87,13 +97,11 @@ int bm_parse_duration(const char *s, uint64_t *out_ns)
 
 int bm_parse_probability(const char *s, double *out)
 {
-    if (!s || !(isdigit((unsigned char)s[0]) || s[0] == '.'))
-        return -EINVAL;
-    errno = 0;
+    double v;
     char *end;
-    double v = strtod(s, &end);
-    if (errno == ERANGE || !isfinite(v))
-        return -ERANGE;
+    int r = parse_decimal(s, &v, &end);
+    if (r < 0)
+        return r;
     if (strcmp(end, "%") == 0)
         v /= 100;
     else if (*end)

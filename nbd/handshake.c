@@ -39,20 +39,31 @@ const struct nbd_export *nbd_server_find_export(const struct nbd_server *s, cons
     return NULL;
 }
 
-int nbd_parse_info_opt(const uint8_t *data, uint32_t len, char *name, uint32_t *name_len,
-                       uint16_t *reqs, uint16_t max_reqs, uint16_t *nreqs)
+/* The export name that starts INFO/GO and meta-context payloads: a 32-bit length and the
+ * name, followed by at least tail more bytes. Copies it NUL-terminated into name. */
+static int parse_name(const uint8_t *data, uint32_t len, uint32_t tail, char *name,
+                      uint32_t *name_len)
 {
-    if (len < 6)
+    if (len < 4 + tail)
         return -EINVAL;
     uint32_t nl = bm_get_be32(data);
-    if (nl > NBD_MAX_STRING || nl > len - 6)
-        return -EINVAL;
-    uint16_t n = bm_get_be16(data + 4 + nl);
-    if ((uint64_t)4 + nl + 2 + 2 * (uint64_t)n != len)
+    if (nl > NBD_MAX_STRING || nl > len - 4 - tail)
         return -EINVAL;
     memcpy(name, data + 4, nl);
     name[nl] = '\0';
     *name_len = nl;
+    return 0;
+}
+
+int nbd_parse_info_opt(const uint8_t *data, uint32_t len, char *name, uint32_t *name_len,
+                       uint16_t *reqs, uint16_t max_reqs, uint16_t *nreqs)
+{
+    if (parse_name(data, len, 2, name, name_len) < 0)
+        return -EINVAL;
+    uint32_t nl = *name_len;
+    uint16_t n = bm_get_be16(data + 4 + nl);
+    if ((uint64_t)4 + nl + 2 + 2 * (uint64_t)n != len)
+        return -EINVAL;
     *nreqs = n;
     for (uint16_t i = 0; i < n && i < max_reqs; i++)
         reqs[i] = bm_get_be16(data + 4 + nl + 2 + 2 * i);
@@ -62,11 +73,9 @@ int nbd_parse_info_opt(const uint8_t *data, uint32_t len, char *name, uint32_t *
 int nbd_parse_meta_opt(const uint8_t *data, uint32_t len, char *name, uint32_t *name_len,
                        uint32_t *nqueries, uint32_t *queries_off)
 {
-    if (len < 8)
+    if (parse_name(data, len, 4, name, name_len) < 0)
         return -EINVAL;
-    uint32_t nl = bm_get_be32(data);
-    if (nl > NBD_MAX_STRING || nl > len - 8)
-        return -EINVAL;
+    uint32_t nl = *name_len;
     uint32_t n = bm_get_be32(data + 4 + nl);
     uint32_t off = 8 + nl;
     for (uint32_t i = 0; i < n; i++) {
@@ -79,9 +88,6 @@ int nbd_parse_meta_opt(const uint8_t *data, uint32_t len, char *name, uint32_t *
     }
     if (off != len)
         return -EINVAL;
-    memcpy(name, data + 4, nl);
-    name[nl] = '\0';
-    *name_len = nl;
     *nqueries = n;
     *queries_off = 8 + nl;
     return 0;
