@@ -60,7 +60,7 @@ struct mirror_job {
     int aio_fd;
     int direct_fd;
 
-    _Atomic bool want_complete, want_cancel;
+    _Atomic bool want_complete, want_cancel, complete_now;
     _Atomic uint64_t speed;
 
     /* busy_lock protects busy (blocks with a copy or an active write in flight), the active

@@ -727,7 +727,9 @@ static void run_loop(struct mirror_job *j)
         mirror_active_submit(j);
 
         /* Completion: from ready, hold the writers, then copy what is left. */
-        if (atomic_load(&j->want_complete) && j->cur.state == MIRROR_READY && !j->held) {
+        if (atomic_load(&j->want_complete) && !j->held &&
+            (j->cur.state == MIRROR_READY ||
+             (atomic_load(&j->complete_now) && j->cur.state == MIRROR_DIRTY))) {
             bm_disk_hold(j->src);
             j->held = true;
             mirror_set_state(j, MIRROR_COMPLETING, NULL);
@@ -922,6 +924,12 @@ void mirror_complete(struct mirror_job *j)
 {
     atomic_store(&j->want_complete, true);
     mirror_wake(j);
+}
+
+void mirror_complete_now(struct mirror_job *j)
+{
+    atomic_store(&j->complete_now, true);
+    mirror_complete(j);
 }
 
 void mirror_cancel(struct mirror_job *j)

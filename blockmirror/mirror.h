@@ -77,6 +77,9 @@ int mirror_start(struct mirror_job *j);
 /* Ask for completion: from ready (or as soon as it is), hold the source's writers, copy what is
  * left, flush the target, and end in done. */
 void mirror_complete(struct mirror_job *j);
+/* The same, without waiting for ready once the bulk pass is over: for a caller whose writers
+ * are stopped already (a paused VM), so the last dirty blocks go at once. */
+void mirror_complete_now(struct mirror_job *j);
 /* Stop copying, flush what was written, end in cancelled. */
 void mirror_cancel(struct mirror_job *j);
 void mirror_set_speed(struct mirror_job *j, uint64_t bytes_per_second);

@@ -5,5 +5,8 @@
 int cmd_nbd_serve(int argc, char **argv);
 int cmd_mirror(int argc, char **argv);
 int cmd_control(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+int cmd_incoming(int argc, char **argv);
+int cmd_migrate(int argc, char **argv);
 
 #endif

@@ -11,6 +11,9 @@ static const struct {
     int (*fn)(int, char **);
     const char *summary;
 } commands[] = {
+    {"run", cmd_run, "run a VM (the synthetic guest) with its disks and a control socket"},
+    {"migrate", cmd_migrate, "live-migrate a running VM, with --with-disk its disks too"},
+    {"incoming", cmd_incoming, "receive a migrating VM, then run it"},
     {"mirror", cmd_mirror, "live-mirror a disk in use to any NBD target"},
     {"nbd-serve", cmd_nbd_serve, "serve disk images over NBD (fast, multi-connection)"},
     {"control", cmd_control, "send a command to a running job's control socket"},

@@ -330,6 +330,14 @@ static char *read_line(int fd, char *buf, size_t *have, size_t cap)
 struct json_object *bm_control_call(const char *path, const char *cmd, struct json_object *args,
                                     int events_fd, char *err, size_t errlen)
 {
+    return bm_control_call_follow(path, cmd, args, events_fd, NULL, NULL, err, errlen);
+}
+
+struct json_object *bm_control_call_follow(const char *path, const char *cmd,
+                                           struct json_object *args, int events_fd,
+                                           bm_control_event_fn fn, void *opaque, char *err,
+                                           size_t errlen)
+{
     int fd = bm_connect_unix(path);
     if (fd < 0) {
         snprintf(err, errlen, "cannot connect to %s: %s", path, strerror(-fd));
@@ -357,11 +365,22 @@ struct json_object *bm_control_call(const char *path, const char *cmd, struct js
     while ((line = read_line(fd, buf, &have, MAX_LINE)) != NULL) {
         struct json_object *o = json_tokener_parse(line);
         struct json_object *x;
-        if (o && (json_object_object_get_ex(o, "return", &x) ||
-                  json_object_object_get_ex(o, "error", &x))) {
+        if (!result && o &&
+            (json_object_object_get_ex(o, "return", &x) ||
+             json_object_object_get_ex(o, "error", &x))) {
             free(line);
             result = o;
-            break;
+            if (!fn || !json_object_object_get_ex(o, "return", &x))
+                break;
+            continue;
+        }
+        if (result && fn) {
+            bool done = o && fn(opaque, o);
+            json_object_put(o);
+            free(line);
+            if (done)
+                break;
+            continue;
         }
         if (events_fd >= 0) {
             dprintf(events_fd, "%s\n", line);
@@ -371,6 +390,8 @@ struct json_object *bm_control_call(const char *path, const char *cmd, struct js
     }
     if (!result)
         snprintf(err, errlen, "%s: connection closed before the reply", path);
+    else if (fn && !line)
+        fn(opaque, NULL); /* the connection ended */
 out:
     free(buf);
     close(fd);

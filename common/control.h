@@ -3,6 +3,7 @@
 #define BM_COMMON_CONTROL_H
 
 #include <json-c/json.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 /*
@@ -36,5 +37,13 @@ void bm_control_stop(struct bm_control *c);
  * drop them if -1) until the reply; returns the reply object (caller puts it) or NULL. */
 struct json_object *bm_control_call(const char *path, const char *cmd, struct json_object *args,
                                     int events_fd, char *err, size_t errlen);
+
+/* The same, then keep reading events after a successful reply, handing each (a JSON object)
+ * to fn until it returns true; fn(opaque, NULL) when the connection ends first. */
+typedef bool (*bm_control_event_fn)(void *opaque, struct json_object *event);
+struct json_object *bm_control_call_follow(const char *path, const char *cmd,
+                                           struct json_object *args, int events_fd,
+                                           bm_control_event_fn fn, void *opaque, char *err,
+                                           size_t errlen);
 
 #endif

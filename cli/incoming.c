@@ -1,0 +1,195 @@
+/* incoming.c: `blkmig incoming`, the destination of a migration; then the VM process. */
+#include <config.h>
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cli/cli.h"
+#include "cli/vmproc.h"
+#include "common/log.h"
+#include "common/parse.h"
+#include "migration/migration.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: blkmig incoming --listen ADDR:PORT [--nbd-port N]\n"
+            "                       (--disk-dir DIR | --disk NAME=PATH ...) [--force]\n"
+            "                       --control SOCKET [--json] [--peer-timeout MS]\n"
+            "                       [--accept-timeout S] [--log-level LEVEL]\n"
+            "\n"
+            "Wait for one migration from a `blkmig run` process, receive the VM (its disks\n"
+            "over NBD into new sparse local images, its RAM and state over the migration\n"
+            "stream), resume it, and from then on be the VM process, with its control socket.\n"
+            "\n"
+            "  --listen ADDR:PORT   where the source connects (ADDR may be empty: all)\n"
+            "  --nbd-port N         where the disks are served during the migration\n"
+            "                       (default PORT + 1); export names are secret, per migration\n"
+            "  --disk-dir DIR       create DIR/NAME.img for each disk the source announces\n"
+            "  --disk NAME=PATH     the image for disk NAME (repeatable; wins over --disk-dir)\n"
+            "  --force              overwrite existing images (refused otherwise)\n"
+            "  --control SOCKET     the VM's control socket once it runs here\n"
+            "  --peer-timeout MS    silence that counts as a lost source (default 10000)\n"
+            "  --accept-timeout S   give up if no source connects in time (default: wait)\n"
+            "Exit status: as `blkmig run` once the VM runs here; 1 if the migration failed\n"
+            "(everything received is discarded), 2 for usage errors.\n");
+}
+
+static void on_listening(void *opaque)
+{
+    const char *where = opaque;
+    bm_info("waiting for a migration on %s", where);
+    fprintf(stderr, "blkmig incoming: listening on %s\n", where);
+}
+
+int cmd_incoming(int argc, char **argv)
+{
+    enum { O_LISTEN = 256, O_NBD, O_DIR, O_DISK, O_FORCE, O_CONTROL, O_JSON, O_PEER, O_ACCEPT,
+           O_LOG };
+    static const struct option opts[] = {
+        {"listen", required_argument, NULL, O_LISTEN},
+        {"nbd-port", required_argument, NULL, O_NBD},
+        {"disk-dir", required_argument, NULL, O_DIR},
+        {"disk", required_argument, NULL, O_DISK},
+        {"force", no_argument, NULL, O_FORCE},
+        {"control", required_argument, NULL, O_CONTROL},
+        {"json", no_argument, NULL, O_JSON},
+        {"peer-timeout", required_argument, NULL, O_PEER},
+        {"accept-timeout", required_argument, NULL, O_ACCEPT},
+        {"log-level", required_argument, NULL, O_LOG},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    bm_log_set_prefix("blkmig incoming");
+    static struct mig_disk_map map[VM_MAX_DISKS];
+    struct mig_incoming_opts o = {.peer_timeout_ms = 10000, .factory = vmproc_factory,
+                                  .map = map};
+    const char *listen = NULL, *control = NULL;
+    bool json = false;
+    char host[256] = "", port[16] = "", nbd_port[16] = "";
+    uint64_t v;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            usage(stdout);
+            return 0;
+        case O_LISTEN:
+            listen = optarg;
+            break;
+        case O_NBD:
+            if (bm_parse_u64(optarg, 1, 65535, &v) < 0) {
+                bm_error("--nbd-port %s: a port number 1-65535", optarg);
+                return 2;
+            }
+            snprintf(nbd_port, sizeof nbd_port, "%llu", (unsigned long long)v);
+            break;
+        case O_DIR:
+            o.disk_dir = optarg;
+            break;
+        case O_DISK: {
+            const char *eq = strchr(optarg, '=');
+            if (o.nmap == VM_MAX_DISKS || !eq || (size_t)(eq - optarg) >= VM_DISK_NAME_MAX ||
+                !eq[1] || strlen(eq + 1) >= sizeof map[0].path) {
+                bm_error("--disk %s: expected NAME=PATH (at most %d disks)", optarg,
+                         VM_MAX_DISKS);
+                return 2;
+            }
+            memcpy(map[o.nmap].name, optarg, (size_t)(eq - optarg));
+            map[o.nmap].name[eq - optarg] = '\0';
+            if (!vm_disk_name_ok(map[o.nmap].name)) {
+                bm_error("--disk %s: NAME is 1-31 of [a-z0-9_-]", optarg);
+                return 2;
+            }
+            snprintf(map[o.nmap].path, sizeof map[o.nmap].path, "%s", eq + 1);
+            o.nmap++;
+            break;
+        }
+        case O_FORCE:
+            o.force = true;
+            break;
+        case O_CONTROL:
+            control = optarg;
+            break;
+        case O_JSON:
+            json = true;
+            break;
+        case O_PEER:
+            if (bm_parse_u64(optarg, 100, 600000, &v) < 0) {
+                bm_error("--peer-timeout %s: milliseconds, 100-600000", optarg);
+                return 2;
+            }
+            o.peer_timeout_ms = (unsigned)v;
+            break;
+        case O_ACCEPT:
+            if (bm_parse_u64(optarg, 1, 86400, &v) < 0) {
+                bm_error("--accept-timeout %s: seconds, 1-86400", optarg);
+                return 2;
+            }
+            o.accept_timeout_s = (unsigned)v;
+            break;
+        case O_LOG: {
+            enum bm_log_level l;
+            if (bm_log_parse_level(optarg, &l) < 0) {
+                bm_error("--log-level %s: error, warn, info or debug", optarg);
+                return 2;
+            }
+            bm_log_set_level(l);
+            break;
+        }
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind != argc || !listen || !control || (!o.disk_dir && o.nmap == 0)) {
+        if (optind != argc)
+            bm_error("unexpected argument '%s'", argv[optind]);
+        else
+            bm_error("--listen, --control and --disk-dir or --disk are required");
+        usage(stderr);
+        return 2;
+    }
+    const char *colon = strrchr(listen, ':');
+    if (!colon || (size_t)(colon - listen) >= sizeof host ||
+        bm_parse_u64(colon + 1, 1, 65535, &v) < 0) {
+        bm_error("--listen %s: expected ADDR:PORT", listen);
+        return 2;
+    }
+    memcpy(host, listen, (size_t)(colon - listen));
+    host[colon - listen] = '\0';
+    snprintf(port, sizeof port, "%llu", (unsigned long long)v);
+    if (!nbd_port[0]) {
+        if (v == 65535) {
+            bm_error("--listen port 65535: give --nbd-port");
+            return 2;
+        }
+        snprintf(nbd_port, sizeof nbd_port, "%llu", (unsigned long long)v + 1);
+    }
+    struct stat sb;
+    if (o.disk_dir && (stat(o.disk_dir, &sb) < 0 || !S_ISDIR(sb.st_mode))) {
+        bm_error("--disk-dir %s: not a directory", o.disk_dir);
+        return 2;
+    }
+    o.host = host[0] ? host : NULL;
+    o.port = port;
+    o.nbd_port = nbd_port;
+    o.listening = on_listening;
+    o.opaque = (void *)listen;
+    struct mig_incoming_result res = {0};
+    char err[512];
+    int r = mig_incoming_run(&o, &res, err, sizeof err);
+    if (r < 0) {
+        bm_error("migration failed: %s", err);
+        return 1;
+    }
+    fprintf(stderr, "blkmig incoming: the VM runs here now (%s)\n",
+            json_object_to_json_string_ext(res.stats, JSON_C_TO_STRING_PLAIN));
+    json_object_put(res.stats);
+    return vmproc_serve(res.vm, res.disks, res.ndisks, control, json);
+}

@@ -1,0 +1,215 @@
+/* run.c: `blkmig run`, start a VM (the synthetic guest) with its disks and a control socket. */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "cli/vmproc.h"
+#include "common/log.h"
+#include "common/parse.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: blkmig run [--synthetic] --ram SIZE [--disk NAME=PATH[,size=SIZE]]...\n"
+            "                  [--workload SPEC] --control SOCKET [--json] [--log-level LEVEL]\n"
+            "\n"
+            "Run a VM in this process until it quits or migrates away. The VM is the synthetic\n"
+            "guest: its \"vCPU\" dirties RAM, its device writes the disks, and it checks every\n"
+            "page and block it wrote, continuously, and keeps a 1 ms heartbeat.\n"
+            "\n"
+            "  --ram SIZE             guest RAM (e.g. 1G)\n"
+            "  --disk NAME=PATH[,size=SIZE]\n"
+            "                         a disk image (created sparse with size= when absent);\n"
+            "                         repeat for more disks (at most %d)\n"
+            "  --workload SPEC        KEY=VALUE,... with keys mem=RATE (e.g. 64M/s), hot=SIZE,\n"
+            "                         mem-pattern=uniform|hotspot|sequential, disk=RATE,\n"
+            "                         disk-pattern=..., io=4K-64K, ram-fill=SIZE, disk-fill=SIZE,\n"
+            "                         seed=N\n"
+            "  --control SOCKET       the control socket (JSON lines; see blkmig-run(1))\n"
+            "  --json                 print events on stdout as JSON lines\n"
+            "  --kvm                  the KVM micro-VM (not built yet)\n"
+            "Commands on the socket: query-status, migrate, query-migrate, migrate-cancel,\n"
+            "stop, cont, guest-check, quit. 'blkmig migrate' drives a migration.\n",
+            VM_MAX_DISKS);
+}
+
+/* NAME=PATH[,size=SIZE]: open (creating when asked) the image. */
+static int open_disk_arg(const char *arg, struct vm_disk *out)
+{
+    char buf[4200];
+    if (strlen(arg) >= sizeof buf) {
+        bm_error("--disk %s: too long", arg);
+        return -1;
+    }
+    strcpy(buf, arg);
+    char *eq = strchr(buf, '=');
+    if (!eq) {
+        bm_error("--disk %s: expected NAME=PATH[,size=SIZE]", arg);
+        return -1;
+    }
+    *eq = '\0';
+    char *path = eq + 1, *opt = strstr(path, ",size=");
+    uint64_t size = 0;
+    if (opt) {
+        *opt = '\0';
+        if (bm_parse_size(opt + 6, &size) < 0 || size == 0 || size % 4096) {
+            bm_error("--disk %s: size must be a positive multiple of 4 KiB", arg);
+            return -1;
+        }
+    }
+    if (!vm_disk_name_ok(buf) || !*path) {
+        bm_error("--disk %s: NAME is 1-31 of [a-z0-9_-], and PATH must not be empty", arg);
+        return -1;
+    }
+    struct stat sb;
+    if (stat(path, &sb) < 0) {
+        if (errno != ENOENT || !size) {
+            bm_error("--disk %s: %s%s", arg, strerror(errno),
+                     errno == ENOENT ? " (add ,size=SIZE to create it)" : "");
+            return -1;
+        }
+        int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0 || ftruncate(fd, (off_t)size) < 0) {
+            bm_error("--disk %s: cannot create: %s", arg, strerror(errno));
+            if (fd >= 0)
+                close(fd);
+            return -1;
+        }
+        close(fd);
+    } else if (size && S_ISREG(sb.st_mode) && (uint64_t)sb.st_size != size) {
+        bm_error("--disk %s: the image exists with %lld bytes, not %llu", arg,
+                 (long long)sb.st_size, (unsigned long long)size);
+        return -1;
+    }
+    snprintf(out->name, sizeof out->name, "%s", buf);
+    int r = bm_disk_open(path, 0, &out->disk);
+    if (r < 0) {
+        bm_error("--disk %s: %s", arg, strerror(-r));
+        return -1;
+    }
+    if (bm_disk_size(out->disk) % 4096) {
+        bm_error("--disk %s: the image size must be a multiple of 4 KiB", arg);
+        bm_disk_close(out->disk);
+        return -1;
+    }
+    return 0;
+}
+
+int cmd_run(int argc, char **argv)
+{
+    enum { O_RAM = 256, O_DISK, O_WORKLOAD, O_CONTROL, O_JSON, O_SYNTH, O_KVM, O_LOG };
+    static const struct option opts[] = {
+        {"ram", required_argument, NULL, O_RAM},
+        {"disk", required_argument, NULL, O_DISK},
+        {"workload", required_argument, NULL, O_WORKLOAD},
+        {"control", required_argument, NULL, O_CONTROL},
+        {"json", no_argument, NULL, O_JSON},
+        {"synthetic", no_argument, NULL, O_SYNTH},
+        {"kvm", no_argument, NULL, O_KVM},
+        {"log-level", required_argument, NULL, O_LOG},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    bm_log_set_prefix("blkmig run");
+    uint64_t ram = 0;
+    const char *control = NULL, *disk_args[VM_MAX_DISKS];
+    unsigned ndisk_args = 0;
+    bool json = false;
+    struct synth_workload w;
+    synth_workload_default(&w);
+    char err[512];
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            usage(stdout);
+            return 0;
+        case O_RAM:
+            if (bm_parse_size(optarg, &ram) < 0 || ram < (1u << 20) || ram % 4096 ||
+                ram > (1ull << 40)) {
+                bm_error("--ram %s: a size from 1M to 1T, a multiple of 4 KiB", optarg);
+                return 2;
+            }
+            break;
+        case O_DISK:
+            if (ndisk_args == VM_MAX_DISKS) {
+                bm_error("at most %d disks", VM_MAX_DISKS);
+                return 2;
+            }
+            disk_args[ndisk_args++] = optarg;
+            break;
+        case O_WORKLOAD:
+            if (synth_workload_parse(optarg, &w, err, sizeof err) < 0) {
+                bm_error("%s", err);
+                return 2;
+            }
+            break;
+        case O_CONTROL:
+            control = optarg;
+            break;
+        case O_JSON:
+            json = true;
+            break;
+        case O_SYNTH:
+            break;
+        case O_KVM:
+            bm_error("--kvm: the KVM micro-VM is not built yet; use --synthetic");
+            return 2;
+        case O_LOG: {
+            enum bm_log_level l;
+            if (bm_log_parse_level(optarg, &l) < 0) {
+                bm_error("--log-level %s: error, warn, info or debug", optarg);
+                return 2;
+            }
+            bm_log_set_level(l);
+            break;
+        }
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind != argc || !ram || !control) {
+        if (optind != argc)
+            bm_error("unexpected argument '%s'", argv[optind]);
+        else
+            bm_error("--ram and --control are required");
+        usage(stderr);
+        return 2;
+    }
+    struct vm_disk disks[VM_MAX_DISKS];
+    struct bm_disk *bd[VM_MAX_DISKS];
+    unsigned nd = 0;
+    for (unsigned i = 0; i < ndisk_args; i++) {
+        if (open_disk_arg(disk_args[i], &disks[nd]) < 0)
+            goto fail;
+        for (unsigned k = 0; k < nd; k++)
+            if (strcmp(disks[k].name, disks[nd].name) == 0) {
+                bm_error("disk %s given twice", disks[nd].name);
+                bm_disk_close(disks[nd].disk);
+                goto fail;
+            }
+        bd[nd] = disks[nd].disk;
+        nd++;
+    }
+    struct vm *vm;
+    if (synth_create(ram, disks, nd, &w, true, vmproc_guest_event, NULL, &vm, err, sizeof err) <
+        0) {
+        bm_error("%s", err);
+        goto fail;
+    }
+    return vmproc_serve(vm, bd, nd, control, json);
+fail:
+    for (unsigned k = 0; k < nd; k++)
+        bm_disk_close(disks[k].disk);
+    return 1;
+}

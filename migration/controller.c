@@ -1,0 +1,49 @@
+/* controller.c: when to start RAM, when to switch over, when to throttle or give up. */
+#include <config.h>
+
+#include "migration/controller.h"
+
+void mig_ctl_decide(const struct mig_ctl_in *in, struct mig_ctl_out *out)
+{
+    *out = (struct mig_ctl_out){0};
+    double thr = in->throughput > 0 ? (double)in->throughput : 1.0;
+
+    /* Order. Disk bulk data is dirtied slowly and RAM quickly: start RAM's round 0 when what is
+     * left of the disks takes no longer than RAM will, so both streams end together. */
+    if (!in->ram_started) {
+        if (!in->with_disk)
+            out->start_ram = true;
+        else if (in->order == MIG_ORDER_DISK_FIRST)
+            out->start_ram = in->disk_all_ready;
+        else
+            out->start_ram = in->disk_bulk_done || in->disk_remaining <= in->ram_remaining;
+    }
+
+    /* Switchover: what the pause must still move, over the link, plus state and flush. */
+    double bytes = (double)in->ram_dirty + (in->with_disk ? (double)in->disk_dirty : 0) +
+                   (double)in->state_bytes;
+    double ms = bytes / thr * 1000.0 + (in->with_disk ? in->flush_ms : 0) + 1.0;
+    out->expected_downtime_ms = (uint64_t)ms;
+    bool disks_ok = !in->with_disk || (in->order == MIG_ORDER_DISK_FIRST ? in->disk_all_ready
+                                                                        : in->disk_bulk_done);
+    out->switchover = in->ram_started && in->ram_pass0_done && disks_ok && in->throughput > 0 &&
+                      ms <= (double)in->downtime_limit_ms;
+
+    out->abort = in->max_time_ms > 0 && in->elapsed_ms >= in->max_time_ms && !out->switchover;
+}
+
+unsigned mig_ctl_throttle(uint64_t prev_pass_dirty, uint64_t pass_dirty, uint64_t dirty_rate,
+                          uint64_t throughput, unsigned passes, unsigned cur)
+{
+    /* Like QEMU's auto-converge: after a couple of passes, if a pass did not shrink the dirty
+     * set by at least half, or the guest dirties at least half as fast as the link sends,
+     * take more vCPU time: 20 % first, then 10 % more each pass, at most 99 %. */
+    if (passes < 2)
+        return cur;
+    bool shrinking = pass_dirty * 2 <= prev_pass_dirty;
+    bool fast = throughput > 0 && dirty_rate * 2 >= throughput;
+    if (shrinking && !fast)
+        return cur;
+    unsigned next = cur == 0 ? 20 : cur + 10;
+    return next > 99 ? 99 : next;
+}

@@ -1,0 +1,43 @@
+/* controller.h: the joint convergence controller's decisions, as pure functions of its inputs. */
+#ifndef BM_MIGRATION_CONTROLLER_H
+#define BM_MIGRATION_CONTROLLER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "migration/migration.h"
+
+struct mig_ctl_in {
+    enum mig_order order;
+    bool with_disk;
+    bool ram_started;
+    bool ram_pass0_done;   /* round 0 (every page) has been sent */
+    bool disk_bulk_done;   /* every disk's bulk pass is over */
+    bool disk_all_ready;   /* every disk job reports ready */
+    uint64_t disk_remaining; /* bulk left + dirty, all disks */
+    uint64_t disk_dirty;     /* dirty now, all disks */
+    uint64_t ram_remaining;  /* bytes round 0 would still send (non-zero pages) */
+    uint64_t ram_dirty;      /* bytes waiting to be sent */
+    uint64_t throughput;     /* bytes/s the link carries, both streams together */
+    uint64_t state_bytes;    /* device + vCPU state size */
+    unsigned flush_ms;       /* expected target flush time */
+    unsigned downtime_limit_ms;
+    uint64_t elapsed_ms;
+    uint64_t max_time_ms;
+};
+
+struct mig_ctl_out {
+    bool start_ram;
+    bool switchover;
+    bool abort;               /* over the total-time bound */
+    uint64_t expected_downtime_ms;
+};
+
+void mig_ctl_decide(const struct mig_ctl_in *in, struct mig_ctl_out *out);
+
+/* Auto-converge: given the dirty bytes left after the previous and this pass, the throttle now
+ * and how many passes ran, the next throttle (0-99). */
+unsigned mig_ctl_throttle(uint64_t prev_pass_dirty, uint64_t pass_dirty, uint64_t dirty_rate,
+                          uint64_t throughput, unsigned passes, unsigned cur);
+
+#endif

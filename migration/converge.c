@@ -1,0 +1,234 @@
+/* converge.c: the source's pre-copy loop: both streams under the joint controller. */
+#include <config.h>
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "migration/controller.h"
+#include "migration/source-internal.h"
+
+#define TICK_NS 100000000ull  /* controller period: 100 ms */
+#define PING_NS 1000000000ull /* keepalive when nothing else is sent */
+#define PROGRESS_NS 500000000ull
+#define STEP_BYTES (1u << 20) /* RAM sent between two looks at the clock */
+#define FLUSH_MS 10           /* expected target flush at switchover */
+
+struct loop {
+    uint64_t last_tick, last_progress;
+    uint64_t last_ram_bytes, last_disk_bytes;
+    double thr;          /* link throughput, bytes/s, both streams */
+    double ram_rate;     /* RAM stream bytes/s */
+    double dirty_rate;   /* RAM dirtied bytes/s */
+    uint64_t last_rounds, prev_pass_dirty;
+    uint64_t tokens;     /* --max-bandwidth: RAM bytes allowed now */
+    uint64_t nonzero;
+};
+
+static void tick(struct mig_source *m, struct loop *l, uint64_t now, struct mig_ctl_out *out)
+{
+    double dt = (double)(now - l->last_tick) / 1e9;
+    l->last_tick = now;
+    uint64_t before_dirty = m->ram ? m->w.ram.dirty_pages : 0;
+    if (m->ram_started)
+        ram_sender_harvest(m->ram);
+    mig_collect(m);
+    struct mig_stats *w = &m->w;
+    uint64_t disk_bytes = w->disk_bytes + w->disk_active_bytes;
+    double ram_d = (double)(w->ram.bytes - l->last_ram_bytes);
+    double disk_d = (double)(disk_bytes - l->last_disk_bytes);
+    l->last_ram_bytes = w->ram.bytes;
+    l->last_disk_bytes = disk_bytes;
+    bool backlog = (m->ram_started && w->ram.dirty_pages > 0) ||
+                   w->disks_past_bulk < m->nmj || w->disk_dirty > 0;
+    if (dt > 0) {
+        double t = (ram_d + disk_d) / dt;
+        if (backlog && t > 0)
+            l->thr = l->thr == 0 ? t : 0.7 * l->thr + 0.3 * t;
+        l->ram_rate = 0.7 * l->ram_rate + 0.3 * ram_d / dt;
+        /* Newly dirtied pages: growth of the set + what was sent out of it. */
+        double sent_pages = ram_d / (VM_PAGE_SIZE + 8);
+        double newly = (double)w->ram.dirty_pages - (double)before_dirty + sent_pages;
+        if (m->ram_started)
+            l->dirty_rate = 0.7 * l->dirty_rate +
+                            0.3 * (newly > 0 ? newly : 0) * VM_PAGE_SIZE / dt;
+    }
+    w->throughput = (uint64_t)l->thr;
+    w->ram_dirty_rate = (uint64_t)l->dirty_rate;
+    w->ram.nonzero_pages = l->nonzero;
+
+    /* A pass ended: auto-converge looks at how much it left behind. */
+    if (w->ram.rounds != l->last_rounds) {
+        uint64_t pass_dirty = w->ram.dirty_pages * VM_PAGE_SIZE;
+        if (w->ram.rounds >= 2) {
+            unsigned t = mig_ctl_throttle(l->prev_pass_dirty, pass_dirty, w->ram_dirty_rate,
+                                          w->throughput, (unsigned)w->ram.rounds, w->throttle);
+            if (t != w->throttle) {
+                w->throttle = t;
+                if (t > w->throttle_max)
+                    w->throttle_max = t;
+                m->vm->ops->throttle(m->vm, t);
+                bm_info("migration: RAM not converging, vCPU throttle %u%%", t);
+                if (m->fn) {
+                    struct json_object *d = json_object_new_object();
+                    json_object_object_add(d, "throttle", json_object_new_int((int)t));
+                    m->fn(m->opaque, "throttle", d);
+                }
+            }
+        }
+        l->prev_pass_dirty = pass_dirty;
+        l->last_rounds = w->ram.rounds;
+    }
+
+    /* One bandwidth budget for both streams. */
+    if (m->p.max_bandwidth) {
+        double b = (double)m->p.max_bandwidth, dr = disk_d / (dt > 0 ? dt : 1);
+        double ram_share = m->ram_started ? b - dr : 0;
+        if (ram_share < b / 10)
+            ram_share = b / 10;
+        l->tokens = (uint64_t)(ram_share * dt);
+        double disk_share = b - (m->ram_started ? l->ram_rate : 0);
+        if (disk_share < b / 10)
+            disk_share = b / 10;
+        for (unsigned i = 0; i < m->nmj; i++)
+            mirror_set_speed(m->mj[i], (uint64_t)(disk_share / m->nmj));
+    }
+
+    struct mig_ctl_in in = {
+        .order = m->p.order,
+        .with_disk = m->nmj > 0,
+        .ram_started = m->ram_started,
+        .ram_pass0_done = w->ram.rounds >= 1,
+        .disk_bulk_done = m->nmj > 0 && w->disks_past_bulk == m->nmj,
+        .disk_all_ready = w->disks_ready == m->nmj,
+        .disk_remaining = w->disk_bulk_total - w->disk_bulk_done + w->disk_dirty,
+        .disk_dirty = w->disk_dirty,
+        .ram_remaining = m->ram_started ? 0 : l->nonzero * VM_PAGE_SIZE,
+        .ram_dirty = w->ram.dirty_pages * VM_PAGE_SIZE,
+        .throughput = w->throughput,
+        .state_bytes = 4096,
+        .flush_ms = FLUSH_MS,
+        .downtime_limit_ms = m->p.downtime_limit_ms,
+        .elapsed_ms = (now - m->t0_ns) / 1000000u,
+        .max_time_ms = (uint64_t)m->p.max_time_s * 1000u,
+    };
+    mig_ctl_decide(&in, out);
+    w->expected_downtime_ms = out->expected_downtime_ms;
+    if (!m->ram_started)
+        w->phase = "disk-bulk";
+    else if (w->ram.rounds == 0)
+        w->phase = "ram-round0";
+    else
+        w->phase = "dirty-rounds";
+    mig_publish(m);
+    if (m->fn && now - l->last_progress >= PROGRESS_NS) {
+        l->last_progress = now;
+        m->fn(m->opaque, "migration-progress", mig_source_query(m));
+    }
+}
+
+static int check_mirrors(struct mig_source *m, char *why, size_t whylen)
+{
+    for (unsigned i = 0; i < m->nmj; i++) {
+        struct mirror_stats s;
+        mirror_query(m->mj[i], &s);
+        if (s.state == MIRROR_FAILED || s.state == MIRROR_CANCELLED) {
+            char err[256];
+            mirror_wait(m->mj[i], err, sizeof err);
+            snprintf(why, whylen, "the mirror of disk %s failed: %s", m->vm->disks[i].name, err);
+            return -EIO;
+        }
+    }
+    return 0;
+}
+
+/* Returns true to go on to the switchover; false after a rollback. */
+bool mig_converge(struct mig_source *m);
+bool mig_converge(struct mig_source *m)
+{
+    struct loop l = {.last_tick = mig_now_ns()};
+    l.nonzero = ram_count_nonzero(m->vm);
+    l.last_progress = l.last_tick;
+    char why[512];
+    for (;;) {
+        uint64_t now = mig_now_ns();
+        if (atomic_load(&m->want_cancel)) {
+            mig_rollback(m, MIG_CANCELLED, "cancelled");
+            return false;
+        }
+        int r = mig_poll_peer(m, why, sizeof why);
+        if (r == 0)
+            r = check_mirrors(m, why, sizeof why);
+        if (r < 0) {
+            mig_rollback(m, MIG_FAILED, "%s", why);
+            return false;
+        }
+        if (now - l.last_tick >= TICK_NS) {
+            struct mig_ctl_out out;
+            tick(m, &l, now, &out);
+            if (out.switchover)
+                return true;
+            if (out.abort) {
+                mig_rollback(m, MIG_FAILED,
+                             "did not converge within %u s (expected downtime %llu ms, limit "
+                             "%u ms)",
+                             m->p.max_time_s, (unsigned long long)out.expected_downtime_ms,
+                             m->p.downtime_limit_ms);
+                return false;
+            }
+            if (out.start_ram && !m->ram_started) {
+                r = ram_sender_start(m->ram);
+                if (r < 0) {
+                    mig_rollback(m, MIG_FAILED, "cannot start RAM dirty logging: %s",
+                                 strerror(-r));
+                    return false;
+                }
+                m->ram_started = true;
+                m->w.ram_start_ms = (now - m->t0_ns) / 1000000u;
+                bm_info("migration: RAM pre-copy starts at %llu ms",
+                        (unsigned long long)m->w.ram_start_ms);
+            }
+        }
+        bool sent = false;
+        if (m->ram_started && (!m->p.max_bandwidth || l.tokens > 0)) {
+            struct ram_stats rs;
+            ram_sender_stats(m->ram, &rs);
+            if (rs.dirty_pages > 0) {
+                uint64_t n = STEP_BYTES;
+                if (m->p.max_bandwidth)
+                    n = l.tokens < n ? l.tokens : n;
+                uint64_t b0 = m->c.bytes_sent;
+                r = ram_sender_step(m->ram, n);
+                if (r < 0) {
+                    mig_rollback(m, MIG_FAILED, "sending RAM: %s", strerror(-r));
+                    return false;
+                }
+                uint64_t d = m->c.bytes_sent - b0;
+                if (m->p.max_bandwidth)
+                    l.tokens = d >= l.tokens ? 0 : l.tokens - d;
+                sent = d > 0;
+                if (sent)
+                    m->last_send_ns = mig_now_ns();
+            }
+        }
+        if (!sent) {
+            if (now - m->last_send_ns >= PING_NS) {
+                r = mig_send(&m->c, MIG_PING, NULL, 0);
+                if (r < 0) {
+                    mig_rollback(m, MIG_FAILED, "the link to the destination broke: %s",
+                                 strerror(-r));
+                    return false;
+                }
+                m->last_send_ns = now;
+            }
+            /* Nothing to send: wait for the peer or the next tick. */
+            uint64_t next = l.last_tick + TICK_NS;
+            int ms = next > now ? (int)((next - now) / 1000000u) + 1 : 1;
+            struct pollfd pfd = {.fd = m->c.fd, .events = POLLIN};
+            poll(&pfd, 1, ms > 20 ? 20 : ms);
+        }
+    }
+}

@@ -1,0 +1,68 @@
+/* source-internal.h: the source migration job's state (source.c and switchover.c). */
+#ifndef BM_MIGRATION_SOURCE_INTERNAL_H
+#define BM_MIGRATION_SOURCE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "blockmirror/mirror.h"
+#include "migration/migration.h"
+#include "migration/stream.h"
+#include "ram/ram.h"
+
+struct mig_stats {
+    enum mig_status status;
+    const char *phase; /* static string */
+    uint64_t elapsed_ms, setup_ms, total_ms, ram_start_ms;
+    uint64_t downtime_ms, expected_downtime_ms;
+    int64_t guest_downtime_us; /* -1 = not reported */
+    uint64_t pause_ram_ms, pause_disk_ms, pause_state_ms, pause_resume_ms;
+    uint64_t src_digest_ms, dst_digest_ms;
+    bool verified;
+    struct ram_stats ram;
+    uint64_t ram_dirty_rate;
+    uint64_t disk_size, disk_bulk_total, disk_bulk_done, disk_bytes, disk_zero_bytes,
+        disk_active_bytes, disk_dirty, disk_rounds, disk_mode_switches;
+    unsigned disks, disks_ready, disks_past_bulk, disks_write_blocking;
+    uint64_t throughput, stream_bytes;
+    unsigned throttle, throttle_max;
+    char error[512];
+};
+
+struct mig_source {
+    struct vm *vm;
+    struct mig_params p;
+    mig_event_fn fn;
+    void *opaque;
+    pthread_t thread;
+    bool started;
+    atomic_bool want_cancel;
+
+    pthread_mutex_t mu; /* protects st */
+    struct mig_stats st;
+
+    /* The rest belongs to the migration thread. */
+    struct mig_conn c;
+    struct ram_sender *ram;
+    struct mirror_job *mj[VM_MAX_DISKS];
+    unsigned nmj;
+    bool paused, ram_started, complete_sent;
+    uint64_t t0_ns, last_send_ns, last_heard_ns;
+    struct mig_stats w; /* working copy, published under mu */
+};
+
+uint64_t mig_now_ns(void);
+void mig_publish(struct mig_source *m);
+void mig_set_status(struct mig_source *m, enum mig_status s, const char *phase);
+/* Roll back: cancel the mirrors, resume the VM, tell the destination; ends in status s. */
+void mig_rollback(struct mig_source *m, enum mig_status s, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Read what the destination sent, without waiting. -errno on a broken or bad stream; an ABORT
+ * from the peer is -ECONNABORTED with its reason in why. */
+int mig_poll_peer(struct mig_source *m, char *why, size_t whylen);
+/* Gather mirror and RAM figures into m->w. */
+void mig_collect(struct mig_source *m);
+/* Pause, send the rest, hand over; ends in COMPLETED, UNKNOWN or a rollback. */
+void mig_switchover(struct mig_source *m);
+
+#endif

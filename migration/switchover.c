@@ -1,0 +1,179 @@
+/* switchover.c: pause, final RAM and disk drain, state, COMPLETE, and the wait for RESUMED. */
+#include <config.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "common/log.h"
+#include "migration/source-internal.h"
+
+static uint64_t ms_since(uint64_t t)
+{
+    return (mig_now_ns() - t) / 1000000u;
+}
+
+/* After COMPLETE: wait for the destination's word. */
+static void await_resumed(struct mig_source *m, uint64_t t_pause, uint64_t t_complete,
+                          uint64_t src_digest_ms)
+{
+    for (;;) {
+        uint32_t type, len;
+        uint8_t *pl;
+        int r = mig_recv(&m->c, (int)m->p.peer_timeout_ms, &type, &pl, &len);
+        if (r == -ETIMEDOUT || r == -EBADMSG || r == -EPROTO || r == -EMSGSIZE) {
+            /* The destination may or may not run the VM: never risk two running copies. */
+            snprintf(m->w.error, sizeof m->w.error,
+                     "no RESUMED from the destination (%s) after COMPLETE: the outcome is "
+                     "unknown, so the VM stays paused here (check the destination, then 'cont' "
+                     "or 'quit')",
+                     strerror(-r));
+            bm_error("migration: %s", m->w.error);
+            mig_set_status(m, MIG_UNKNOWN, "unknown");
+            return;
+        }
+        if (r < 0) {
+            /* The destination closed without RESUMED: it resumes only after sending it, so it
+             * is not running the VM. */
+            m->complete_sent = false;
+            mig_rollback(m, MIG_FAILED, "the destination went away before RESUMED (%s)",
+                         r == -ECONNRESET ? "connection closed" : strerror(-r));
+            return;
+        }
+        if (type == MIG_PING)
+            continue;
+        struct json_object *o = mig_parse_json(pl, len), *x;
+        if (type == MIG_ABORT) {
+            mig_rollback(m, MIG_FAILED, "the destination refused to resume: %s",
+                         o && json_object_object_get_ex(o, "reason", &x)
+                             ? json_object_get_string(x)
+                             : "(no reason)");
+            json_object_put(o);
+            return;
+        }
+        if (type != MIG_RESUMED) {
+            json_object_put(o);
+            snprintf(m->w.error, sizeof m->w.error,
+                     "the destination answered COMPLETE with %s: outcome unknown, the VM stays "
+                     "paused here",
+                     mig_frame_name(type));
+            mig_set_status(m, MIG_UNKNOWN, "unknown");
+            return;
+        }
+        uint64_t t_res = mig_now_ns();
+        m->w.pause_resume_ms = (t_res - t_complete) / 1000000u;
+        if (o && json_object_object_get_ex(o, "digest_ms", &x))
+            m->w.dst_digest_ms = (uint64_t)json_object_get_int64(x);
+        if (o && json_object_object_get_ex(o, "verified", &x))
+            m->w.verified = json_object_get_boolean(x);
+        json_object_put(o);
+        uint64_t pause_ms = (t_res - t_pause) / 1000000u;
+        uint64_t digest = src_digest_ms + m->w.dst_digest_ms;
+        m->w.downtime_ms = pause_ms > digest ? pause_ms - digest : 0;
+        break;
+    }
+    /* The guest's own view of the pause comes a moment later. */
+    uint32_t type, len;
+    uint8_t *pl;
+    while (mig_recv(&m->c, 2000, &type, &pl, &len) == 0) {
+        if (type != MIG_REPORT)
+            continue;
+        struct json_object *o = mig_parse_json(pl, len), *x;
+        if (o && json_object_object_get_ex(o, "guest_gap_ns", &x)) {
+            /* The guest sat paused through both digests too: leave them out, as above. */
+            int64_t us = json_object_get_int64(x) / 1000 -
+                         (int64_t)(src_digest_ms + m->w.dst_digest_ms) * 1000;
+            m->w.guest_downtime_us = us > 0 ? us : 0;
+        }
+        json_object_put(o);
+        break;
+    }
+    mig_set_status(m, MIG_COMPLETED, "completed");
+}
+
+void mig_switchover(struct mig_source *m)
+{
+    mig_set_status(m, MIG_SWITCHOVER, "switchover");
+    uint64_t t_pause = mig_now_ns(), t;
+    int r = vm_pause(m->vm);
+    if (r < 0) {
+        mig_rollback(m, MIG_FAILED, "cannot pause the VM: %s", strerror(-r));
+        return;
+    }
+    m->paused = true;
+
+    /* Final RAM: everything dirtied up to the pause. */
+    t = mig_now_ns();
+    ram_sender_harvest(m->ram);
+    struct ram_stats rs;
+    for (ram_sender_stats(m->ram, &rs); rs.dirty_pages > 0; ram_sender_stats(m->ram, &rs)) {
+        r = ram_sender_step(m->ram, UINT64_MAX);
+        if (r < 0) {
+            mig_rollback(m, MIG_FAILED, "sending the last RAM pages: %s", strerror(-r));
+            return;
+        }
+    }
+    m->w.pause_ram_ms = ms_since(t);
+
+    /* Final disk drain and FLUSH, all disks at once. */
+    t = mig_now_ns();
+    for (unsigned i = 0; i < m->nmj; i++)
+        mirror_complete_now(m->mj[i]);
+    for (unsigned i = 0; i < m->nmj; i++) {
+        char err[256];
+        r = mirror_wait(m->mj[i], err, sizeof err);
+        if (r < 0) {
+            mig_rollback(m, MIG_FAILED, "the last copy of disk %s failed: %s",
+                         m->vm->disks[i].name, err);
+            return;
+        }
+    }
+    m->w.pause_disk_ms = ms_since(t);
+    mig_collect(m);
+
+    /* Device and vCPU state. */
+    t = mig_now_ns();
+    void *state = NULL;
+    size_t slen = 0;
+    r = m->vm->ops->save_state(m->vm, &state, &slen);
+    if (r == 0)
+        r = mig_send(&m->c, MIG_STATE, state, (uint32_t)slen);
+    free(state);
+    if (r < 0) {
+        mig_rollback(m, MIG_FAILED, "sending the VM state: %s", strerror(-r));
+        return;
+    }
+    m->w.pause_state_ms = ms_since(t);
+
+    struct json_object *c = json_object_new_object();
+    uint64_t src_digest_ms = 0;
+    if (m->p.verify) {
+        t = mig_now_ns();
+        struct json_object *d = mig_digest_vm(m->vm);
+        src_digest_ms = ms_since(t);
+        m->w.src_digest_ms = src_digest_ms;
+        if (!d) {
+            json_object_put(c);
+            mig_rollback(m, MIG_FAILED, "cannot digest the VM for --verify: out of memory");
+            return;
+        }
+        json_object_object_add(c, "digests", d);
+    }
+    json_object_object_add(c, "ram_pages",
+                           json_object_new_int64((int64_t)(rs.pages_normal + rs.pages_zero)));
+    t = mig_now_ns();
+    r = mig_send_json(&m->c, MIG_COMPLETE, c);
+    json_object_put(c);
+    if (r < 0) {
+        mig_rollback(m, MIG_FAILED, "sending COMPLETE: %s", strerror(-r));
+        return;
+    }
+    m->complete_sent = true;
+    await_resumed(m, t_pause, t, src_digest_ms);
+    if (m->w.status == MIG_COMPLETED) {
+        mig_publish(m);
+        bm_info("migration: completed, downtime %llu ms", (unsigned long long)m->w.downtime_ms);
+    }
+}
