@@ -251,6 +251,13 @@ static int hello(struct dest *d)
     return r;
 }
 
+/* Fault injection for the test suite only: BLKMIG_TEST_FAULT names one. */
+static bool test_fault(const char *name)
+{
+    const char *f = getenv("BLKMIG_TEST_FAULT");
+    return f && strcmp(f, name) == 0;
+}
+
 /* Receive RAM and state until COMPLETE; returns the COMPLETE object. */
 static int receive(struct dest *d, struct json_object **complete)
 {
@@ -291,6 +298,10 @@ static int receive(struct dest *d, struct json_object **complete)
             d->state_len = len;
             break;
         case MIG_COMPLETE:
+            if (test_fault("dest-exit-on-complete"))
+                _exit(9);
+            while (test_fault("dest-hang-on-complete"))
+                pause();
             *complete = mig_parse_json(pl, len);
             if (!*complete)
                 return failf(d, -EPROTO, "a malformed COMPLETE from the source");
@@ -317,6 +328,8 @@ static int compare_digests(struct dest *d, struct json_object *want, uint64_t *m
     uint64_t t = now_ns();
     struct json_object *have = mig_digest_vm(d->vm);
     *ms = (now_ns() - t) / 1000000u;
+    if (have && test_fault("dest-bad-digest"))
+        json_object_object_add(have, "ram", json_object_new_string("0"));
     if (!have)
         return failf(d, -ENOMEM, "verify: out of memory");
     struct json_object *a, *b;
@@ -392,7 +405,8 @@ int mig_incoming_run(const struct mig_incoming_opts *o, struct mig_incoming_resu
         return failf(&d, r, "cannot listen on %s:%s: %s", o->host ? o->host : "*", o->port,
                      strerror(-r));
     d.nl = r;
-    struct nbd_server_config cfg = {.max_connections = 64, .threads_per_conn = 16};
+    struct nbd_server_config cfg = {.max_connections = 64, .threads_per_conn = 16,
+                                    .hide_exports = true};
     d.nbd = nbd_server_new(&cfg);
     r = d.nbd ? nbd_server_listen_tcp(d.nbd, o->host, o->nbd_port) : -ENOMEM;
     if (r < 0) {

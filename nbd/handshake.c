@@ -190,6 +190,8 @@ static int opt_list(struct nbd_conn *c, uint32_t len)
 {
     if (len != 0)
         return send_error(c, NBD_OPT_LIST, NBD_REP_ERR_INVALID, "NBD_OPT_LIST takes no data");
+    if (c->server->cfg.hide_exports)
+        return send_error(c, NBD_OPT_LIST, NBD_REP_ERR_POLICY, "this server does not list exports");
     for (unsigned i = 0; i < c->server->nexports; i++) {
         const struct nbd_export *e = &c->server->exports[i];
         size_t nl = strlen(e->name), dl = e->description ? strlen(e->description) : 0;
