@@ -14,6 +14,7 @@ static const struct {
     {"run", cmd_run, "run a VM (the synthetic guest) with its disks and a control socket"},
     {"migrate", cmd_migrate, "live-migrate a running VM, with --with-disk its disks too"},
     {"incoming", cmd_incoming, "receive a migrating VM, then run it"},
+    {"demo", cmd_demo, "a live migration with disks between two local hosts, end to end"},
     {"mirror", cmd_mirror, "live-mirror a disk in use to any NBD target"},
     {"nbd-serve", cmd_nbd_serve, "serve disk images over NBD (fast, multi-connection)"},
     {"control", cmd_control, "send a command to a running job's control socket"},
