@@ -58,7 +58,6 @@ static void tick(struct mig_source *m, struct loop *l, uint64_t now, struct mig_
     }
     w->throughput = (uint64_t)l->thr;
     w->ram_dirty_rate = (uint64_t)l->dirty_rate;
-    w->ram.nonzero_pages = l->nonzero;
 
     /* A pass ended: auto-converge looks at how much it left behind. */
     if (w->ram.rounds != l->last_rounds) {
@@ -150,7 +149,7 @@ bool mig_converge(struct mig_source *m);
 bool mig_converge(struct mig_source *m)
 {
     struct loop l = {.last_tick = mig_now_ns()};
-    l.nonzero = ram_count_nonzero(m->vm);
+    l.nonzero = m->nonzero_pages = ram_count_nonzero(m->vm);
     l.last_progress = l.last_tick;
     char why[512];
     for (;;) {

@@ -423,8 +423,12 @@ int mig_incoming_run(const struct mig_incoming_opts *o, struct mig_incoming_resu
     if ((r = hello(&d)) < 0 || (r = receive(&d, &complete)) < 0)
         goto fail;
     /* The source's mirrors flushed and finished: no NBD writes after this. */
+    uint64_t t_c = now_ns();
     stop_nbd(&d);
+    uint64_t t_nbd = now_ns();
     r = d.vm->ops->load_state(d.vm, d.state, d.state_len);
+    bm_info("incoming: COMPLETE: NBD server stopped in %.1f ms, state loaded in %.1f ms",
+            (double)(t_nbd - t_c) / 1e6, (double)(now_ns() - t_nbd) / 1e6);
     if (r < 0) {
         failf(&d, r, "cannot load the VM state");
         json_object_put(complete);

@@ -1,6 +1,7 @@
 /* digest.c: content digests of a paused VM's RAM and disks, for --verify. */
 #include <config.h>
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <xxhash.h>
@@ -13,6 +14,43 @@ static struct json_object *hex(XXH128_hash_t h)
     snprintf(s, sizeof s, "%016llx%016llx", (unsigned long long)h.high64,
              (unsigned long long)h.low64);
     return json_object_new_string(s);
+}
+
+/* Hash the disk's whole content as one byte stream; ranges the image reports as holes or
+ * zeroes are fed as zero bytes without reading them (reading a hole costs page-cache pages). */
+static int digest_disk(XXH3_state_t *st, struct bm_disk *disk, uint8_t *buf, size_t chunk,
+                       uint64_t size)
+{
+    static const uint8_t zeros[65536];
+    uint64_t off = 0;
+    while (off < size) {
+        struct bm_extent ext[64];
+        size_t n = 0;
+        int r = bm_disk_extents(disk, off, size - off, ext, 64, &n);
+        if (r < 0 || n == 0) {
+            ext[0] = (struct bm_extent){off, size - off, 0}; /* no map: read it all */
+            n = 1;
+        }
+        for (size_t i = 0; i < n && off < size; i++) {
+            uint64_t end = ext[i].offset + ext[i].length;
+            if (end > size)
+                end = size;
+            bool zero = ext[i].flags & (BM_EXTENT_HOLE | BM_EXTENT_ZERO);
+            while (off < end) {
+                size_t len = end - off < chunk ? (size_t)(end - off) : chunk;
+                if (zero) {
+                    len = len < sizeof zeros ? len : sizeof zeros;
+                    XXH3_128bits_update(st, zeros, len);
+                } else {
+                    if ((r = bm_disk_pread(disk, buf, len, off)) < 0)
+                        return r;
+                    XXH3_128bits_update(st, buf, len);
+                }
+                off += len;
+            }
+        }
+    }
+    return 0;
 }
 
 struct json_object *mig_digest_vm(struct vm *vm)
@@ -36,13 +74,7 @@ struct json_object *mig_digest_vm(struct vm *vm)
         struct bm_disk *disk = vm->disks[k].disk;
         uint64_t size = bm_disk_size(disk);
         XXH3_128bits_reset(st);
-        int r = 0;
-        for (uint64_t off = 0; off < size && r == 0; off += chunk) {
-            size_t n = size - off < chunk ? (size_t)(size - off) : chunk;
-            r = bm_disk_pread(disk, buf, n, off);
-            if (r == 0)
-                XXH3_128bits_update(st, buf, n);
-        }
+        int r = digest_disk(st, disk, buf, chunk, size);
         json_object_object_add(d, vm->disks[k].name,
                                r == 0 ? hex(XXH3_128bits_digest(st))
                                       : json_object_new_string("read-error"));

@@ -47,6 +47,7 @@ struct mig_source {
     struct mirror_job *mj[VM_MAX_DISKS];
     unsigned nmj;
     bool paused, ram_started, complete_sent;
+    uint64_t nonzero_pages; /* counted when the job starts: round 0's estimate */
     uint64_t t0_ns, last_send_ns, last_heard_ns;
     struct mig_stats w; /* working copy, published under mu */
 };

@@ -264,6 +264,7 @@ void mig_collect(struct mig_source *m)
     }
     if (m->ram)
         ram_sender_stats(m->ram, &w->ram);
+    w->ram.nonzero_pages = m->nonzero_pages;
 }
 
 /* ---- setup ---- */
