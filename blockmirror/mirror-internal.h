@@ -100,6 +100,7 @@ struct mirror_job {
     double tokens; /* speed limit bucket, bytes */
     uint64_t tokens_ns;
     uint64_t unflushed;  /* bytes written to the target since the last flush was issued */
+    uint64_t last_flush_ns; /* when the last periodic or idle flush was issued */
     bool flush_in_flight;
     bool held;     /* completion hold taken on the source */
     bool released;

@@ -542,10 +542,18 @@ static void periodic_flush_done(void *opaque, int err)
         bm_warn("mirror: flushing the target failed: %s", strerror(err));
 }
 
-static void maybe_flush(struct mirror_job *j)
+/* Flush the target every FLUSH_EVERY bytes, and also whenever the job has nothing to copy
+ * (at most every IDLE_FLUSH_NS): the target then syncs in the background while the job idles,
+ * so the flush at completion, which writers wait for, finds little left to write. */
+#define IDLE_FLUSH_NS 100000000ull
+static void maybe_flush(struct mirror_job *j, bool idle)
 {
-    if (j->flush_in_flight || j->unflushed < FLUSH_EVERY || bm_target_dead(j->t))
+    if (j->flush_in_flight || j->unflushed == 0 || bm_target_dead(j->t))
         return;
+    uint64_t now = mirror_now_ns();
+    if (j->unflushed < FLUSH_EVERY && !(idle && now - j->last_flush_ns >= IDLE_FLUSH_NS))
+        return;
+    j->last_flush_ns = now;
     j->unflushed = 0;
     j->flush_in_flight = true;
     if (bm_target_flush(j->t, periodic_flush_done, j) < 0)
@@ -762,7 +770,7 @@ static void run_loop(struct mirror_job *j)
             return;
         }
         if (!j->held)
-            maybe_flush(j);
+            maybe_flush(j, bulk_over && j->nused == 0 && bm_bitmap_count(j->dirty) == 0);
         if (backoff)
             wait_ms = 20;
         if (j->held && j->nused == 0)

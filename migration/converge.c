@@ -19,7 +19,7 @@
 
 struct loop {
     uint64_t last_tick, last_progress;
-    uint64_t last_ram_bytes, last_disk_bytes;
+    uint64_t last_ram_bytes, last_disk_bytes, last_ram_sent;
     double thr;          /* link throughput, bytes/s, both streams */
     double ram_rate;     /* RAM stream bytes/s */
     double dirty_rate;   /* RAM dirtied bytes/s */
@@ -38,11 +38,15 @@ static void tick(struct mig_source *m, struct loop *l, uint64_t now, struct mig_
     mig_collect(m);
     struct mig_stats *w = &m->w;
     uint64_t disk_bytes = w->disk_bytes + w->disk_active_bytes;
-    double ram_d = (double)(w->ram.bytes - l->last_ram_bytes);
+    /* RAM counts as moved once the destination has applied it: what sits in socket buffers
+     * (tens of MiB with TCP autotuning) is still to come, and would land in the pause. */
+    uint64_t ram_done = m->peer_received;
+    w->in_flight = m->c.bytes_sent > ram_done ? m->c.bytes_sent - ram_done : 0;
+    double ram_d = (double)(ram_done - l->last_ram_bytes);
     double disk_d = (double)(disk_bytes - l->last_disk_bytes);
-    l->last_ram_bytes = w->ram.bytes;
+    l->last_ram_bytes = ram_done;
     l->last_disk_bytes = disk_bytes;
-    bool backlog = (m->ram_started && w->ram.dirty_pages > 0) ||
+    bool backlog = (m->ram_started && (w->ram.dirty_pages > 0 || w->in_flight > (1u << 20))) ||
                    w->disks_past_bulk < m->nmj || w->disk_dirty > 0;
     if (dt > 0) {
         double t = (ram_d + disk_d) / dt;
@@ -50,7 +54,8 @@ static void tick(struct mig_source *m, struct loop *l, uint64_t now, struct mig_
             l->thr = l->thr == 0 ? t : 0.7 * l->thr + 0.3 * t;
         l->ram_rate = 0.7 * l->ram_rate + 0.3 * ram_d / dt;
         /* Newly dirtied pages: growth of the set + what was sent out of it. */
-        double sent_pages = ram_d / (VM_PAGE_SIZE + 8);
+        double sent_pages = (double)(w->ram.bytes - l->last_ram_sent) / (VM_PAGE_SIZE + 8);
+        l->last_ram_sent = w->ram.bytes;
         double newly = (double)w->ram.dirty_pages - (double)before_dirty + sent_pages;
         if (m->ram_started)
             l->dirty_rate = 0.7 * l->dirty_rate +
@@ -106,7 +111,7 @@ static void tick(struct mig_source *m, struct loop *l, uint64_t now, struct mig_
         .disk_remaining = w->disk_bulk_total - w->disk_bulk_done + w->disk_dirty,
         .disk_dirty = w->disk_dirty,
         .ram_remaining = m->ram_started ? 0 : l->nonzero * VM_PAGE_SIZE,
-        .ram_dirty = w->ram.dirty_pages * VM_PAGE_SIZE,
+        .ram_dirty = w->ram.dirty_pages * VM_PAGE_SIZE + w->in_flight,
         .throughput = w->throughput,
         .state_bytes = 4096,
         .flush_ms = FLUSH_MS,

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/io.h"
 #include "common/log.h"
 #include "common/sock.h"
 #include "migration/migration.h"
@@ -41,6 +42,7 @@ struct dest {
     uint8_t *state;
     uint32_t state_len;
     uint64_t pages, last_ping_ns;
+    struct bm_bitmap *loaded; /* RAM pages written by the stream so far */
     char *err;
     size_t errlen;
 };
@@ -262,10 +264,14 @@ static bool test_fault(const char *name)
 static int receive(struct dest *d, struct json_object **complete)
 {
     for (;;) {
+        /* Keepalive, and progress: how much of the stream is received and applied, so the
+         * source knows what is still in flight in the socket buffers. */
         uint64_t now = now_ns();
-        if (now - d->last_ping_ns >= 1000000000ull) {
+        if (now - d->last_ping_ns >= 50000000ull) {
             d->last_ping_ns = now;
-            if (mig_send(&d->c, MIG_PING, NULL, 0) < 0)
+            uint8_t got[8];
+            bm_put_be64(got, d->c.bytes_received);
+            if (mig_send(&d->c, MIG_PING, got, sizeof got) < 0)
                 return failf(d, -ECONNRESET, "the source went away");
         }
         uint32_t type, len;
@@ -284,8 +290,10 @@ static int receive(struct dest *d, struct json_object **complete)
             break;
         case MIG_RAM:
         case MIG_RAM_ZLIB:
-            r = type == MIG_RAM ? ram_apply(d->vm, pl, len, &d->pages)
-                                : ram_apply_zlib(d->vm, pl, len, &d->pages);
+            if (!d->loaded && !(d->loaded = bm_bitmap_new(vm_ram_end(d->vm), VM_PAGE_SIZE)))
+                return failf(d, -ENOMEM, "out of memory");
+            r = type == MIG_RAM ? ram_apply(d->vm, d->loaded, pl, len, &d->pages)
+                                : ram_apply_zlib(d->vm, d->loaded, pl, len, &d->pages);
             if (r < 0)
                 return failf(d, r, "a malformed RAM frame from the source");
             break;
@@ -475,6 +483,7 @@ int mig_incoming_run(const struct mig_incoming_opts *o, struct mig_incoming_resu
     json_object_object_add(res->stats, "verified", json_object_new_boolean(verified));
     json_object_object_add(res->stats, "digest_ms", json_object_new_int64((int64_t)digest_ms));
     free(d.state);
+    bm_bitmap_free(d.loaded);
     return 0;
 fail:
     bm_error("incoming: %s; discarding what was received", err);
@@ -483,5 +492,6 @@ fail:
         close(d.lfds[k]);
     mig_conn_close(&d.c);
     free(d.state);
+    bm_bitmap_free(d.loaded);
     return r < 0 ? r : -EIO;
 }

@@ -24,7 +24,7 @@ struct mig_stats {
     uint64_t disk_size, disk_bulk_total, disk_bulk_done, disk_bytes, disk_zero_bytes,
         disk_active_bytes, disk_dirty, disk_rounds, disk_mode_switches;
     unsigned disks, disks_ready, disks_past_bulk, disks_write_blocking;
-    uint64_t throughput, stream_bytes;
+    uint64_t throughput, stream_bytes, in_flight;
     unsigned throttle, throttle_max;
     char error[512];
 };
@@ -49,6 +49,7 @@ struct mig_source {
     bool paused, ram_started, complete_sent;
     uint64_t nonzero_pages; /* counted when the job starts: round 0's estimate */
     uint64_t t0_ns, last_send_ns, last_heard_ns;
+    uint64_t peer_received; /* stream bytes the destination has applied (from its PINGs) */
     struct mig_stats w; /* working copy, published under mu */
 };
 

@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "common/io.h"
 #include "common/log.h"
 #include "common/sock.h"
 #include "migration/controller.h"
@@ -121,6 +122,7 @@ static struct json_object *stats_json(const struct mig_stats *s)
     json_object_object_add(o, "disk", d);
     I(o, "throughput", s->throughput);
     I(o, "stream_bytes", s->stream_bytes);
+    I(o, "in_flight", s->in_flight);
     I(o, "throttle", s->throttle);
     I(o, "throttle_max", s->throttle_max);
 #undef I
@@ -216,8 +218,11 @@ int mig_poll_peer(struct mig_source *m, char *why, size_t whylen)
             return r;
         }
         m->last_heard_ns = mig_now_ns();
-        if (type == MIG_PING)
+        if (type == MIG_PING) {
+            if (len == 8)
+                m->peer_received = bm_get_be64(pl);
             continue;
+        }
         if (type == MIG_ABORT) {
             struct json_object *o = mig_parse_json(pl, len), *x;
             snprintf(why, whylen, "the destination gave up: %s",

@@ -21,7 +21,8 @@ size_t ram_encode_page(uint8_t *p, uint64_t gpa, const uint8_t *page, bool *was_
     return 8 + VM_PAGE_SIZE;
 }
 
-int ram_apply(struct vm *vm, const uint8_t *payload, size_t len, uint64_t *pages)
+int ram_apply(struct vm *vm, struct bm_bitmap *loaded, const uint8_t *payload, size_t len,
+              uint64_t *pages)
 {
     size_t pos = 0;
     while (pos < len) {
@@ -34,14 +35,18 @@ int ram_apply(struct vm *vm, const uint8_t *payload, size_t len, uint64_t *pages
         uint8_t *host = vm_gpa_to_host(vm, gpa);
         if (!host)
             return -EBADMSG;
+        uint64_t bit = gpa / VM_PAGE_SIZE;
         if (kind == RAM_REC_ZERO) {
-            if (!bm_is_zero(host, VM_PAGE_SIZE))
+            bool fresh = loaded && bit < bm_bitmap_nbits(loaded) && !bm_bitmap_test(loaded, bit);
+            if (!fresh && !bm_is_zero(host, VM_PAGE_SIZE))
                 memset(host, 0, VM_PAGE_SIZE);
         } else if (kind == RAM_REC_RAW) {
             if (len - pos < VM_PAGE_SIZE)
                 return -EBADMSG;
             memcpy(host, payload + pos, VM_PAGE_SIZE);
             pos += VM_PAGE_SIZE;
+            if (loaded && bit < bm_bitmap_nbits(loaded))
+                bm_bitmap_set_bits(loaded, bit, 1);
         } else {
             return -EBADMSG;
         }
@@ -50,7 +55,8 @@ int ram_apply(struct vm *vm, const uint8_t *payload, size_t len, uint64_t *pages
     return 0;
 }
 
-int ram_apply_zlib(struct vm *vm, const uint8_t *payload, size_t len, uint64_t *pages)
+int ram_apply_zlib(struct vm *vm, struct bm_bitmap *loaded, const uint8_t *payload, size_t len,
+                   uint64_t *pages)
 {
     if (len < 4)
         return -EBADMSG;
@@ -63,7 +69,7 @@ int ram_apply_zlib(struct vm *vm, const uint8_t *payload, size_t len, uint64_t *
     uLongf out = raw;
     int r = uncompress(buf, &out, payload + 4, len - 4) == Z_OK && out == raw ? 0 : -EBADMSG;
     if (r == 0)
-        r = ram_apply(vm, buf, raw, pages);
+        r = ram_apply(vm, loaded, buf, raw, pages);
     free(buf);
     return r;
 }

@@ -25,10 +25,14 @@
 size_t ram_encode_page(uint8_t *p, uint64_t gpa, const uint8_t *page, bool *was_zero);
 
 /* Apply a MIG_RAM payload to the VM's RAM: 0, or -EBADMSG for a malformed record or an address
- * outside guest RAM (nothing past the bad record is applied). */
-int ram_apply(struct vm *vm, const uint8_t *payload, size_t len, uint64_t *pages);
+ * outside guest RAM (nothing past the bad record is applied). loaded (may be NULL) marks the
+ * pages written so far: a zero record for a page never loaded touches nothing (fresh RAM is
+ * zero already, and reading it would make the kernel allocate and clear it). */
+int ram_apply(struct vm *vm, struct bm_bitmap *loaded, const uint8_t *payload, size_t len,
+              uint64_t *pages);
 /* Inflate and apply a MIG_RAM_ZLIB payload. */
-int ram_apply_zlib(struct vm *vm, const uint8_t *payload, size_t len, uint64_t *pages);
+int ram_apply_zlib(struct vm *vm, struct bm_bitmap *loaded, const uint8_t *payload, size_t len,
+                   uint64_t *pages);
 
 struct ram_stats {
     uint64_t pages_normal, pages_zero;

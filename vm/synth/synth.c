@@ -478,6 +478,9 @@ int synth_create(uint64_t ram_size, const struct vm_disk *disks, unsigned ndisks
         synth_destroy(&s->vm);
         return -ENOMEM;
     }
+    /* Huge pages where the kernel allows them (as QEMU does for guest RAM): the destination
+     * fills fresh RAM at a page fault per 2 MiB instead of per 4 KiB. */
+    madvise(s->ram, ram_size, MADV_HUGEPAGE);
     s->vm.nregions = 1;
     s->vm.regions[0] = (struct vm_ram_region){s->ram, 0, ram_size};
     s->dirty = bm_bitmap_new(ram_size, SYNTH_BLOCK);
