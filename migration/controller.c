@@ -23,7 +23,7 @@ void mig_ctl_decide(const struct mig_ctl_in *in, struct mig_ctl_out *out)
     double bytes = (double)in->ram_dirty + (in->with_disk ? (double)in->disk_dirty : 0) +
                    (double)in->state_bytes;
     double ms = bytes / thr * 1000.0 + (in->with_disk ? in->flush_ms : 0) + 1.0;
-    out->expected_downtime_ms = (uint64_t)ms;
+    out->expected_downtime_ms = ms >= 1.8e19 ? UINT64_MAX : (uint64_t)ms;
     bool disks_ok = !in->with_disk || (in->order == MIG_ORDER_DISK_FIRST ? in->disk_all_ready
                                                                         : in->disk_bulk_done);
     out->switchover = in->ram_started && in->ram_pass0_done && disks_ok && in->throughput > 0 &&

@@ -64,29 +64,6 @@ static void tick(struct mig_source *m, struct loop *l, uint64_t now, struct mig_
     w->throughput = (uint64_t)l->thr;
     w->ram_dirty_rate = (uint64_t)l->dirty_rate;
 
-    /* A pass ended: auto-converge looks at how much it left behind. */
-    if (w->ram.rounds != l->last_rounds) {
-        uint64_t pass_dirty = w->ram.dirty_pages * VM_PAGE_SIZE;
-        if (w->ram.rounds >= 2) {
-            unsigned t = mig_ctl_throttle(l->prev_pass_dirty, pass_dirty, w->ram_dirty_rate,
-                                          w->throughput, (unsigned)w->ram.rounds, w->throttle);
-            if (t != w->throttle) {
-                w->throttle = t;
-                if (t > w->throttle_max)
-                    w->throttle_max = t;
-                m->vm->ops->throttle(m->vm, t);
-                bm_info("migration: RAM not converging, vCPU throttle %u%%", t);
-                if (m->fn) {
-                    struct json_object *d = json_object_new_object();
-                    json_object_object_add(d, "throttle", json_object_new_int((int)t));
-                    m->fn(m->opaque, "throttle", d);
-                }
-            }
-        }
-        l->prev_pass_dirty = pass_dirty;
-        l->last_rounds = w->ram.rounds;
-    }
-
     /* One bandwidth budget for both streams. */
     if (m->p.max_bandwidth) {
         double b = (double)m->p.max_bandwidth, dr = disk_d / (dt > 0 ? dt : 1);
@@ -121,6 +98,31 @@ static void tick(struct mig_source *m, struct loop *l, uint64_t now, struct mig_
     };
     mig_ctl_decide(&in, out);
     w->expected_downtime_ms = out->expected_downtime_ms;
+    /* A pass ended: if the pause would still be too long, auto-converge looks at how much the
+     * pass left behind. */
+    if (w->ram.rounds != l->last_rounds) {
+        uint64_t pass_dirty = w->ram.dirty_pages * VM_PAGE_SIZE;
+        if (w->ram.rounds >= 2 && !out->switchover &&
+            out->expected_downtime_ms > m->p.downtime_limit_ms) {
+            unsigned t = mig_ctl_throttle(l->prev_pass_dirty, pass_dirty, w->ram_dirty_rate,
+                                          w->throughput, (unsigned)w->ram.rounds, w->throttle);
+            if (t != w->throttle) {
+                w->throttle = t;
+                if (t > w->throttle_max)
+                    w->throttle_max = t;
+                m->vm->ops->throttle(m->vm, t);
+                bm_info("migration: RAM not converging, vCPU throttle %u%%", t);
+                if (m->fn) {
+                    struct json_object *d = json_object_new_object();
+                    json_object_object_add(d, "throttle", json_object_new_int((int)t));
+                    m->fn(m->opaque, "throttle", d);
+                }
+            }
+        }
+        l->prev_pass_dirty = pass_dirty;
+        l->last_rounds = w->ram.rounds;
+    }
+
     if (!m->ram_started)
         w->phase = "disk-bulk";
     else if (w->ram.rounds == 0)

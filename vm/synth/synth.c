@@ -59,6 +59,8 @@ static void heartbeat(struct synth *s)
 {
     uint64_t now = synth_now_ns();
     uint64_t last = atomic_load(&s->last_hb_ns);
+    if (!last)
+        atomic_store(&s->resumed_pending, false); /* first boot: no gap to measure */
     if (last && now > last) {
         uint64_t gap = now - last;
         if (gap > atomic_load(&s->max_gap_ns))
@@ -446,8 +448,11 @@ int synth_create(uint64_t ram_size, const struct vm_disk *disks, unsigned ndisks
                  struct vm **out, char *err, size_t errlen)
 {
     err[0] = '\0';
-    if (ram_size < 64 * SYNTH_BLOCK || ram_size % SYNTH_BLOCK || ram_size > (1ull << 40) ||
-        ndisks > VM_MAX_DISKS) {
+    if (ndisks > VM_MAX_DISKS) {
+        snprintf(err, errlen, "at most %d disks", VM_MAX_DISKS);
+        return -EINVAL;
+    }
+    if (ram_size < 64 * SYNTH_BLOCK || ram_size % SYNTH_BLOCK || ram_size > (1ull << 40)) {
         snprintf(err, errlen, "guest RAM must be a multiple of 4 KiB between 256 KiB and 1 TiB");
         return -EINVAL;
     }

@@ -80,13 +80,15 @@ static int parse_io(const char *s, uint32_t *lo, uint32_t *hi)
 
 static int set_key(struct synth_workload *w, const char *key, const char *val)
 {
-    if (strcmp(key, "mem") == 0)
-        return parse_rate(val, &w->mem_rate);
-    if (strcmp(key, "disk") == 0)
-        return parse_rate(val, &w->disk_rate);
+    /* The same limits as synth_workload_from_json, so whatever runs can also migrate. */
+    if (strcmp(key, "mem") == 0 || strcmp(key, "disk") == 0) {
+        uint64_t *v = key[0] == 'm' ? &w->mem_rate : &w->disk_rate;
+        int r = parse_rate(val, v);
+        return r < 0 ? r : (*v > (1ull << 40) ? -EINVAL : 0);
+    }
     if (strcmp(key, "hot") == 0) {
         int r = bm_parse_size(val, &w->hot);
-        return r < 0 ? r : (w->hot < 4096 ? -EINVAL : 0);
+        return r < 0 ? r : (w->hot < 4096 || w->hot > (1ull << 50) ? -EINVAL : 0);
     }
     if (strcmp(key, "mem-pattern") == 0 || strcmp(key, "pattern") == 0)
         return parse_pattern(val, &w->mem_pattern);
