@@ -4,13 +4,16 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <arpa/inet.h>
 #include <limits.h>
+#include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -205,6 +208,32 @@ static void dump_log(const char *what, const char *path)
     fclose(f);
 }
 
+/* On loopback: a port P with P and P + 1 (the NBD port) both free just now. */
+static int free_port_pair(void)
+{
+    for (int tries = 0; tries < 50; tries++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t len = sizeof a;
+        if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 ||
+            getsockname(fd, (struct sockaddr *)&a, &len) < 0) {
+            if (fd >= 0)
+                close(fd);
+            return -1;
+        }
+        int port = ntohs(a.sin_port);
+        int fd2 = socket(AF_INET, SOCK_STREAM, 0);
+        a.sin_port = htons((uint16_t)(port + 1));
+        bool ok = port < 65535 && fd2 >= 0 && bind(fd2, (struct sockaddr *)&a, sizeof a) == 0;
+        close(fd);
+        if (fd2 >= 0)
+            close(fd2);
+        if (ok)
+            return port;
+    }
+    return -1;
+}
+
 static int demo_main(struct demo *d, const char *ram, const char *disk_size,
                      const char *disk_fill, const char *workload, bool json)
 {
@@ -221,8 +250,13 @@ static int demo_main(struct demo *d, const char *ram, const char *disk_size,
     snprintf(wl, sizeof wl, "%s,ram-fill=%llu,disk-fill=%s", workload,
              (unsigned long long)ramb / 2, disk_fill);
     snprintf(disk, sizeof disk, "vda=%s,size=%s", img, disk_size);
-    snprintf(listen, sizeof listen, "%s:7700", d->addr_dst);
-    snprintf(uri, sizeof uri, "tcp:%s:7700", d->addr_dst);
+    int port = d->netns ? 7700 : free_port_pair();
+    if (port < 0) {
+        bm_error("no free pair of TCP ports on loopback");
+        return 1;
+    }
+    snprintf(listen, sizeof listen, "%s:%d", d->addr_dst, port);
+    snprintf(uri, sizeof uri, "tcp:%s:%d", d->addr_dst, port);
     char sdir[128];
     snprintf(sdir, sizeof sdir, "%s/source", d->dir);
     if (mkdir(sdir, 0700) < 0 || mkdir(ddir, 0700) < 0) {
