@@ -7,11 +7,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 #include "cli/vmproc.h"
 #include "common/log.h"
 #include "common/parse.h"
+#include "common/sock.h"
 #include "migration/migration.h"
 
 static void usage(FILE *f)
@@ -176,6 +178,15 @@ int cmd_incoming(int argc, char **argv)
         bm_error("--disk-dir %s: not a directory", o.disk_dir);
         return 2;
     }
+    /* The control socket comes up only once the VM runs here, when failing would lose it:
+     * make sure now that it can be made. */
+    int cfd = bm_listen_unix(control);
+    if (cfd < 0) {
+        bm_error("--control %s: cannot listen there: %s", control, strerror(-cfd));
+        return 2;
+    }
+    close(cfd);
+    unlink(control);
     o.host = host[0] ? host : NULL;
     o.port = port;
     o.nbd_port = nbd_port;

@@ -274,6 +274,15 @@ static struct json_object *on_control(void *opaque, const char *cmd, struct json
             vm_pause(p->vm);
             emit(p, "STOP", NULL);
         } else if (cont && p->vm->paused) {
+            /* After an unknown outcome the finished mirrors still hold the disks' writers:
+             * the operator decided this copy runs, so drop that migration for good. */
+            pthread_mutex_lock(&p->mu);
+            if (p->mig && mig_source_status(p->mig) == MIG_UNKNOWN) {
+                mig_source_free(p->mig);
+                p->mig = NULL;
+                p->vm->ops->throttle(p->vm, 0);
+            }
+            pthread_mutex_unlock(&p->mu);
             vm_resume(p->vm);
             emit(p, "RESUME", NULL);
         } else if (!stop && !cont) {

@@ -362,7 +362,11 @@ struct json_object *bm_control_call_follow(const char *path, const char *cmd,
         snprintf(err, errlen, "%s: %s", path, strerror(-r));
         goto out;
     }
-    while ((line = read_line(fd, buf, &have, MAX_LINE)) != NULL) {
+    /* Events may come before the reply (a job that ends at once): keep them for fn. */
+    struct json_object *early[64];
+    unsigned nearly = 0;
+    bool done = false;
+    while (!done && (line = read_line(fd, buf, &have, MAX_LINE)) != NULL) {
         struct json_object *o = json_tokener_parse(line);
         struct json_object *x;
         if (!result && o &&
@@ -372,14 +376,21 @@ struct json_object *bm_control_call_follow(const char *path, const char *cmd,
             result = o;
             if (!fn || !json_object_object_get_ex(o, "return", &x))
                 break;
+            for (unsigned i = 0; i < nearly && !done; i++)
+                done = fn(opaque, early[i]);
+            continue;
+        }
+        if (!result && fn && o && nearly < sizeof early / sizeof early[0]) {
+            early[nearly++] = o;
+            if (events_fd >= 0)
+                dprintf(events_fd, "%s\n", line);
+            free(line);
             continue;
         }
         if (result && fn) {
-            bool done = o && fn(opaque, o);
+            done = o && fn(opaque, o);
             json_object_put(o);
             free(line);
-            if (done)
-                break;
             continue;
         }
         if (events_fd >= 0) {
@@ -390,8 +401,10 @@ struct json_object *bm_control_call_follow(const char *path, const char *cmd,
     }
     if (!result)
         snprintf(err, errlen, "%s: connection closed before the reply", path);
-    else if (fn && !line)
+    else if (fn && !done && !line)
         fn(opaque, NULL); /* the connection ended */
+    for (unsigned i = 0; i < nearly; i++)
+        json_object_put(early[i]);
 out:
     free(buf);
     close(fd);

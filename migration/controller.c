@@ -3,6 +3,8 @@
 
 #include "migration/controller.h"
 
+#define UNDER_LIMIT_WAIT_MS 5000
+
 void mig_ctl_decide(const struct mig_ctl_in *in, struct mig_ctl_out *out)
 {
     *out = (struct mig_ctl_out){0};
@@ -26,8 +28,14 @@ void mig_ctl_decide(const struct mig_ctl_in *in, struct mig_ctl_out *out)
     out->expected_downtime_ms = ms >= 1.8e19 ? UINT64_MAX : (uint64_t)ms;
     bool disks_ok = !in->with_disk || (in->order == MIG_ORDER_DISK_FIRST ? in->disk_all_ready
                                                                         : in->disk_bulk_done);
+    /* Within the limit is enough to go, but while each pass still shortens the pause markedly,
+     * a few more passes buy a shorter one: go once it is down to the target, or has stopped
+     * improving for two passes, or has been within the limit for UNDER_LIMIT_WAIT_MS. */
+    bool under = ms <= (double)in->downtime_limit_ms;
+    bool settled = ms <= (double)in->target_ms || in->passes_no_progress >= 2 ||
+                   in->under_limit_ms >= UNDER_LIMIT_WAIT_MS;
     out->switchover = in->ram_started && in->ram_pass0_done && disks_ok && in->throughput > 0 &&
-                      ms <= (double)in->downtime_limit_ms;
+                      under && settled;
 
     out->abort = in->max_time_ms > 0 && in->elapsed_ms >= in->max_time_ms && !out->switchover;
 }

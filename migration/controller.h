@@ -22,6 +22,9 @@ struct mig_ctl_in {
     uint64_t state_bytes;    /* device + vCPU state size */
     unsigned flush_ms;       /* expected target flush time */
     unsigned downtime_limit_ms;
+    unsigned target_ms;           /* the pause to aim for while it keeps getting shorter */
+    unsigned passes_no_progress;  /* RAM passes since the expected pause last fell by 20 % */
+    uint64_t under_limit_ms;      /* how long the expected pause has been within the limit */
     uint64_t elapsed_ms;
     uint64_t max_time_ms;
 };

@@ -24,6 +24,11 @@ struct loop {
     double ram_rate;     /* RAM stream bytes/s */
     double dirty_rate;   /* RAM dirtied bytes/s */
     uint64_t last_rounds, prev_pass_dirty;
+    double best_pass_ms;       /* shortest expected pause seen at a pass end */
+    unsigned no_progress;      /* passes since it last fell by 20 % */
+    uint64_t under_since_ns;   /* when the expected pause came within the limit (0 = not) */
+    uint64_t last_expected_ms;
+    unsigned rate_ticks;
     uint64_t tokens;     /* --max-bandwidth: RAM bytes allowed now */
     uint64_t nonzero;
 };
@@ -57,11 +62,17 @@ static void tick(struct mig_source *m, struct loop *l, uint64_t now, struct mig_
         double sent_pages = (double)(w->ram.bytes - l->last_ram_sent) / (VM_PAGE_SIZE + 8);
         l->last_ram_sent = w->ram.bytes;
         double newly = (double)w->ram.dirty_pages - (double)before_dirty + sent_pages;
-        if (m->ram_started)
+        /* Not on the tick RAM starts: round 0 marks every page, none of them newly dirtied. */
+        if (m->ram_started && l->rate_ticks++ > 0)
             l->dirty_rate = 0.7 * l->dirty_rate +
                             0.3 * (newly > 0 ? newly : 0) * VM_PAGE_SIZE / dt;
     }
-    w->throughput = (uint64_t)l->thr;
+    /* A copy that finished between two ticks left no busy tick to measure: fall back on the
+     * average so far, so a small guest can still switch over. */
+    if (l->thr == 0 && now > m->t0_ns)
+        w->throughput = (uint64_t)((double)(ram_done + disk_bytes) / ((double)(now - m->t0_ns) / 1e9));
+    else
+        w->throughput = (uint64_t)l->thr;
     w->ram_dirty_rate = (uint64_t)l->dirty_rate;
 
     /* One bandwidth budget for both streams. */
@@ -93,11 +104,21 @@ static void tick(struct mig_source *m, struct loop *l, uint64_t now, struct mig_
         .state_bytes = 4096,
         .flush_ms = FLUSH_MS,
         .downtime_limit_ms = m->p.downtime_limit_ms,
+        .target_ms = m->p.downtime_limit_ms / 10 > 5 ? m->p.downtime_limit_ms / 10 : 5,
+        .passes_no_progress = l->no_progress,
+        .under_limit_ms = l->under_since_ns ? (now - l->under_since_ns) / 1000000u : 0,
         .elapsed_ms = (now - m->t0_ns) / 1000000u,
         .max_time_ms = (uint64_t)m->p.max_time_s * 1000u,
     };
     mig_ctl_decide(&in, out);
     w->expected_downtime_ms = out->expected_downtime_ms;
+    if (out->expected_downtime_ms <= m->p.downtime_limit_ms && m->ram_started &&
+        w->ram.rounds >= 1) {
+        if (!l->under_since_ns)
+            l->under_since_ns = now;
+    } else {
+        l->under_since_ns = 0;
+    }
     /* A pass ended: if the pause would still be too long, auto-converge looks at how much the
      * pass left behind. */
     if (w->ram.rounds != l->last_rounds) {
@@ -118,6 +139,13 @@ static void tick(struct mig_source *m, struct loop *l, uint64_t now, struct mig_
                     m->fn(m->opaque, "throttle", d);
                 }
             }
+        }
+        double e = (double)out->expected_downtime_ms;
+        if (l->best_pass_ms == 0 || e < 0.8 * l->best_pass_ms) {
+            l->best_pass_ms = e > 0 ? e : 0.001;
+            l->no_progress = 0;
+        } else {
+            l->no_progress++;
         }
         l->prev_pass_dirty = pass_dirty;
         l->last_rounds = w->ram.rounds;
@@ -186,7 +214,7 @@ bool mig_converge(struct mig_source *m)
                 return false;
             }
             if (out.start_ram && !m->ram_started) {
-                r = ram_sender_start(m->ram);
+                r = ram_sender_start(m->ram, m->log_running);
                 if (r < 0) {
                     mig_rollback(m, MIG_FAILED, "cannot start RAM dirty logging: %s",
                                  strerror(-r));

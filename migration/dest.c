@@ -24,6 +24,8 @@
 #include "ram/ram.h"
 
 #define MAX_DISK_SIZE (1ull << 50)
+/* Extra patience while the peer digests RAM and disks for --verify. */
+#define VERIFY_GRACE_MS 600000
 
 struct dest {
     const struct mig_incoming_opts *o;
@@ -276,7 +278,9 @@ static int receive(struct dest *d, struct json_object **complete)
         }
         uint32_t type, len;
         uint8_t *pl;
-        int r = mig_recv(&d->c, (int)d->o->peer_timeout_ms, &type, &pl, &len);
+        /* After STATE, a --verify source digests everything before COMPLETE, silently. */
+        int t = (int)d->o->peer_timeout_ms + (d->state && d->verify ? VERIFY_GRACE_MS : 0);
+        int r = mig_recv(&d->c, t, &type, &pl, &len);
         if (r == -ETIMEDOUT)
             return failf(d, r, "no word from the source for %u ms (link lost?)",
                          d->o->peer_timeout_ms);
@@ -352,6 +356,7 @@ static int compare_digests(struct dest *d, struct json_object *want, uint64_t *m
         for (unsigned k = 0; k < d->ndisks && r == 0; k++) {
             if (!json_object_object_get_ex(wd, d->disks[k].name, &a) ||
                 !json_object_object_get_ex(hd, d->disks[k].name, &b) ||
+                strcmp(json_object_get_string(b), "read-error") == 0 ||
                 strcmp(json_object_get_string(a), json_object_get_string(b)) != 0)
                 r = failf(d, -EILSEQ, "verify: disk %s differs from the source's",
                           d->disks[k].name);

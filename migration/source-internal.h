@@ -47,6 +47,7 @@ struct mig_source {
     struct mirror_job *mj[VM_MAX_DISKS];
     unsigned nmj;
     bool paused, ram_started, complete_sent;
+    bool log_running; /* the dirty log watches the guest from the start (hot-set detection) */
     uint64_t nonzero_pages; /* counted when the job starts: round 0's estimate */
     uint64_t t0_ns, last_send_ns, last_heard_ns;
     uint64_t peer_received; /* stream bytes the destination has applied (from its PINGs) */

@@ -183,7 +183,7 @@ void mig_rollback(struct mig_source *m, enum mig_status s, const char *fmt, ...)
     free_mirrors(m);
     m->vm->ops->throttle(m->vm, 0);
     m->w.throttle = 0;
-    if (m->ram_started)
+    if (m->ram_started || m->log_running)
         m->vm->ops->dirty_log_stop(m->vm);
     if (m->paused) {
         vm_resume(m->vm);
@@ -337,7 +337,7 @@ static void mirror_event(void *opaque, const char *event, const struct mirror_st
                          const char *detail)
 {
     struct mig_source *m = opaque;
-    if (!m->fn || strcmp(event, "mode") != 0)
+    if (!m->fn || (strcmp(event, "write-blocking") != 0 && strcmp(event, "background") != 0))
         return;
     struct json_object *d = json_object_new_object();
     json_object_object_add(d, "write_blocking", json_object_new_boolean(st->write_blocking));
@@ -374,6 +374,7 @@ static int start_mirrors(struct mig_source *m, struct json_object *ack, char *er
         o.mode = MIRROR_MODE_AUTO;
         o.ready_ms = m->p.downtime_limit_ms / 2 ? m->p.downtime_limit_ms / 2 : 1;
         o.stats_ms = 0;
+        o.speed = m->p.max_bandwidth / m->vm->ndisks; /* the controller re-splits it */
         int r = mirror_new(m->vm->disks[i].disk, &o, mirror_event, m, &m->mj[m->nmj], err,
                            errlen);
         if (r < 0)
@@ -404,7 +405,7 @@ static void *source_main(void *arg)
         r = start_mirrors(m, ack, err, sizeof err);
     json_object_put(ack);
     if (r == 0) {
-        m->ram = ram_sender_new(m->vm, &m->c, m->p.compress);
+        m->ram = ram_sender_new(m->vm, mig_send_ram, &m->c, m->p.compress);
         if (!m->ram) {
             snprintf(err, sizeof err, "out of memory");
             r = -ENOMEM;
@@ -414,6 +415,10 @@ static void *source_main(void *arg)
         mig_rollback(m, MIG_FAILED, "%s", err);
         return NULL;
     }
+    /* With disks to copy first, watch which pages the guest writes meanwhile: round 0 leaves
+     * that hot set for last. */
+    if (m->p.with_disk && m->vm->ops->dirty_log_start(m->vm) == 0)
+        m->log_running = true;
     m->last_heard_ns = m->last_send_ns = mig_now_ns();
     m->w.setup_ms = (mig_now_ns() - m->t0_ns) / 1000000u;
     mig_set_status(m, MIG_ACTIVE, "active");

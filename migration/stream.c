@@ -197,6 +197,13 @@ int mig_recv(struct mig_conn *c, int timeout_ms, uint32_t *type, uint8_t **paylo
     return 0;
 }
 
+int64_t mig_send_ram(void *conn, bool zlib, const void *buf, uint32_t len)
+{
+    struct mig_conn *c = conn;
+    int r = mig_send(c, zlib ? MIG_RAM_ZLIB : MIG_RAM, buf, len);
+    return r < 0 ? r : (int64_t)MIG_FRAME_HDR + len + MIG_FRAME_TRAILER;
+}
+
 struct json_object *mig_parse_json(const uint8_t *payload, uint32_t len)
 {
     struct json_tokener *tok = json_tokener_new();

@@ -2,6 +2,7 @@
 #ifndef BM_MIGRATION_STREAM_H
 #define BM_MIGRATION_STREAM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <json-c/json.h>
 #include <stdint.h>
@@ -23,13 +24,13 @@
 enum mig_frame_type {
     MIG_HELLO = 1,     /* source -> dest: JSON {token, vm description, options} */
     MIG_HELLO_ACK = 2, /* dest -> source: JSON {nbd_port, exports {disk: export name}} */
-    MIG_RAM = 3,       /* source -> dest: page records (ram/encode.h) */
+    MIG_RAM = 3,       /* source -> dest: page records (ram/ram.h) */
     MIG_RAM_ZLIB = 4,  /* source -> dest: u32 raw length | zlib(MIG_RAM payload) */
     MIG_STATE = 5,     /* source -> dest: the VM's saved state blob */
     MIG_COMPLETE = 6,  /* source -> dest: JSON {digests?}: everything is sent, resume */
-    MIG_RESUMED = 7,   /* dest -> source: JSON {digest_ms}: the destination runs the VM */
+    MIG_RESUMED = 7,   /* dest -> source: JSON {digest_ms, verified}: the VM runs there */
     MIG_ABORT = 8,     /* either way: JSON {reason}: give up this migration */
-    MIG_PING = 9,      /* either way: empty keepalive */
+    MIG_PING = 9,      /* either way: keepalive; from dest: u64 stream bytes applied */
     MIG_REPORT = 10,   /* dest -> source, after RESUMED: JSON {guest_gap_ns} */
     MIG_FRAME_TYPE_MAX = 10,
 };
@@ -71,6 +72,8 @@ int mig_send_json(struct mig_conn *c, uint32_t type, struct json_object *o);
  */
 int mig_recv(struct mig_conn *c, int timeout_ms, uint32_t *type, uint8_t **payload,
              uint32_t *len);
+/* A ram_send_fn (ram/ram.h) over a struct mig_conn *: MIG_RAM or MIG_RAM_ZLIB frames. */
+int64_t mig_send_ram(void *conn, bool zlib, const void *buf, uint32_t len);
 /* Parse a JSON payload (an object), or NULL. */
 struct json_object *mig_parse_json(const uint8_t *payload, uint32_t len);
 

@@ -22,8 +22,10 @@ static void await_resumed(struct mig_source *m, uint64_t t_pause, uint64_t t_com
     for (;;) {
         uint32_t type, len;
         uint8_t *pl;
-        int r = mig_recv(&m->c, (int)m->p.peer_timeout_ms, &type, &pl, &len);
-        if (r == -ETIMEDOUT || r == -EBADMSG || r == -EPROTO || r == -EMSGSIZE) {
+        /* With --verify the destination digests everything before it answers. */
+        int r = mig_recv(&m->c, (int)m->p.peer_timeout_ms + (m->p.verify ? 600000 : 0), &type,
+                         &pl, &len);
+        if (r < 0 && r != -ECONNRESET && r != -EPIPE) {
             /* The destination may or may not run the VM: never risk two running copies. */
             snprintf(m->w.error, sizeof m->w.error,
                      "no RESUMED from the destination (%s) after COMPLETE: the outcome is "
@@ -130,6 +132,15 @@ void mig_switchover(struct mig_source *m)
             return;
         }
     }
+    /* Without --with-disk the destination opens these very images: make them stable first. */
+    for (unsigned i = 0; !m->p.with_disk && i < m->vm->ndisks; i++) {
+        r = bm_disk_flush(m->vm->disks[i].disk);
+        if (r < 0) {
+            mig_rollback(m, MIG_FAILED, "flushing disk %s: %s", m->vm->disks[i].name,
+                         strerror(-r));
+            return;
+        }
+    }
     m->w.pause_disk_ms = ms_since(t);
     mig_collect(m);
 
@@ -154,9 +165,17 @@ void mig_switchover(struct mig_source *m)
         struct json_object *d = mig_digest_vm(m->vm);
         src_digest_ms = ms_since(t);
         m->w.src_digest_ms = src_digest_ms;
-        if (!d) {
+        struct json_object *dd, *x;
+        bool unreadable = false;
+        if (d && json_object_object_get_ex(d, "disks", &dd))
+            for (unsigned i = 0; i < m->vm->ndisks; i++)
+                unreadable |= json_object_object_get_ex(dd, m->vm->disks[i].name, &x) &&
+                              strcmp(json_object_get_string(x), "read-error") == 0;
+        if (!d || unreadable) {
             json_object_put(c);
-            mig_rollback(m, MIG_FAILED, "cannot digest the VM for --verify: out of memory");
+            json_object_put(d);
+            mig_rollback(m, MIG_FAILED, "cannot digest the VM for --verify: %s",
+                         d ? "a disk read failed" : "out of memory");
             return;
         }
         json_object_object_add(c, "digests", d);

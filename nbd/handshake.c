@@ -34,7 +34,7 @@ const struct nbd_export *nbd_server_find_export(const struct nbd_server *s, cons
             return e;
     }
     /* The default name reaches the only export, whatever it is called. */
-    if (name_len == 0 && s->nexports == 1)
+    if (name_len == 0 && s->nexports == 1 && !s->cfg.hide_exports)
         return &s->exports[0];
     return NULL;
 }

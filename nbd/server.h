@@ -14,7 +14,8 @@ struct nbd_server_config {
     unsigned max_connections;  /* connections served at once; more are refused (default 64) */
     unsigned threads_per_conn; /* worker threads per connection, grown on demand (default 16) */
     struct nbd_inject *inject; /* fault injection rules, or NULL */
-    bool hide_exports;         /* refuse NBD_OPT_LIST (export names are secrets) */
+    bool hide_exports;         /* export names are secrets: refuse NBD_OPT_LIST, and the
+                                * default name does not reach a lone export */
 };
 
 /* The largest READ/WRITE/CACHE payload served; larger requests get EINVAL. */

@@ -61,7 +61,7 @@ int ram_apply_zlib(struct vm *vm, struct bm_bitmap *loaded, const uint8_t *paylo
     if (len < 4)
         return -EBADMSG;
     uint32_t raw = bm_get_be32(payload);
-    if (raw > MIG_FRAME_MAX)
+    if (raw > RAM_RAW_MAX)
         return -EBADMSG;
     uint8_t *buf = malloc(raw ? raw : 1);
     if (!buf)
@@ -76,22 +76,25 @@ int ram_apply_zlib(struct vm *vm, struct bm_bitmap *loaded, const uint8_t *paylo
 
 struct ram_sender {
     struct vm *vm;
-    struct mig_conn *c;
+    ram_send_fn send;
+    void *opaque;
     bool compress;
     struct bm_bitmap *todo; /* pages to send, indexed by gpa / page */
+    struct bm_bitmap *deferred; /* the hot set, left for the end of round 0 */
     uint64_t cursor;        /* next page of this pass */
     uint8_t *buf, *zbuf;
     size_t used, zcap;
     struct ram_stats st;
 };
 
-struct ram_sender *ram_sender_new(struct vm *vm, struct mig_conn *c, bool compress)
+struct ram_sender *ram_sender_new(struct vm *vm, ram_send_fn send, void *opaque, bool compress)
 {
     struct ram_sender *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
     s->vm = vm;
-    s->c = c;
+    s->send = send;
+    s->opaque = opaque;
     s->compress = compress;
     s->todo = bm_bitmap_new(vm_ram_end(vm), VM_PAGE_SIZE);
     s->buf = malloc(RAM_BATCH + 8 + VM_PAGE_SIZE);
@@ -109,6 +112,7 @@ void ram_sender_free(struct ram_sender *s)
     if (!s)
         return;
     bm_bitmap_free(s->todo);
+    bm_bitmap_free(s->deferred);
     free(s->buf);
     free(s->zbuf);
     free(s);
@@ -123,15 +127,30 @@ uint64_t ram_count_nonzero(struct vm *vm)
     return n;
 }
 
-int ram_sender_start(struct ram_sender *s)
+int ram_sender_start(struct ram_sender *s, bool log_running)
 {
     /* Start logging first, then mark everything: a page written from here on is in the log. */
-    int r = s->vm->ops->dirty_log_start(s->vm);
+    int r = log_running ? 0 : s->vm->ops->dirty_log_start(s->vm);
     if (r < 0)
         return r;
     for (unsigned i = 0; i < s->vm->nregions; i++)
         bm_bitmap_set_range(s->todo, s->vm->regions[i].gpa, s->vm->regions[i].size);
     s->cursor = 0;
+    if (!log_running)
+        return 0;
+    /* Move the hot set out of this pass: harvest it (clearing the log), so any later write is
+     * in the log again, and put it back when the pass ends. */
+    s->deferred = bm_bitmap_new(vm_ram_end(s->vm), VM_PAGE_SIZE);
+    if (!s->deferred)
+        return -ENOMEM;
+    r = s->vm->ops->dirty_log_sync(s->vm, s->deferred);
+    if (r < 0)
+        return r;
+    uint64_t bit = 0, n;
+    while (bm_bitmap_next_run(s->deferred, &bit, &n, 0)) {
+        bm_bitmap_clear_bits(s->todo, bit, n);
+        bit += n;
+    }
     return 0;
 }
 
@@ -144,19 +163,20 @@ static int flush_batch(struct ram_sender *s)
 {
     if (s->used == 0)
         return 0;
-    int r;
-    uint64_t before = s->c->bytes_sent;
+    int64_t r;
     uLongf zlen = s->zcap - 4;
     if (s->compress && compress2(s->zbuf + 4, &zlen, s->buf, s->used, 1) == Z_OK &&
         zlen + 4 < s->used) {
         bm_put_be32(s->zbuf, (uint32_t)s->used);
-        r = mig_send(s->c, MIG_RAM_ZLIB, s->zbuf, (uint32_t)zlen + 4);
+        r = s->send(s->opaque, true, s->zbuf, (uint32_t)zlen + 4);
     } else {
-        r = mig_send(s->c, MIG_RAM, s->buf, (uint32_t)s->used);
+        r = s->send(s->opaque, false, s->buf, (uint32_t)s->used);
     }
-    s->st.bytes += s->c->bytes_sent - before;
     s->used = 0;
-    return r;
+    if (r < 0)
+        return (int)r;
+    s->st.bytes += (uint64_t)r;
+    return 0;
 }
 
 int ram_sender_step(struct ram_sender *s, uint64_t max_bytes)
@@ -167,6 +187,11 @@ int ram_sender_step(struct ram_sender *s, uint64_t max_bytes)
         if (p == UINT64_MAX || p >= npages) {
             s->cursor = 0;
             s->st.rounds++;
+            if (s->deferred) {
+                bm_bitmap_merge(s->todo, s->deferred);
+                bm_bitmap_free(s->deferred);
+                s->deferred = NULL;
+            }
             break;
         }
         /* Clear before reading (the ordering invariant): a write racing with the copy sets
@@ -196,5 +221,5 @@ int ram_sender_step(struct ram_sender *s, uint64_t max_bytes)
 void ram_sender_stats(struct ram_sender *s, struct ram_stats *st)
 {
     *st = s->st;
-    st->dirty_pages = bm_bitmap_count(s->todo);
+    st->dirty_pages = bm_bitmap_count(s->todo) + (s->deferred ? bm_bitmap_count(s->deferred) : 0);
 }

@@ -7,7 +7,6 @@
 #include <stdint.h>
 
 #include "common/bitmap.h"
-#include "migration/stream.h"
 #include "vm/vm.h"
 
 /*
@@ -19,7 +18,12 @@
  */
 #define RAM_REC_ZERO 1u
 #define RAM_REC_RAW 2u
-#define RAM_BATCH (1u << 20) /* bytes of records per frame */
+#define RAM_BATCH (1u << 20)   /* bytes of records per batch */
+#define RAM_RAW_MAX (16u << 20) /* the largest inflated zlib batch accepted */
+
+/* How the sender hands a batch to the stream (migration/ frames it): zlib says the batch is
+ * u32 raw-length | zlib data. Returns the bytes it put on the wire, or -errno. */
+typedef int64_t (*ram_send_fn)(void *opaque, bool zlib, const void *buf, uint32_t len);
 
 /* Encode one page (zero pages as a marker) at p; returns bytes written (8 or 8 + 4096). */
 size_t ram_encode_page(uint8_t *p, uint64_t gpa, const uint8_t *page, bool *was_zero);
@@ -44,13 +48,16 @@ struct ram_stats {
 
 struct ram_sender;
 
-/* Prepare to send vm's RAM on c; compress = zlib batches. */
-struct ram_sender *ram_sender_new(struct vm *vm, struct mig_conn *c, bool compress);
+/* Prepare to send vm's RAM through send(opaque, ...); compress = zlib batches. */
+struct ram_sender *ram_sender_new(struct vm *vm, ram_send_fn send, void *opaque, bool compress);
 void ram_sender_free(struct ram_sender *s);
 /* Count non-zero pages (for the controller's estimate of round 0). */
 uint64_t ram_count_nonzero(struct vm *vm);
-/* Start the dirty log and mark every page for round 0. */
-int ram_sender_start(struct ram_sender *s);
+/* Start the dirty log (unless log_running: the caller started it earlier to watch the guest)
+ * and mark every page for round 0. With log_running, the pages written since the log started
+ * are the hot set: round 0 leaves them for the end (merged in when it wraps), since sending
+ * them early would only send them twice. */
+int ram_sender_start(struct ram_sender *s, bool log_running);
 /* Move what the guest dirtied since the last harvest into the pages to send. */
 int ram_sender_harvest(struct ram_sender *s);
 /* Send up to max_bytes of pages. Returns 0, or -errno from the stream. Wraps to the start of

@@ -33,6 +33,7 @@ static struct mig_ctl_in ready_in(enum mig_order order)
         .state_bytes = 32 << 10,
         .flush_ms = 10,
         .downtime_limit_ms = 300,
+        .passes_no_progress = 2, /* settled: each pass no longer shortens the pause */
         .elapsed_ms = 1000,
         .max_time_ms = 600000,
     };
@@ -207,6 +208,7 @@ static void test_switchover_without_disks(void **state)
         .state_bytes = 32 << 10,
         .throughput = MiB,
         .downtime_limit_ms = 126,
+        .passes_no_progress = 2,
         /* Leftovers from a disk that is not part of this migration do not count. */
         .disk_dirty = 1ull << 30,
         .flush_ms = 5000,
@@ -220,6 +222,34 @@ static void test_switchover_without_disks(void **state)
     in.downtime_limit_ms = 126;
     in.order = MIG_ORDER_DISK_FIRST;
     assert_true(decide(&in).switchover);
+}
+
+/* Within the limit, the controller still waits while passes keep shortening the pause. */
+static void test_switchover_settles(void **state)
+{
+    (void)state;
+    struct mig_ctl_in in = ready_in(MIG_ORDER_JOINT); /* expected 136 ms, limit 300 */
+    in.passes_no_progress = 0;
+    in.target_ms = 30;
+    assert_false(decide(&in).switchover); /* still improving, above the target */
+    in.passes_no_progress = 1;
+    assert_false(decide(&in).switchover);
+    in.passes_no_progress = 2; /* stopped improving */
+    assert_true(decide(&in).switchover);
+    in.passes_no_progress = 0;
+    in.under_limit_ms = 4999;
+    assert_false(decide(&in).switchover);
+    in.under_limit_ms = 5000; /* waited long enough within the limit */
+    assert_true(decide(&in).switchover);
+    in.under_limit_ms = 0;
+    in.target_ms = 136; /* down to the target */
+    assert_true(decide(&in).switchover);
+    in.target_ms = 135;
+    assert_false(decide(&in).switchover);
+    /* Settled but over the limit: no. */
+    in.passes_no_progress = 5;
+    in.downtime_limit_ms = 135;
+    assert_false(decide(&in).switchover);
 }
 
 static void test_expected_downtime(void **state)
@@ -361,6 +391,7 @@ int main(void)
         cmocka_unit_test(test_expected_downtime),
         cmocka_unit_test(test_abort),
         cmocka_unit_test(test_abort_unbounded),
+        cmocka_unit_test(test_switchover_settles),
         cmocka_unit_test(test_throttle_first_passes),
         cmocka_unit_test(test_throttle_converging),
         cmocka_unit_test(test_throttle_steps),

@@ -148,7 +148,9 @@ static void *io_main(void *arg)
                     break;
                 credit[k] -= (double)n * SYNTH_BLOCK;
                 uint64_t span = m->nblocks - n + 1;
-                uint64_t first = pick(s, s->w.disk_pattern, span, span / 16 + 1, &m->seq, &rng);
+                /* hotspot: 9 writes in 10 to the first 1/16 of the disk; others: all of it */
+                uint64_t hot = s->w.disk_pattern == SYNTH_HOTSPOT ? span / 16 + 1 : span;
+                uint64_t first = pick(s, s->w.disk_pattern, span, hot, &m->seq, &rng);
                 if (s->w.disk_pattern == SYNTH_SEQUENTIAL)
                     m->seq += n - 1;
                 synth_write_blocks(s, k, first, n, buf);
