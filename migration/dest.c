@@ -43,7 +43,7 @@ struct dest {
     bool with_disk, verify;
     uint8_t *state;
     uint32_t state_len;
-    uint64_t pages, last_ping_ns;
+    uint64_t pages, last_ping_ns, last_heard_ns;
     struct bm_bitmap *loaded; /* RAM pages written by the stream so far */
     char *err;
     size_t errlen;
@@ -96,6 +96,8 @@ static int accept_source(struct dest *d)
             struct timeval tv = {t / 1000, (t % 1000) * 1000};
             setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
             mig_conn_init(&d->c, fd);
+            d->c.frame_timeout_ms = (int)t;
+            d->last_heard_ns = now_ns();
             return 0;
         }
     }
@@ -278,17 +280,26 @@ static int receive(struct dest *d, struct json_object **complete)
         }
         uint32_t type, len;
         uint8_t *pl;
-        /* After STATE, a --verify source digests everything before COMPLETE, silently. */
-        int t = (int)d->o->peer_timeout_ms + (d->state && d->verify ? VERIFY_GRACE_MS : 0);
-        int r = mig_recv(&d->c, t, &type, &pl, &len);
+        /* Wake every 50 ms to report progress even while the source is quiet; silence longer
+         * than the peer timeout is a lost source. After STATE, a --verify source digests
+         * everything before COMPLETE, silently. */
+        uint64_t t = (uint64_t)d->o->peer_timeout_ms + (d->state && d->verify ? VERIFY_GRACE_MS : 0);
+        int r = mig_recv(&d->c, 50, &type, &pl, &len);
+        if (r == -ETIMEDOUT && !d->c.partial) {
+            if (now_ns() - d->last_heard_ns <= t * 1000000u)
+                continue;
+            return failf(d, r, "no word from the source for %llu ms (link lost?)",
+                         (unsigned long long)t);
+        }
         if (r == -ETIMEDOUT)
-            return failf(d, r, "no word from the source for %u ms (link lost?)",
+            return failf(d, r, "a frame from the source stalled halfway for %u ms (link lost?)",
                          d->o->peer_timeout_ms);
         if (r == -EBADMSG)
             return failf(d, r, "a frame from the source failed its checksum");
         if (r < 0)
             return failf(d, r, "the source's stream broke: %s",
                          r == -ECONNRESET ? "connection closed (source gone?)" : strerror(-r));
+        d->last_heard_ns = now_ns();
         switch (type) {
         case MIG_PING:
             break;

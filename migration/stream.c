@@ -170,8 +170,22 @@ int mig_recv(struct mig_conn *c, int timeout_ms, uint32_t *type, uint8_t **paylo
              uint32_t *len)
 {
     uint8_t hdr[MIG_FRAME_HDR], tr[MIG_FRAME_TRAILER];
-    uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+    c->partial = false;
+    /* Wait for the first byte; then the frame gets its own time to arrive whole. */
+    struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+    int n;
+    do
+        n = poll(&pfd, 1, timeout_ms);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -errno;
+    if (n == 0)
+        return -ETIMEDOUT;
+    int ft = c->frame_timeout_ms > 0 ? c->frame_timeout_ms : timeout_ms;
+    uint64_t deadline = now_ms() + (uint64_t)ft;
     int r = read_by(c, hdr, sizeof hdr, deadline);
+    if (r == -ETIMEDOUT)
+        c->partial = true;
     if (r < 0)
         return r;
     r = mig_frame_header_parse(hdr, type, len);
@@ -185,11 +199,12 @@ int mig_recv(struct mig_conn *c, int timeout_ms, uint32_t *type, uint8_t **paylo
         c->rbuf = nb;
         c->rcap = cap;
     }
-    /* Once a frame has started, give it the peer timeout again to finish. */
-    deadline = now_ms() + (uint64_t)timeout_ms;
+    deadline = now_ms() + (uint64_t)ft;
     if ((r = read_by(c, c->rbuf, *len, deadline)) < 0 ||
-        (r = read_by(c, tr, sizeof tr, deadline)) < 0)
+        (r = read_by(c, tr, sizeof tr, deadline)) < 0) {
+        c->partial = r == -ETIMEDOUT;
         return r;
+    }
     c->rbuf[*len] = '\0';
     if (mig_frame_verify(hdr, c->rbuf, *len, tr) < 0)
         return -EBADMSG;

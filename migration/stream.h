@@ -56,6 +56,10 @@ struct mig_conn {
     uint64_t bytes_sent, bytes_received;
     uint8_t *rbuf; /* the last received payload (owned; reused) */
     size_t rcap;
+    int frame_timeout_ms; /* once a frame has started, the time it has to finish (0: the same
+                           * as the wait for it to start) */
+    bool partial;         /* the last -ETIMEDOUT came in the middle of a frame: the stream is
+                           * out of step and must be dropped */
 };
 
 void mig_conn_init(struct mig_conn *c, int fd);
@@ -66,8 +70,8 @@ int mig_recv_header(struct mig_conn *c, int timeout_ms);
 int mig_send(struct mig_conn *c, uint32_t type, const void *payload, uint32_t len);
 int mig_send_json(struct mig_conn *c, uint32_t type, struct json_object *o);
 /*
- * Receive one frame within timeout_ms (-ETIMEDOUT if none starts in time; a frame that started
- * must finish within it too). On success *payload points into c->rbuf (valid until the next
+ * Receive one frame: wait at most timeout_ms for it to start (-ETIMEDOUT, c->partial false),
+ * then frame_timeout_ms for the rest (-ETIMEDOUT with c->partial true). On success *payload points into c->rbuf (valid until the next
  * call) and is NUL-terminated after len bytes. -ECONNRESET on end of stream.
  */
 int mig_recv(struct mig_conn *c, int timeout_ms, uint32_t *type, uint8_t **payload,
