@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "common/zero.h"
 #include "migration/controller.h"
 #include "migration/source-internal.h"
 
@@ -30,8 +31,43 @@ struct loop {
     uint64_t last_expected_ms;
     unsigned rate_ticks;
     uint64_t tokens;     /* --max-bandwidth: RAM bytes allowed now */
-    uint64_t nonzero;
+    uint64_t nonzero;    /* non-zero pages counted so far */
+    unsigned scan_region; /* the count goes on a slice per loop turn (not on the critical path) */
+    uint64_t scan_off;
+    bool scan_done;
 };
+
+/* Count non-zero pages, SCAN_BYTES per call, until every region is done. */
+#define SCAN_BYTES (32u << 20)
+static void scan_step(struct mig_source *m, struct loop *l)
+{
+    uint64_t budget = SCAN_BYTES;
+    while (!l->scan_done && budget > 0) {
+        if (l->scan_region >= m->vm->nregions) {
+            l->scan_done = true;
+            m->nonzero_pages = l->nonzero;
+            break;
+        }
+        struct vm_ram_region *r = &m->vm->regions[l->scan_region];
+        for (; l->scan_off < r->size && budget > 0; l->scan_off += VM_PAGE_SIZE) {
+            l->nonzero += !bm_is_zero(r->host + l->scan_off, VM_PAGE_SIZE);
+            budget -= VM_PAGE_SIZE;
+        }
+        if (l->scan_off >= r->size) {
+            l->scan_region++;
+            l->scan_off = 0;
+        }
+    }
+}
+
+/* Bytes RAM's round 0 will send: counted so far, and what is not scanned yet as non-zero. */
+static uint64_t ram_estimate(struct mig_source *m, struct loop *l)
+{
+    uint64_t unscanned = 0;
+    for (unsigned i = l->scan_region; !l->scan_done && i < m->vm->nregions; i++)
+        unscanned += m->vm->regions[i].size - (i == l->scan_region ? l->scan_off : 0);
+    return l->nonzero * VM_PAGE_SIZE + unscanned;
+}
 
 static void tick(struct mig_source *m, struct loop *l, uint64_t now, struct mig_ctl_out *out)
 {
@@ -98,7 +134,7 @@ static void tick(struct mig_source *m, struct loop *l, uint64_t now, struct mig_
         .disk_all_ready = w->disks_ready == m->nmj,
         .disk_remaining = w->disk_bulk_total - w->disk_bulk_done + w->disk_dirty,
         .disk_dirty = w->disk_dirty,
-        .ram_remaining = m->ram_started ? 0 : l->nonzero * VM_PAGE_SIZE,
+        .ram_remaining = m->ram_started ? 0 : ram_estimate(m, l),
         .ram_dirty = w->ram.dirty_pages * VM_PAGE_SIZE + w->in_flight,
         .throughput = w->throughput,
         .state_bytes = 4096,
@@ -184,7 +220,8 @@ bool mig_converge(struct mig_source *m);
 bool mig_converge(struct mig_source *m)
 {
     struct loop l = {.last_tick = mig_now_ns()};
-    l.nonzero = m->nonzero_pages = ram_count_nonzero(m->vm);
+    /* The non-zero page count (round 0's size) is taken a slice per turn, while the disks
+     * copy; a whole scan of a large guest would otherwise delay everything. */
     l.last_progress = l.last_tick;
     char why[512];
     for (;;) {
@@ -200,6 +237,8 @@ bool mig_converge(struct mig_source *m)
             mig_rollback(m, MIG_FAILED, "%s", why);
             return false;
         }
+        if (!l.scan_done)
+            scan_step(m, &l);
         if (now - l.last_tick >= TICK_NS) {
             struct mig_ctl_out out;
             tick(m, &l, now, &out);
