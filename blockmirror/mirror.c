@@ -15,6 +15,7 @@
 #include "common/zero.h"
 
 #define TICK_MS 100
+#define DIRTY_POLL_MS 10
 /* Hole ranges are zeroed on the target in pieces of at most this many bytes. */
 #define MAX_ZERO_CHUNK (1u << 30)
 /* Auto mode: how long the copy must fail to gain (or keep up easily) before switching. */
@@ -731,7 +732,9 @@ static void run_loop(struct mirror_job *j)
             return;
         if (atomic_load(&j->want_cancel))
             return;
-        int wait_ms = TICK_MS;
+        /* Past the bulk pass, look for new dirty blocks every DIRTY_POLL_MS (writers do not
+         * wake the job): what waits in the bitmap is what a completion must copy last. */
+        int wait_ms = bulk_over ? DIRTY_POLL_MS : TICK_MS;
         mirror_active_submit(j);
 
         /* Completion: from ready, hold the writers, then copy what is left. */

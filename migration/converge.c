@@ -17,10 +17,15 @@
 #define PROGRESS_NS 500000000ull
 #define STEP_BYTES (1u << 20) /* RAM sent between two looks at the clock */
 #define FLUSH_MS 10           /* expected target flush at switchover */
+#define RAM_WINDOW (2u << 20) /* RAM stream bytes in flight at most */
 
 struct loop {
     uint64_t last_tick, last_progress;
-    uint64_t last_ram_bytes, last_disk_bytes, last_ram_sent;
+    uint64_t last_ram_bytes, last_disk_bytes;
+    uint64_t last_dirty_pages, last_pages_sent, newly_pages; /* dirty-rate bookkeeping */
+    unsigned harvests;
+    bool pass_ended;
+    uint64_t bw_disk_bytes, bw_last; /* --max-bandwidth bookkeeping */
     double thr;          /* link throughput, bytes/s, both streams */
     double ram_rate;     /* RAM stream bytes/s */
     double dirty_rate;   /* RAM dirtied bytes/s */
@@ -29,7 +34,7 @@ struct loop {
     unsigned no_progress;      /* passes since it last fell by 20 % */
     uint64_t under_since_ns;   /* when the expected pause came within the limit (0 = not) */
     uint64_t last_expected_ms;
-    unsigned rate_ticks;
+
     uint64_t tokens;     /* --max-bandwidth: RAM bytes allowed now */
     uint64_t nonzero;    /* non-zero pages counted so far */
     unsigned scan_region; /* the count goes on a slice per loop turn (not on the critical path) */
@@ -69,20 +74,36 @@ static uint64_t ram_estimate(struct mig_source *m, struct loop *l)
     return l->nonzero * VM_PAGE_SIZE + unscanned;
 }
 
-static void tick(struct mig_source *m, struct loop *l, uint64_t now, struct mig_ctl_out *out)
+/* Move what the guest dirtied into the RAM to send, and count how much was new. */
+static void harvest(struct mig_source *m, struct loop *l)
+{
+    if (!m->ram_started)
+        return;
+    struct ram_stats a, b;
+    ram_sender_stats(m->ram, &a);
+    ram_sender_harvest(m->ram);
+    ram_sender_stats(m->ram, &b);
+    uint64_t sent = b.pages_normal + b.pages_zero;
+    /* Newly dirtied: the growth of the set, plus what was sent out of it meanwhile. */
+    double newly = (double)b.dirty_pages - (double)l->last_dirty_pages +
+                   (double)(sent - l->last_pages_sent);
+    (void)a;
+    l->last_dirty_pages = b.dirty_pages;
+    l->last_pages_sent = sent;
+    if (l->harvests++ > 0 && newly > 0)
+        l->newly_pages += (uint64_t)newly;
+}
+
+/* Every TICK_NS: rates over the last tick. */
+static void measure(struct mig_source *m, struct loop *l, uint64_t now)
 {
     double dt = (double)(now - l->last_tick) / 1e9;
     l->last_tick = now;
-    uint64_t before_dirty = m->ram ? m->w.ram.dirty_pages : 0;
-    if (m->ram_started)
-        ram_sender_harvest(m->ram);
-    mig_collect(m);
     struct mig_stats *w = &m->w;
     uint64_t disk_bytes = w->disk_bytes + w->disk_active_bytes;
     /* RAM counts as moved once the destination has applied it: what sits in socket buffers
-     * (tens of MiB with TCP autotuning) is still to come, and would land in the pause. */
+     * and queues is still to come, and would land in the pause. */
     uint64_t ram_done = m->peer_received;
-    w->in_flight = m->c.bytes_sent > ram_done ? m->c.bytes_sent - ram_done : 0;
     double ram_d = (double)(ram_done - l->last_ram_bytes);
     double disk_d = (double)(disk_bytes - l->last_disk_bytes);
     l->last_ram_bytes = ram_done;
@@ -94,14 +115,9 @@ static void tick(struct mig_source *m, struct loop *l, uint64_t now, struct mig_
         if (backlog && t > 0)
             l->thr = l->thr == 0 ? t : 0.7 * l->thr + 0.3 * t;
         l->ram_rate = 0.7 * l->ram_rate + 0.3 * ram_d / dt;
-        /* Newly dirtied pages: growth of the set + what was sent out of it. */
-        double sent_pages = (double)(w->ram.bytes - l->last_ram_sent) / (VM_PAGE_SIZE + 8);
-        l->last_ram_sent = w->ram.bytes;
-        double newly = (double)w->ram.dirty_pages - (double)before_dirty + sent_pages;
-        /* Not on the tick RAM starts: round 0 marks every page, none of them newly dirtied. */
-        if (m->ram_started && l->rate_ticks++ > 0)
-            l->dirty_rate = 0.7 * l->dirty_rate +
-                            0.3 * (newly > 0 ? newly : 0) * VM_PAGE_SIZE / dt;
+        if (l->harvests > 1)
+            l->dirty_rate = 0.7 * l->dirty_rate + 0.3 * (double)l->newly_pages * VM_PAGE_SIZE / dt;
+        l->newly_pages = 0;
     }
     /* A copy that finished between two ticks left no busy tick to measure: fall back on the
      * average so far, so a small guest can still switch over. */
@@ -110,6 +126,25 @@ static void tick(struct mig_source *m, struct loop *l, uint64_t now, struct mig_
     else
         w->throughput = (uint64_t)l->thr;
     w->ram_dirty_rate = (uint64_t)l->dirty_rate;
+}
+
+/* Harvest, gather the figures, and let the controller decide: every tick, and at the end of
+ * each RAM pass (where the dirty set is smallest: deciding only on the 100 ms clock would
+ * leave up to 100 ms of dirtying in every pause). */
+static void decide(struct mig_source *m, struct loop *l, uint64_t now, bool timed,
+                   struct mig_ctl_out *out)
+{
+    harvest(m, l);
+    mig_collect(m);
+    struct mig_stats *w = &m->w;
+    w->in_flight = m->c.bytes_sent > m->peer_received ? m->c.bytes_sent - m->peer_received : 0;
+    if (timed)
+        measure(m, l, now);
+    uint64_t disk_bytes = w->disk_bytes + w->disk_active_bytes;
+    double disk_d = (double)(disk_bytes - l->bw_disk_bytes);
+    double dt = (double)(now - l->bw_last) / 1e9;
+    l->bw_disk_bytes = disk_bytes;
+    l->bw_last = now;
 
     /* One bandwidth budget for both streams. */
     if (m->p.max_bandwidth) {
@@ -220,6 +255,7 @@ bool mig_converge(struct mig_source *m);
 bool mig_converge(struct mig_source *m)
 {
     struct loop l = {.last_tick = mig_now_ns()};
+    l.bw_last = l.last_tick;
     /* The non-zero page count (round 0's size) is taken a slice per turn, while the disks
      * copy; a whole scan of a large guest would otherwise delay everything. */
     l.last_progress = l.last_tick;
@@ -239,9 +275,11 @@ bool mig_converge(struct mig_source *m)
         }
         if (!l.scan_done)
             scan_step(m, &l);
-        if (now - l.last_tick >= TICK_NS) {
+        bool timed = now - l.last_tick >= TICK_NS;
+        if (timed || l.pass_ended) {
             struct mig_ctl_out out;
-            tick(m, &l, now, &out);
+            l.pass_ended = false;
+            decide(m, &l, now, timed, &out);
             if (out.switchover)
                 return true;
             if (out.abort) {
@@ -265,15 +303,19 @@ bool mig_converge(struct mig_source *m)
                         (unsigned long long)m->w.ram_start_ms);
             }
         }
+        /* Keep at most RAM_WINDOW bytes between what is sent and what the destination has
+         * applied: more would only sit in socket buffers and qdiscs, where the pause would
+         * have to wait for it. */
         bool sent = false;
-        if (m->ram_started && (!m->p.max_bandwidth || l.tokens > 0)) {
+        bool window_full = m->c.bytes_sent - m->peer_received >= RAM_WINDOW;
+        if (m->ram_started && !window_full && (!m->p.max_bandwidth || l.tokens > 0)) {
             struct ram_stats rs;
             ram_sender_stats(m->ram, &rs);
             if (rs.dirty_pages > 0) {
                 uint64_t n = STEP_BYTES;
                 if (m->p.max_bandwidth)
                     n = l.tokens < n ? l.tokens : n;
-                uint64_t b0 = m->c.bytes_sent;
+                uint64_t b0 = m->c.bytes_sent, rounds0 = rs.rounds;
                 r = ram_sender_step(m->ram, n);
                 if (r < 0) {
                     mig_rollback(m, MIG_FAILED, "sending RAM: %s", strerror(-r));
@@ -285,6 +327,8 @@ bool mig_converge(struct mig_source *m)
                 sent = d > 0;
                 if (sent)
                     m->last_send_ns = mig_now_ns();
+                ram_sender_stats(m->ram, &rs);
+                l.pass_ended = rs.rounds != rounds0;
             }
         }
         if (!sent) {
@@ -301,7 +345,7 @@ bool mig_converge(struct mig_source *m)
             uint64_t next = l.last_tick + TICK_NS;
             int ms = next > now ? (int)((next - now) / 1000000u) + 1 : 1;
             struct pollfd pfd = {.fd = m->c.fd, .events = POLLIN};
-            poll(&pfd, 1, ms > 20 ? 20 : ms);
+            poll(&pfd, 1, window_full ? 1 : ms > 20 ? 20 : ms);
         }
     }
 }

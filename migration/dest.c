@@ -26,6 +26,8 @@
 #define MAX_DISK_SIZE (1ull << 50)
 /* Extra patience while the peer digests RAM and disks for --verify. */
 #define VERIFY_GRACE_MS 600000
+/* Progress PINGs go at least every 50 ms and every ACK_BYTES of stream applied. */
+#define ACK_BYTES (512u << 10)
 
 struct dest {
     const struct mig_incoming_opts *o;
@@ -43,7 +45,7 @@ struct dest {
     bool with_disk, verify;
     uint8_t *state;
     uint32_t state_len;
-    uint64_t pages, last_ping_ns, last_heard_ns;
+    uint64_t pages, last_ping_ns, last_heard_ns, last_ping_bytes;
     struct bm_bitmap *loaded; /* RAM pages written by the stream so far */
     char *err;
     size_t errlen;
@@ -271,8 +273,10 @@ static int receive(struct dest *d, struct json_object **complete)
         /* Keepalive, and progress: how much of the stream is received and applied, so the
          * source knows what is still in flight in the socket buffers. */
         uint64_t now = now_ns();
-        if (now - d->last_ping_ns >= 50000000ull) {
+        if (now - d->last_ping_ns >= 50000000ull ||
+            d->c.bytes_received - d->last_ping_bytes >= ACK_BYTES) {
             d->last_ping_ns = now;
+            d->last_ping_bytes = d->c.bytes_received;
             uint8_t got[8];
             bm_put_be64(got, d->c.bytes_received);
             if (mig_send(&d->c, MIG_PING, got, sizeof got) < 0)
