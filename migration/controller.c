@@ -37,7 +37,12 @@ void mig_ctl_decide(const struct mig_ctl_in *in, struct mig_ctl_out *out)
     out->switchover = in->ram_started && in->ram_pass0_done && disks_ok && in->throughput > 0 &&
                       under && settled;
 
-    out->abort = in->max_time_ms > 0 && in->elapsed_ms >= in->max_time_ms && !out->switchover;
+    /* At the time bound, a pause that fits the limit goes now rather than give up. */
+    bool over_time = in->max_time_ms > 0 && in->elapsed_ms >= in->max_time_ms;
+    if (over_time && under && in->ram_started && in->ram_pass0_done && disks_ok &&
+        in->throughput > 0)
+        out->switchover = true;
+    out->abort = over_time && !out->switchover;
 }
 
 unsigned mig_ctl_throttle(uint64_t prev_pass_dirty, uint64_t pass_dirty, uint64_t dirty_rate,

@@ -33,7 +33,6 @@ struct loop {
     double best_pass_ms;       /* shortest expected pause seen at a pass end */
     unsigned no_progress;      /* passes since it last fell by 20 % */
     uint64_t under_since_ns;   /* when the expected pause came within the limit (0 = not) */
-    uint64_t last_expected_ms;
 
     uint64_t tokens;     /* --max-bandwidth: RAM bytes allowed now */
     uint64_t nonzero;    /* non-zero pages counted so far */
@@ -175,7 +174,9 @@ static void decide(struct mig_source *m, struct loop *l, uint64_t now, bool time
         .state_bytes = 4096,
         .flush_ms = FLUSH_MS,
         .downtime_limit_ms = m->p.downtime_limit_ms,
-        .target_ms = m->p.downtime_limit_ms / 10 > 5 ? m->p.downtime_limit_ms / 10 : 5,
+        /* At least the flush plus a little: with disks the estimate never goes lower. */
+        .target_ms = m->p.downtime_limit_ms / 10 > FLUSH_MS + 5 ? m->p.downtime_limit_ms / 10
+                                                                 : FLUSH_MS + 5,
         .passes_no_progress = l->no_progress,
         .under_limit_ms = l->under_since_ns ? (now - l->under_since_ns) / 1000000u : 0,
         .elapsed_ms = (now - m->t0_ns) / 1000000u,

@@ -246,6 +246,11 @@ static void test_switchover_settles(void **state)
     assert_true(decide(&in).switchover);
     in.target_ms = 135;
     assert_false(decide(&in).switchover);
+    /* Not settled, but at the time bound: a pause within the limit goes rather than abort. */
+    in.elapsed_ms = in.max_time_ms;
+    assert_true(decide(&in).switchover);
+    assert_false(decide(&in).abort);
+    in.elapsed_ms = 1000;
     /* Settled but over the limit: no. */
     in.passes_no_progress = 5;
     in.downtime_limit_ms = 135;

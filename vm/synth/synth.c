@@ -2,6 +2,7 @@
 #include <config.h>
 
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,9 +96,20 @@ static uint64_t pick(struct synth *s, enum synth_pattern p, uint64_t n, uint64_t
 
 /* The "vCPU": heartbeats every millisecond, dirties RAM at the workload's rate, and re-checks
  * as many pages as it writes. */
+/* Guest threads leave SIGINT/SIGTERM to the VM process's main thread. */
+static void block_signals(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
 static void *vcpu_main(void *arg)
 {
     struct synth *s = arg;
+    block_signals();
     uint64_t rng = s->w.seed * 2654435761u + 1, next = mono_ns();
     uint64_t area = s->npages - s->area_first, hot = s->w.hot / SYNTH_BLOCK;
     double credit = 0;
@@ -124,6 +136,7 @@ static void *vcpu_main(void *arg)
 static void *io_main(void *arg)
 {
     struct synth *s = arg;
+    block_signals();
     uint64_t rng = s->w.seed * 40503u + 7, next = mono_ns();
     uint8_t *buf = aligned_alloc(4096, s->w.disk_max_io);
     uint8_t *rbuf = aligned_alloc(4096, SYNTH_BLOCK);
