@@ -420,7 +420,8 @@ int cmd_demo(int argc, char **argv)
         if (netns_up(&d, rate) == 0) {
             d.netns = true;
         } else {
-            bm_warn("could not make network namespaces; using loopback");
+            bm_warn("could not make network namespaces; using loopback%s",
+                    rate ? " (--rate is ignored: loopback cannot be shaped)" : "");
             netns_down(&d);
             d.ns[0][0] = d.ns[1][0] = '\0';
             d.addr_src = d.addr_dst = "127.0.0.1";
