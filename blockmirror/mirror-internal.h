@@ -102,6 +102,7 @@ struct mirror_job {
     uint64_t unflushed;  /* bytes written to the target since the last flush was issued */
     uint64_t last_flush_ns; /* when the last periodic or idle flush was issued */
     bool flush_in_flight;
+    uint64_t flushing;   /* bytes the flush in flight makes durable */
     bool held;     /* completion hold taken on the source */
     bool released;
     int err;

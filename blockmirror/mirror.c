@@ -69,6 +69,7 @@ static void publish(struct mirror_job *j)
     j->cur.write_blocking = atomic_load(&j->write_blocking);
     j->cur.active_bytes = atomic_load(&j->active_bytes);
     j->cur.connections = j->t ? bm_target_connections(j->t) : 0;
+    j->cur.unflushed = j->unflushed + j->flushing;
     pthread_mutex_lock(&j->stats_lock);
     j->st = j->cur;
     pthread_mutex_unlock(&j->stats_lock);
@@ -539,6 +540,7 @@ static void periodic_flush_done(void *opaque, int err)
 {
     struct mirror_job *j = opaque;
     j->flush_in_flight = false;
+    j->flushing = 0;
     if (err)
         bm_warn("mirror: flushing the target failed: %s", strerror(err));
 }
@@ -555,6 +557,7 @@ static void maybe_flush(struct mirror_job *j, bool idle)
     if (j->unflushed < FLUSH_EVERY && !(idle && now - j->last_flush_ns >= IDLE_FLUSH_NS))
         return;
     j->last_flush_ns = now;
+    j->flushing = j->unflushed;
     j->unflushed = 0;
     j->flush_in_flight = true;
     if (bm_target_flush(j->t, periodic_flush_done, j) < 0)

@@ -53,6 +53,7 @@ struct mirror_stats {
     uint64_t zero_bytes;      /* bytes zeroed on the target with WRITE_ZEROES */
     uint64_t active_bytes;    /* payload bytes forwarded by write-blocking writers */
     uint64_t dirty_bytes;     /* dirty now, including copies in flight */
+    uint64_t unflushed;       /* written to the target but not yet flushed there */
     uint64_t throughput;      /* bytes per second copied, recent average */
     uint64_t dirty_rate;      /* bytes per second newly dirtied, recent average */
     uint64_t rounds;          /* completed passes over the dirty bitmap */

@@ -16,6 +16,7 @@ struct mig_ctl_in {
     bool disk_all_ready;   /* every disk job reports ready */
     uint64_t disk_remaining; /* bulk left + dirty, all disks */
     uint64_t disk_dirty;     /* dirty now, all disks */
+    uint64_t disk_unflushed; /* written to the targets, not yet flushed there */
     uint64_t ram_remaining;  /* bytes round 0 would still send (non-zero pages) */
     uint64_t ram_dirty;      /* bytes waiting to be sent */
     uint64_t throughput;     /* bytes/s the link carries, both streams together */

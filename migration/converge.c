@@ -166,8 +166,12 @@ static void decide(struct mig_source *m, struct loop *l, uint64_t now, bool time
         .ram_pass0_done = w->ram.rounds >= 1,
         .disk_bulk_done = m->nmj > 0 && w->disks_past_bulk == m->nmj,
         .disk_all_ready = w->disks_ready == m->nmj,
-        .disk_remaining = w->disk_bulk_total - w->disk_bulk_done + w->disk_dirty,
+        /* Until every mirror has listed its extents, the disks' size is unknown. */
+        .disk_remaining = w->disks_started < m->nmj
+                              ? UINT64_MAX
+                              : w->disk_bulk_total - w->disk_bulk_done + w->disk_dirty,
         .disk_dirty = w->disk_dirty,
+        .disk_unflushed = w->disk_unflushed,
         .ram_remaining = m->ram_started ? 0 : ram_estimate(m, l),
         .ram_dirty = w->ram.dirty_pages * VM_PAGE_SIZE + w->in_flight,
         .throughput = w->throughput,

@@ -22,8 +22,8 @@ struct mig_stats {
     struct ram_stats ram;
     uint64_t ram_dirty_rate;
     uint64_t disk_size, disk_bulk_total, disk_bulk_done, disk_bytes, disk_zero_bytes,
-        disk_active_bytes, disk_dirty, disk_rounds, disk_mode_switches;
-    unsigned disks, disks_ready, disks_past_bulk, disks_write_blocking;
+        disk_active_bytes, disk_dirty, disk_rounds, disk_mode_switches, disk_unflushed;
+    unsigned disks, disks_ready, disks_past_bulk, disks_write_blocking, disks_started;
     uint64_t throughput, stream_bytes, in_flight;
     unsigned throttle, throttle_max;
     char error[512];

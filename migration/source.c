@@ -115,6 +115,7 @@ static struct json_object *stats_json(const struct mig_stats *s)
     I(d, "active_bytes", s->disk_active_bytes);
     I(d, "remaining", s->disk_bulk_total - s->disk_bulk_done + s->disk_dirty);
     I(d, "dirty", s->disk_dirty);
+    I(d, "unflushed", s->disk_unflushed);
     I(d, "rounds", s->disk_rounds);
     I(d, "ready", s->disks_ready);
     I(d, "write_blocking", s->disks_write_blocking);
@@ -248,7 +249,8 @@ void mig_collect(struct mig_source *m)
     struct mig_stats *w = &m->w;
     w->disk_size = w->disk_bulk_total = w->disk_bulk_done = w->disk_bytes = 0;
     w->disk_zero_bytes = w->disk_active_bytes = w->disk_dirty = w->disk_rounds = 0;
-    w->disk_mode_switches = 0;
+    w->disk_mode_switches = w->disk_unflushed = 0;
+    w->disks_started = 0;
     w->disks = m->nmj;
     w->disks_ready = w->disks_past_bulk = w->disks_write_blocking = 0;
     for (unsigned i = 0; i < m->nmj; i++) {
@@ -266,6 +268,8 @@ void mig_collect(struct mig_source *m)
         w->disks_ready += s.state == MIRROR_READY || s.state == MIRROR_DONE;
         w->disks_write_blocking += s.write_blocking;
         w->disks_past_bulk += s.state >= MIRROR_DIRTY && s.state <= MIRROR_DONE;
+        w->disks_started += s.state != MIRROR_SETUP;
+        w->disk_unflushed += s.unflushed;
     }
     if (m->ram)
         ram_sender_stats(m->ram, &w->ram);

@@ -63,7 +63,7 @@ one_run() {
     local A=${NETNS_NAME}A B=${NETNS_NAME}B
     local dA=/var/tmp/$NETNS_NAME-A dB=/var/tmp/$NETNS_NAME-B
     local ssock=$work/src.sock dsock=$work/dst.sock
-    rm -f "$ssock" "$dsock" "$dB"/*.img
+    rm -f "$ssock" "$dsock" "$dB"/*.img "$dA"/*.img # every run starts from a fresh image
     local wl
     wl="$(wl_of "$scen"),ram-fill=${RAM_FILL_M}M,disk-fill=${DISK_FILL_M}M"
     ip netns exec "$B" "$BLKMIG" incoming --listen 10.77.0.2:7700 --disk-dir "$dB" --force \

@@ -266,6 +266,13 @@ static void test_expected_downtime(void **state)
     assert_int_equal(decide(&in).expected_downtime_ms, 11);
     in.flush_ms = 0;
     assert_int_equal(decide(&in).expected_downtime_ms, 1);
+    /* Unflushed target data counts at 500 MB/s: 50 MB = 100 ms. */
+    in.disk_unflushed = 50000000;
+    assert_int_equal(decide(&in).expected_downtime_ms, 101);
+    in.with_disk = false;
+    assert_int_equal(decide(&in).expected_downtime_ms, 1);
+    in.with_disk = true;
+    in.disk_unflushed = 0;
     /* 1 GB at 100 MB/s = 10 s; each byte class counts the same. */
     in.throughput = 100000000;
     in.ram_dirty = 1000000000;
