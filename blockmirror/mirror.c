@@ -707,8 +707,18 @@ static int recover_target(struct mirror_job *j)
         if (atomic_load(&j->want_cancel))
             return -ECANCELED;
         unsigned ms = 100u << (attempt < 5 ? attempt : 5);
-        struct timespec t = {ms / 1000, (long)(ms % 1000) * 1000000};
-        nanosleep(&t, NULL);
+        /* Back off, but wake at once for a cancel (mirror_cancel writes wake_fd). */
+        struct pollfd pfd = {.fd = j->wake_fd, .events = POLLIN};
+        uint64_t deadline = mirror_now_ns() + (uint64_t)ms * 1000000u;
+        for (uint64_t now = mirror_now_ns(); now < deadline; now = mirror_now_ns()) {
+            if (poll(&pfd, 1, (int)((deadline - now) / 1000000u) + 1) > 0) {
+                uint64_t v;
+                ssize_t n = read(j->wake_fd, &v, sizeof v);
+                (void)n;
+            }
+            if (atomic_load(&j->want_cancel))
+                return -ECANCELED;
+        }
         char err[256];
         int r = bm_target_reconnect(j->t, err, sizeof err);
         j->cur.retries++;
