@@ -25,6 +25,7 @@ struct loop {
     uint64_t last_dirty_pages, last_pages_sent, newly_pages; /* dirty-rate bookkeeping */
     unsigned harvests;
     bool pass_ended;
+    uint64_t last_disk_flush;
     uint64_t bw_disk_bytes, bw_last; /* --max-bandwidth bookkeeping */
     double thr;          /* link throughput, bytes/s, both streams */
     double ram_rate;     /* RAM stream bytes/s */
@@ -280,6 +281,13 @@ bool mig_converge(struct mig_source *m)
         }
         if (!l.scan_done)
             scan_step(m, &l);
+        /* Shared storage: the handover flushes the images; flushing them as we go keeps that
+         * flush (which the pause waits for) short. */
+        if (!m->p.with_disk && now - l.last_disk_flush >= 200000000ull) {
+            l.last_disk_flush = now;
+            for (unsigned i = 0; i < m->vm->ndisks; i++)
+                bm_disk_flush(m->vm->disks[i].disk);
+        }
         bool timed = now - l.last_tick >= TICK_NS;
         if (timed || l.pass_ended) {
             struct mig_ctl_out out;
