@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Integration: `blkmig migrate` end to end between two hosts (network namespaces when root,
+# loopback otherwise): idle and moderate guests with --with-disk --verify (completed, verified,
+# source gone, destination guest running and clean, downtime within the limit), shared storage
+# (no --with-disk, the destination opens the same image), and bad input (a bad URI, nobody
+# listening, an existing image without --force): the source keeps running, untouched.
+. "$(dirname "$0")/../lib.sh"
+. "$(dirname "$0")/migrate-lib.sh"
+
+LIMIT_MS=300 # blkmig's default --downtime-limit
+if [ "$MIG_SANITIZED" = 1 ]; then MARGIN_MS=${MARGIN_MS:-700}; else MARGIN_MS=${MARGIN_MS:-200}; fi
+MODERATE=mem=32M/s,hot=64M,disk=8M/s
+IDLE=mem=0,disk=0
+
+mig_hosts_up
+t_start=$SECONDS
+
+# check_completed LABEL [writes]: the last migration completed and verified, the source process
+# ended (exit 0), the destination runs a clean guest (with "writes": whose RAM and disk writes
+# go on), downtimes within the limit.
+check_completed() {
+    local label=$1 writes=${2:-} st ver dt gdt
+    st=$(mig_report status)
+    ver=$(mig_report verified)
+    dt=$(mig_report downtime_ms)
+    gdt=$(mig_report guest_downtime_ms)
+    log "  $label: migrate exit $MIG_RC after $MIG_MS ms: $(mig_summary)"
+    [ "$MIG_RC" -eq 0 ] || fail "$label: blkmig migrate exited $MIG_RC: $(mig_tail "$MIG_ERR") $(mig_report error)"
+    [ "$st" = completed ] || soft_fail "$label: the report says status '$st'"
+    [ "$ver" = true ] || soft_fail "$label: the report says verified '$ver'"
+    local bound=$((LIMIT_MS + MARGIN_MS))
+    [ -n "$dt" ] && "$PY3" -c "import sys; sys.exit(not float('$dt') < $bound)" ||
+        soft_fail "$label: downtime_ms '$dt' not under $bound"
+    [ -n "$gdt" ] && "$PY3" -c "import sys; sys.exit(not float('$gdt') < $bound)" ||
+        soft_fail "$label: guest_downtime_ms '$gdt' not under $bound"
+    mig_wait "$SRC_PID" 20
+    [ "$WAIT_RC" -eq 0 ] ||
+        soft_fail "$label: the source process exited $WAIT_RC after the migration (expected 0): $(mig_tail "$SRC_LOG")"
+    grep -q 'the VM now runs on the destination' "$SRC_LOG" ||
+        soft_fail "$label: the source's log does not say the VM left: $(mig_tail "$SRC_LOG")"
+    _mig_wait_start "$DST_PID" "$DST_SOCK" "$DST_LOG" "" 20 "$label: the destination's VM"
+    assert_guest_healthy "$label (destination)" "$DST_SOCK" $writes || true
+}
+
+# ---- bad input (quick) ----
+mig_case bad
+mig_start_source "$MODERATE"
+log "bad input: blkmig migrate with a bad URI -> exit 2"
+for uri in nonsense udp:127.0.0.1:7700 tcp:127.0.0.1 tcp::7700 tcp:127.0.0.1:port; do
+    MIG_URI=$uri mig_migrate 20 --with-disk
+    [ "$MIG_RC" -eq 2 ] || soft_fail "migrate to '$uri' exited $MIG_RC, expected 2"
+    grep -q 'tcp:HOST:PORT' "$MIG_ERR" || soft_fail "migrate to '$uri': stderr does not say tcp:HOST:PORT: $(mig_tail "$MIG_ERR")"
+done
+MIG_URI=
+vm_status "$SRC_SOCK" && [ "$VM_MIGRATING" = false ] || soft_fail "after bad URIs the VM says migrating '$VM_MIGRATING'"
+
+log "bad input: nobody listens at the destination's port -> exit 1, the source keeps running"
+mig_free_ports
+MIG_URI=tcp:$DEST_ADDR:$DST_PORT mig_migrate 60 --with-disk --verify
+log "  exit $MIG_RC after $MIG_MS ms: $(mig_report error)"
+[ "$MIG_RC" -eq 1 ] || soft_fail "migrate to a closed port exited $MIG_RC, expected 1"
+[ "$(mig_report status)" = failed ] || soft_fail "migrate to a closed port: status '$(mig_report status)'"
+mig_report error | grep -q 'cannot connect' || soft_fail "migrate to a closed port: error '$(mig_report error)'"
+MIG_URI=
+assert_guest_healthy "closed port (source)" "$SRC_SOCK" writes || true
+
+log "bad input: the destination's --disk-dir already holds vda.img (no --force) -> refused, file untouched"
+mig_start_dest
+truncate -s 64M "$DST_IMG"
+dd if=/dev/urandom of="$DST_IMG" bs=1M count=2 seek=5 conv=notrunc status=none
+sum_before=$(sum "$DST_IMG")
+mig_migrate 60 --with-disk --verify
+log "  exit $MIG_RC after $MIG_MS ms: $(mig_report error)"
+[ "$MIG_RC" -eq 1 ] || soft_fail "existing image: migrate exited $MIG_RC, expected 1"
+mig_report error | grep -qE 'refused.*(File exists|--force)' ||
+    soft_fail "existing image: the error does not say why: '$(mig_report error)'"
+mig_wait "$DST_PID" 20
+[ "$WAIT_RC" -eq 1 ] || soft_fail "existing image: the destination exited $WAIT_RC, expected 1"
+grep -qE 'migration failed.*File exists' "$DST_LOG" ||
+    soft_fail "existing image: the destination's log lacks the reason: $(mig_tail "$DST_LOG")"
+[ -f "$DST_IMG" ] || soft_fail "existing image: the destination removed the existing file"
+[ -f "$DST_IMG" ] && [ "$(sum "$DST_IMG")" = "$sum_before" ] ||
+    soft_fail "existing image: the existing file changed"
+[ "$(stat -c %s "$DST_IMG")" -eq $((64 << 20)) ] || soft_fail "existing image: its size changed"
+[ ! -e "$DST_SOCK" ] || soft_fail "existing image: the destination opened its control socket"
+assert_guest_healthy "existing image (source)" "$SRC_SOCK" writes || true
+mig_quit_vm "bad input: source" "$SRC_SOCK" "$SRC_PID"
+mig_check_logs
+
+# ---- idle and moderate, --with-disk --verify ----
+for scen in idle moderate; do
+    mig_case "$scen"
+    if [ "$scen" = idle ]; then wl=$IDLE; else wl=$MODERATE; fi
+    log "$scen ($wl; RAM $MIG_RAM, disk $MIG_DISK, $MIG_FILL): migrate --with-disk --verify"
+    mig_start_source "$wl"
+    mig_start_dest
+    sleep 1 # let the workload run a while first
+    mig_migrate 180 --with-disk --verify
+    if [ "$scen" = idle ]; then check_completed "$scen"; else check_completed "$scen" writes; fi
+    vm_status "$DST_SOCK" || true
+    [ "$VM_DISK_PATH" = "$DST_IMG" ] ||
+        soft_fail "$scen: the destination's disk is '$VM_DISK_PATH', expected $DST_IMG"
+    if [ "$scen" = idle ]; then
+        # An idle guest writes no disk blocks after the switchover: the destination's image
+        # must equal the source's (as of the switchover, when the source stopped), by content.
+        a=$(sparse_sum "$SRC_IMG")
+        b=$(sparse_sum "$DST_IMG")
+        [ "$a" = "$b" ] || soft_fail "idle: the destination's image differs from the source's ($a vs $b)"
+    fi
+    mig_quit_vm "$scen: destination" "$DST_SOCK" "$DST_PID"
+    mig_check_logs
+done
+
+# ---- shared storage: no --with-disk, the destination opens the source's image ----
+mig_case shared
+log "shared storage ($MODERATE): migrate --verify, destination --disk vda=<the source's image>"
+mig_start_source "$MODERATE"
+mig_start_dest --disk "vda=$SRC_IMG"
+sleep 1
+mig_migrate 180 --verify
+check_completed "shared storage" writes
+[ "$(mig_report disk.disks)" = 0 ] || soft_fail "shared storage: the report counts $(mig_report disk.disks) mirrored disks"
+vm_status "$DST_SOCK" || true
+[ "$VM_DISK_PATH" = "$SRC_IMG" ] ||
+    soft_fail "shared storage: the destination's disk is '$VM_DISK_PATH', expected $SRC_IMG"
+[ ! -e "$DST_IMG" ] || soft_fail "shared storage: the destination created $DST_IMG"
+mig_quit_vm "shared storage: destination" "$DST_SOCK" "$DST_PID"
+mig_check_logs
+[ -s "$TMP/control.err" ] && check_sanitizer_log "$TMP/control.err"
+
+log "done in $((SECONDS - t_start)) s ($MIG_MODE)"
+finish_test
