@@ -16,6 +16,8 @@
 
 #define TICK_MS 100
 #define DIRTY_POLL_MS 10
+/* How long a cancelled job waits for a target that does not answer. */
+#define CANCEL_WAIT_NS 2000000000ull
 /* Hole ranges are zeroed on the target in pieces of at most this many bytes. */
 #define MAX_ZERO_CHUNK (1u << 30)
 /* Auto mode: how long the copy must fail to gain (or keep up easily) before switching. */
@@ -676,27 +678,47 @@ static void flush_cb(void *opaque, int err)
 /* Flush the target and wait for the answer (nothing else may be in flight). */
 static int flush_target(struct mirror_job *j)
 {
-    struct flush_wait w = {0};
-    int r = bm_target_flush(j->t, flush_cb, &w);
-    if (r < 0)
+    /* On the heap: a cancelled job may stop waiting before the answer comes, and the callback
+     * must not then write into a dead stack frame (the record is left to leak instead). */
+    struct flush_wait *w = calloc(1, sizeof *w);
+    if (!w)
+        return -ENOMEM;
+    int r = bm_target_flush(j->t, flush_cb, w);
+    if (r < 0) {
+        free(w);
         return r;
-    while (!w.done) {
-        r = bm_target_poll(j->t, NULL, 0, 1000);
-        if (r < 0 && !w.done)
-            return r;
     }
-    return -w.err;
+    uint64_t t0 = mirror_now_ns();
+    while (!w->done) {
+        if (atomic_load(&j->want_cancel) && mirror_now_ns() - t0 > CANCEL_WAIT_NS)
+            return -ETIMEDOUT;
+        r = bm_target_poll(j->t, NULL, 0, 100);
+        if (r < 0 && !w->done) {
+            if (bm_target_in_flight(j->t) == 0)
+                free(w); /* the flush was answered (with an error) or dropped */
+            return r;
+        }
+    }
+    r = -w->err;
+    free(w);
+    return r;
 }
 
-/* Wait for every command in flight (copies and forwarded writes) to be answered. */
-static void drain_target(struct mirror_job *j)
+/* Wait for every command in flight (copies and forwarded writes) to be answered. A cancelled
+ * job waits at most CANCEL_WAIT_NS: a target behind a cut link never answers nor resets, and
+ * the canceller (a migration rolling back) must not hang on it. Returns false if it gave up. */
+static bool drain_target(struct mirror_job *j)
 {
+    uint64_t t0 = mirror_now_ns();
     while (bm_target_in_flight(j->t) > 0) {
+        if (atomic_load(&j->want_cancel) && mirror_now_ns() - t0 > CANCEL_WAIT_NS)
+            return false;
         mirror_active_submit(j);
-        if (bm_target_poll(j->t, NULL, 0, 1000) < 0 && bm_target_in_flight(j->t) > 0 &&
+        if (bm_target_poll(j->t, NULL, 0, 100) < 0 && bm_target_in_flight(j->t) > 0 &&
             bm_target_dead(j->t))
             break; /* dead connections answered theirs already; the rest cannot come */
     }
+    return true;
 }
 
 /* The target connection broke: wait for what is in flight, reconnect with backoff. */
@@ -895,8 +917,10 @@ static void *job_main(void *arg)
     /* Stop: let reads in flight land, answer every writer, wait for commands, detach. */
     while (reads_in_flight(j) > 0)
         reap_reads(j, 1, false);
-    if (j->t)
-        drain_target(j);
+    bool drained = j->t ? drain_target(j) : true;
+    if (!drained)
+        bm_warn("mirror: the target did not answer within %llu s of the cancel; giving up on it",
+                CANCEL_WAIT_NS / 1000000000ull);
     mirror_active_stop(j);
     if (attached) {
         bm_disk_set_hooks(j->src, NULL); /* harmless if never installed */
@@ -913,7 +937,7 @@ static void *job_main(void *arg)
             bm_disk_release(j->src);
             j->released = true;
         }
-        int r = j->t && !bm_target_dead(j->t) ? flush_target(j) : 0;
+        int r = drained && j->t && !bm_target_dead(j->t) ? flush_target(j) : 0;
         if (r < 0)
             bm_warn("mirror: flushing the target on cancel: %s", strerror(-r));
         mirror_set_state(j, MIRROR_CANCELLED, NULL);

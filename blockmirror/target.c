@@ -40,6 +40,11 @@ struct cmd {
     void *opaque;
     unsigned *pending; /* flush fan-out: completes when it reaches 0 */
     int *first_err;
+    /* libnbd may run the completion callback inside the nbd_aio_* call that submits the
+     * command (a connection dying there), even when that call then fails: such an early
+     * completion is only recorded, and submitted() settles the command once. */
+    bool submitting, early;
+    int early_err;
 };
 
 static uint8_t zero_buf[ZERO_BUF];
@@ -255,12 +260,9 @@ static struct conn *pick(struct bm_target *t)
     return best;
 }
 
-static int on_complete(void *user_data, int *error)
+/* Answer the command's owner and free it. */
+static void finish(struct cmd *cmd, int err)
 {
-    struct cmd *cmd = user_data;
-    cmd->c->in_flight--;
-    cmd->t->in_flight--;
-    int err = *error;
     if (cmd->pending) {
         if (err && !*cmd->first_err)
             *cmd->first_err = err;
@@ -274,6 +276,19 @@ static int on_complete(void *user_data, int *error)
         cmd->cb(cmd->opaque, err);
     }
     free(cmd);
+}
+
+static int on_complete(void *user_data, int *error)
+{
+    struct cmd *cmd = user_data;
+    if (cmd->submitting) {
+        cmd->early = true;
+        cmd->early_err = *error;
+        return 1;
+    }
+    cmd->c->in_flight--;
+    cmd->t->in_flight--;
+    finish(cmd, *error);
     return 1; /* retire the command */
 }
 
@@ -281,13 +296,18 @@ static struct cmd *new_cmd(struct bm_target *t, struct conn *c, bm_target_cb cb,
 {
     struct cmd *cmd = calloc(1, sizeof *cmd);
     if (cmd)
-        *cmd = (struct cmd){.t = t, .c = c, .cb = cb, .opaque = opaque};
+        *cmd = (struct cmd){.t = t, .c = c, .cb = cb, .opaque = opaque, .submitting = true};
     return cmd;
 }
 
 /* Account a submitted command, or clean up after a refused one. */
 static int submitted(struct bm_target *t, struct cmd *cmd, int64_t cookie)
 {
+    cmd->submitting = false;
+    if (cookie >= 0 && cmd->early) {
+        finish(cmd, cmd->early_err); /* done already, inside the submission */
+        return 0;
+    }
     if (cookie < 0) {
         int e = nbd_get_errno();
         bm_error("mirror target %s: %s", t->uri, nbd_get_error());
