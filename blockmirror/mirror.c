@@ -918,9 +918,11 @@ static void *job_main(void *arg)
     while (reads_in_flight(j) > 0)
         reap_reads(j, 1, false);
     bool drained = j->t ? drain_target(j) : true;
-    if (!drained)
+    if (!drained) {
         bm_warn("mirror: the target did not answer within %llu s of the cancel; giving up on it",
                 CANCEL_WAIT_NS / 1000000000ull);
+        bm_target_abandon(j->t);
+    }
     mirror_active_stop(j);
     if (attached) {
         bm_disk_set_hooks(j->src, NULL); /* harmless if never installed */
@@ -938,6 +940,8 @@ static void *job_main(void *arg)
             j->released = true;
         }
         int r = drained && j->t && !bm_target_dead(j->t) ? flush_target(j) : 0;
+        if (r == -ETIMEDOUT)
+            bm_target_abandon(j->t);
         if (r < 0)
             bm_warn("mirror: flushing the target on cancel: %s", strerror(-r));
         mirror_set_state(j, MIRROR_CANCELLED, NULL);

@@ -30,6 +30,9 @@ struct bm_target {
     bool can_zero, multi_conn, can_flush, base_allocation;
     unsigned in_flight;
     unsigned next; /* round-robin start */
+    struct cmd *cmds; /* every command record not yet settled (freed at close if libnbd
+                       * drops them: it does not call back for a handle closed with
+                       * commands pending) */
 };
 
 /* One queued command. */
@@ -45,7 +48,19 @@ struct cmd {
      * completion is only recorded, and submitted() settles the command once. */
     bool submitting, early;
     int early_err;
+    struct cmd *prev, *next;
 };
+
+static void cmd_free(struct cmd *cmd)
+{
+    if (cmd->prev)
+        cmd->prev->next = cmd->next;
+    else
+        cmd->t->cmds = cmd->next;
+    if (cmd->next)
+        cmd->next->prev = cmd->prev;
+    free(cmd);
+}
 
 static uint8_t zero_buf[ZERO_BUF];
 
@@ -160,6 +175,15 @@ static void close_all(struct bm_target *t)
             nbd_shutdown(t->conns[i].h, 0);
         nbd_close(t->conns[i].h);
     }
+    /* Commands still unsettled belonged to the handles just closed: nothing calls back now. */
+    while (t->cmds) {
+        struct cmd *cmd = t->cmds;
+        if (cmd->pending && --*cmd->pending == 0) {
+            free(cmd->pending);
+            free(cmd->first_err);
+        }
+        cmd_free(cmd);
+    }
     t->nconns = 0;
     t->in_flight = 0;
 }
@@ -194,6 +218,12 @@ void bm_target_close(struct bm_target *t)
     close_all(t);
     free(t->uri);
     free(t);
+}
+
+void bm_target_abandon(struct bm_target *t)
+{
+    for (unsigned i = 0; i < t->nconns; i++)
+        t->conns[i].dead = true; /* close_all then skips nbd_shutdown, which would wait */
 }
 
 int bm_target_reconnect(struct bm_target *t, char *err, size_t errlen)
@@ -275,7 +305,7 @@ static void finish(struct cmd *cmd, int err)
     } else {
         cmd->cb(cmd->opaque, err);
     }
-    free(cmd);
+    cmd_free(cmd);
 }
 
 static int on_complete(void *user_data, int *error)
@@ -296,7 +326,13 @@ static struct cmd *new_cmd(struct bm_target *t, struct conn *c, bm_target_cb cb,
 {
     struct cmd *cmd = calloc(1, sizeof *cmd);
     if (cmd)
-        *cmd = (struct cmd){.t = t, .c = c, .cb = cb, .opaque = opaque, .submitting = true};
+        *cmd = (struct cmd){.t = t, .c = c, .cb = cb, .opaque = opaque, .submitting = true,
+                            .next = t->cmds};
+    if (cmd) {
+        if (t->cmds)
+            t->cmds->prev = cmd;
+        t->cmds = cmd;
+    }
     return cmd;
 }
 
@@ -313,7 +349,7 @@ static int submitted(struct bm_target *t, struct cmd *cmd, int64_t cookie)
         bm_error("mirror target %s: %s", t->uri, nbd_get_error());
         if (nbd_aio_is_dead(cmd->c->h) || nbd_aio_is_closed(cmd->c->h))
             cmd->c->dead = true;
-        free(cmd);
+        cmd_free(cmd);
         return -(e ? e : EIO);
     }
     cmd->c->in_flight++;

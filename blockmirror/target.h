@@ -28,6 +28,9 @@ typedef void (*bm_target_cb)(void *opaque, int err);
 int bm_target_open(const struct bm_target_opts *o, struct bm_target **out, char *err,
                    size_t errlen);
 void bm_target_close(struct bm_target *t);
+/* Give up on a target that does not answer: the next close drops the connections at once
+ * instead of waiting for a polite disconnect. */
+void bm_target_abandon(struct bm_target *t);
 
 uint64_t bm_target_size(const struct bm_target *t);
 unsigned bm_target_connections(const struct bm_target *t);
