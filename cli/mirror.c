@@ -108,24 +108,12 @@ static struct json_object *stats_json(const struct mirror_stats *st)
     return o;
 }
 
-static void human(uint64_t bytes, char *buf, size_t len)
-{
-    const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    double v = (double)bytes;
-    int i = 0;
-    while (v >= 1024 && i < 4) {
-        v /= 1024;
-        i++;
-    }
-    snprintf(buf, len, i ? "%.1f %s" : "%.0f %s", v, u[i]);
-}
-
 static void show_progress(struct mirror_cli *m, const struct mirror_stats *st)
 {
     char sent[32], dirty[32], rate[32];
-    human(st->bytes_sent + st->active_bytes, sent, sizeof sent);
-    human(st->dirty_bytes, dirty, sizeof dirty);
-    human(st->throughput, rate, sizeof rate);
+    cli_human(st->bytes_sent + st->active_bytes, sent, sizeof sent);
+    cli_human(st->dirty_bytes, dirty, sizeof dirty);
+    cli_human(st->throughput, rate, sizeof rate);
     double pct = st->bulk_total ? 100.0 * (double)st->bulk_done / (double)st->bulk_total : 100;
     char eta[32] = "-";
     if (st->state == MIRROR_BULK && st->throughput)
@@ -177,7 +165,6 @@ static void on_event(void *opaque, const char *event, const struct mirror_stats 
     }
 }
 
-static int parse_rate(const char *s, uint64_t *out);
 
 static const char *const control_commands[] = {"query", "complete", "cancel", "set-speed",
                                                NULL};
@@ -211,7 +198,7 @@ static struct json_object *on_control(void *opaque, const char *cmd, struct json
     if (json_object_is_type(v, json_type_int) && json_object_get_int64(v) >= 0) {
         speed = (uint64_t)json_object_get_int64(v);
     } else if (!json_object_is_type(v, json_type_string) ||
-               parse_rate(json_object_get_string(v), &speed) < 0) {
+               cli_parse_rate(json_object_get_string(v), &speed) < 0) {
         *cls = "InvalidArgument";
         snprintf(desc, desclen, "speed: expected bytes per second, or a size such as \"100M\"");
         return NULL;
@@ -231,16 +218,6 @@ static void *serve_main(void *arg)
     struct server_thread *st = arg;
     nbd_server_run(st->s);
     return NULL;
-}
-
-static int parse_rate(const char *s, uint64_t *out)
-{
-    char buf[64];
-    snprintf(buf, sizeof buf, "%s", s);
-    size_t n = strlen(buf);
-    if (n > 2 && strcmp(buf + n - 2, "/s") == 0)
-        buf[n - 2] = '\0';
-    return bm_parse_size(buf, out);
 }
 
 static int parse_size_opt(const char *name, const char *v, uint64_t min, uint64_t max,
@@ -328,7 +305,7 @@ int cmd_mirror(int argc, char **argv)
             mo.connections = (unsigned)v;
             break;
         case O_SPEED:
-            if (parse_rate(optarg, &mo.speed) < 0) {
+            if (cli_parse_rate(optarg, &mo.speed) < 0) {
                 bm_error("--speed %s: expected bytes per second, such as 100M", optarg);
                 return 2;
             }
@@ -503,10 +480,10 @@ int cmd_mirror(int argc, char **argv)
         json_object_put(o);
     } else {
         char a[32], b[32], c2[32], d[32];
-        human(st.bytes_sent, a, sizeof a);
-        human(st.zero_bytes, b, sizeof b);
-        human(st.active_bytes, c2, sizeof c2);
-        human(mean, d, sizeof d);
+        cli_human(st.bytes_sent, a, sizeof a);
+        cli_human(st.zero_bytes, b, sizeof b);
+        cli_human(st.active_bytes, c2, sizeof c2);
+        cli_human(mean, d, sizeof d);
         fprintf(stderr,
                 "mirror %s: %s -> %s\n"
                 "  copied %s, zeroed %s, forwarded by writers %s, %llu dirty rounds\n"

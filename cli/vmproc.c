@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli/cli.h"
 #include "cli/vmproc.h"
 #include "common/control.h"
 #include "common/log.h"
@@ -35,28 +36,6 @@ struct vmproc *vmproc_current;
 static const char *const commands[] = {"query-status", "migrate",    "query-migrate",
                                        "migrate-cancel", "stop",      "cont",
                                        "guest-check",    "quit",      NULL};
-
-int cli_parse_rate(const char *s, uint64_t *out)
-{
-    char buf[64];
-    snprintf(buf, sizeof buf, "%s", s);
-    size_t n = strlen(buf);
-    if (n > 2 && strcmp(buf + n - 2, "/s") == 0)
-        buf[n - 2] = '\0';
-    return bm_parse_size(buf, out);
-}
-
-void cli_human(uint64_t bytes, char *buf, size_t len)
-{
-    const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    double v = (double)bytes;
-    int i = 0;
-    while (v >= 1024 && i < 4) {
-        v /= 1024;
-        i++;
-    }
-    snprintf(buf, len, i ? "%.1f %s" : "%.0f %s", v, u[i]);
-}
 
 static void emit(struct vmproc *p, const char *event, struct json_object *data)
 {

@@ -24,8 +24,5 @@ int vmproc_serve(struct vm *vm, struct bm_disk **disks, unsigned ndisks, const c
 struct vm *vmproc_factory(void *opaque, struct json_object *desc, const struct vm_disk *disks,
                           unsigned ndisks, char *err, size_t errlen);
 
-/* Shared option helpers. */
-int cli_parse_rate(const char *s, uint64_t *out);
-void cli_human(uint64_t bytes, char *buf, size_t len);
 
 #endif
