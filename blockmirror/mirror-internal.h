@@ -41,6 +41,12 @@ struct zero_range {
     uint64_t offset, len;
 };
 
+/* A target flush being waited for (see flush_target in mirror.c). */
+struct flush_wait {
+    bool done;
+    int err;
+};
+
 struct mirror_job {
     struct bm_disk *src;
     struct mirror_opts o;
@@ -103,6 +109,7 @@ struct mirror_job {
     uint64_t last_flush_ns; /* when the last periodic or idle flush was issued */
     bool flush_in_flight;
     uint64_t flushing;   /* bytes the flush in flight makes durable */
+    struct flush_wait fw; /* the completion flush's answer */
     bool held;     /* completion hold taken on the source */
     bool released;
     int err;

@@ -663,10 +663,6 @@ static void tick(struct mirror_job *j, struct tick_state *ts, bool bulk_over)
     }
 }
 
-struct flush_wait {
-    bool done;
-    int err;
-};
 
 static void flush_cb(void *opaque, int err)
 {
@@ -675,33 +671,26 @@ static void flush_cb(void *opaque, int err)
     w->err = err;
 }
 
-/* Flush the target and wait for the answer (nothing else may be in flight). */
+/* Flush the target and wait for the answer (nothing else may be in flight). The record the
+ * callback fills is the job's own: a cancelled job may stop waiting before the answer comes,
+ * and the callback (run only inside bm_target_poll on this thread, or never once the target
+ * is closed) must still find it alive. */
 static int flush_target(struct mirror_job *j)
 {
-    /* On the heap: a cancelled job may stop waiting before the answer comes, and the callback
-     * must not then write into a dead stack frame (the record is left to leak instead). */
-    struct flush_wait *w = calloc(1, sizeof *w);
-    if (!w)
-        return -ENOMEM;
+    struct flush_wait *w = &j->fw;
+    *w = (struct flush_wait){0};
     int r = bm_target_flush(j->t, flush_cb, w);
-    if (r < 0) {
-        free(w);
+    if (r < 0)
         return r;
-    }
     uint64_t t0 = mirror_now_ns();
     while (!w->done) {
         if (atomic_load(&j->want_cancel) && mirror_now_ns() - t0 > CANCEL_WAIT_NS)
             return -ETIMEDOUT;
         r = bm_target_poll(j->t, NULL, 0, 100);
-        if (r < 0 && !w->done) {
-            if (bm_target_in_flight(j->t) == 0)
-                free(w); /* the flush was answered (with an error) or dropped */
+        if (r < 0 && !w->done)
             return r;
-        }
     }
-    r = -w->err;
-    free(w);
-    return r;
+    return -w->err;
 }
 
 /* Wait for every command in flight (copies and forwarded writes) to be answered. A cancelled
