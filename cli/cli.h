@@ -7,6 +7,8 @@
 
 /* "100M" or "100M/s": bytes per second. 0 or -EINVAL. */
 int cli_parse_rate(const char *s, uint64_t *out);
+/* --log-level LEVEL: set it, or say why not (0 or -1). */
+int cli_set_log_level(const char *arg);
 /* 1536 -> "1.5 KiB". */
 void cli_human(uint64_t bytes, char *buf, size_t len);
 

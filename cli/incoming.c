@@ -135,15 +135,10 @@ int cmd_incoming(int argc, char **argv)
             }
             o.accept_timeout_s = (unsigned)v;
             break;
-        case O_LOG: {
-            enum bm_log_level l;
-            if (bm_log_parse_level(optarg, &l) < 0) {
-                bm_error("--log-level %s: error, warn, info or debug", optarg);
+        case O_LOG:
+            if (cli_set_log_level(optarg) < 0)
                 return 2;
-            }
-            bm_log_set_level(l);
             break;
-        }
         default:
             usage(stderr);
             return 2;

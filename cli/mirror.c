@@ -361,15 +361,10 @@ int cmd_mirror(int argc, char **argv)
                 return 2;
             }
             break;
-        case 'l': {
-            enum bm_log_level lvl;
-            if (bm_log_parse_level(optarg, &lvl) < 0) {
-                bm_error("--log-level %s: expected error, warn, info or debug", optarg);
+        case 'l':
+            if (cli_set_log_level(optarg) < 0)
                 return 2;
-            }
-            bm_log_set_level(lvl);
             break;
-        }
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }

@@ -200,15 +200,10 @@ int cmd_nbd_serve(int argc, char **argv)
             break;
         case 'f': foreground = true; break;
         case 'P': pid_file = optarg; break;
-        case 'l': {
-            enum bm_log_level lvl;
-            if (bm_log_parse_level(optarg, &lvl) < 0) {
-                bm_error("--log-level %s: expected error, warn, info or debug", optarg);
+        case 'l':
+            if (cli_set_log_level(optarg) < 0)
                 goto usage_error;
-            }
-            bm_log_set_level(lvl);
             break;
-        }
         case 'i':
             if (nbd_inject_parse(&inject, optarg, err, sizeof err) < 0) {
                 bm_error("--inject %s", err);

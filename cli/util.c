@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "common/log.h"
 #include "common/parse.h"
 
 int cli_parse_rate(const char *s, uint64_t *out)
@@ -27,4 +28,15 @@ void cli_human(uint64_t bytes, char *buf, size_t len)
         i++;
     }
     snprintf(buf, len, i ? "%.1f %s" : "%.0f %s", v, u[i]);
+}
+
+int cli_set_log_level(const char *arg)
+{
+    enum bm_log_level l;
+    if (bm_log_parse_level(arg, &l) < 0) {
+        bm_error("--log-level %s: expected error, warn, info or debug", arg);
+        return -1;
+    }
+    bm_log_set_level(l);
+    return 0;
 }
