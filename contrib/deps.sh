@@ -4,7 +4,8 @@
 
 BM_BUILD_PKGS="gcc make autoconf automake libtool pkg-config libnbd-dev libaio-dev zlib1g-dev
 libcmocka-dev libjson-c-dev libxxhash-dev"
-BM_TEST_PKGS="libnbd-bin python3-libnbd nbdkit qemu-utils fio iproute2 python3 procps"
+BM_TEST_PKGS="libnbd-bin python3-libnbd nbdkit qemu-utils qemu-system-x86 fio iproute2 python3
+procps"
 
 bm_install_deps() {
     local want="$BM_BUILD_PKGS"

@@ -1,4 +1,4 @@
-/* data.c: the synthetic guest's self-checking page and block formats. */
+/* data.c: the synthetic guest's page and block writes and checks (format: vm/blockfmt.h). */
 #include <config.h>
 
 #include <errno.h>
@@ -10,14 +10,8 @@
 
 #include "common/log.h"
 #include "common/zero.h"
+#include "vm/blockfmt.h"
 #include "vm/synth/synth-internal.h"
-
-#define PAGE_MAGIC 0x4547415047534d42ull  /* "BMSGPAGE" little-endian */
-#define BLOCK_MAGIC 0x4b4c424b53534d42ull /* "BMSSKBLK" */
-
-struct hdr {
-    uint64_t index, gen, checksum, magic;
-};
 
 uint64_t synth_now_ns(void)
 {
@@ -28,51 +22,7 @@ uint64_t synth_now_ns(void)
 
 uint64_t synth_rand(uint64_t *state)
 {
-    uint64_t x = *state;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *state = x;
-    return x * 0x2545F4914F6CDD1Dull;
-}
-
-/* Fill a body deterministically from (salt, index, gen): splitmix64. */
-static void fill_body(uint8_t *p, uint64_t salt, uint64_t index, uint64_t gen)
-{
-    uint64_t x = salt ^ (index * 0x9E3779B97F4A7C15ull) ^ (gen << 32) ^ gen;
-    uint64_t *w = (uint64_t *)(void *)p;
-    for (size_t i = 0; i < (SYNTH_BLOCK - SYNTH_HDR) / 8; i++) {
-        x += 0x9E3779B97F4A7C15ull;
-        uint64_t z = x;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        w[i] = z ^ (z >> 31);
-    }
-}
-
-static void format(uint8_t *p, uint64_t magic, uint64_t index, uint64_t gen)
-{
-    fill_body(p + SYNTH_HDR, magic, index, gen);
-    struct hdr h = {index, gen, XXH3_64bits(p + SYNTH_HDR, SYNTH_BLOCK - SYNTH_HDR), magic};
-    memcpy(p, &h, sizeof h);
-}
-
-/* 0 = good; otherwise a short reason. */
-static const char *verify(const uint8_t *p, uint64_t magic, uint64_t index, uint64_t gen)
-{
-    if (gen == 0)
-        return bm_is_zero(p, SYNTH_BLOCK) ? NULL : "never written but not zero";
-    struct hdr h;
-    memcpy(&h, p, sizeof h);
-    if (h.magic != magic)
-        return "bad magic";
-    if (h.index != index)
-        return "wrong index";
-    if (h.gen != gen)
-        return h.gen < gen ? "stale generation" : "generation from the future";
-    if (h.checksum != XXH3_64bits(p + SYNTH_HDR, SYNTH_BLOCK - SYNTH_HDR))
-        return "checksum mismatch";
-    return NULL;
+    return bm_wl_rand(state);
 }
 
 void synth_record_error(struct synth *s, const char *fmt, ...)
@@ -104,7 +54,7 @@ void synth_write_page(struct synth *s, uint64_t idx)
 {
     uint8_t *p = s->ram + idx * SYNTH_BLOCK;
     uint32_t gen = s->page_gen[idx] + 1;
-    format(p, PAGE_MAGIC, idx, gen);
+    bm_fmt_format(p, BM_FMT_PAGE_MAGIC, idx, gen);
     s->page_gen[idx] = gen;
     /* Marked after the writes (the ordering invariant). */
     bm_bitmap_set_bits(s->dirty, idx, 1);
@@ -115,7 +65,8 @@ void synth_write_page(struct synth *s, uint64_t idx)
 int synth_check_page(struct synth *s, uint64_t idx)
 {
     atomic_fetch_add(&s->ram_checks, 1);
-    const char *why = verify(s->ram + idx * SYNTH_BLOCK, PAGE_MAGIC, idx, s->page_gen[idx]);
+    const char *why =
+        bm_fmt_verify(s->ram + idx * SYNTH_BLOCK, BM_FMT_PAGE_MAGIC, idx, s->page_gen[idx]);
     if (!why)
         return 0;
     synth_record_error(s, "RAM page %llu (generation %u): %s", (unsigned long long)idx,
@@ -127,9 +78,10 @@ int synth_write_blocks(struct synth *s, unsigned k, uint64_t first, uint32_t n, 
 {
     struct synth_disk_meta *m = &s->dm[k];
     for (uint32_t i = 0; i < n; i++)
-        format(buf + (size_t)i * SYNTH_BLOCK, BLOCK_MAGIC, first + i, m->gen[first + i] + 1);
-    int r = bm_disk_pwrite(s->vm.disks[k].disk, buf, (size_t)n * SYNTH_BLOCK,
-                           first * SYNTH_BLOCK, 0);
+        bm_fmt_format(buf + (size_t)i * SYNTH_BLOCK, BM_FMT_BLOCK_MAGIC, first + i,
+                      m->gen[first + i] + 1);
+    int r =
+        bm_disk_pwrite(s->vm.disks[k].disk, buf, (size_t)n * SYNTH_BLOCK, first * SYNTH_BLOCK, 0);
     if (r < 0) {
         synth_record_error(s, "disk %s: write at block %llu: %s", s->vm.disks[k].name,
                            (unsigned long long)first, strerror(-r));
@@ -155,7 +107,7 @@ int synth_check_block(struct synth *s, unsigned k, uint64_t block, uint8_t *buf)
                            (unsigned long long)block, strerror(-r));
         return -1;
     }
-    const char *why = verify(buf, BLOCK_MAGIC, block, gen);
+    const char *why = bm_fmt_verify(buf, BM_FMT_BLOCK_MAGIC, block, gen);
     if (!why)
         return 0;
     synth_record_error(s, "disk %s block %llu (generation %u): %s", s->vm.disks[k].name,

@@ -10,10 +10,11 @@
 #include <time.h>
 
 #include "common/log.h"
+#include "vm/blockfmt.h"
 #include "vm/synth/synth-internal.h"
 
 #define SUPER_MAGIC 0x314e5953474d4b42ull /* "BKMGSYN1" */
-#define TICK_NS 1000000u                 /* heartbeat period: 1 ms */
+#define TICK_NS     1000000u              /* heartbeat period: 1 ms */
 
 static struct synth *S(struct vm *vm)
 {
@@ -73,25 +74,15 @@ static void heartbeat(struct synth *s)
     atomic_fetch_add(&s->hb_count, 1);
 }
 
-static uint64_t pick(struct synth *s, enum synth_pattern p, uint64_t n, uint64_t hot,
-                     uint64_t *seq, uint64_t *rng)
+_Static_assert(SYNTH_UNIFORM == BM_WL_UNIFORM && SYNTH_HOTSPOT == BM_WL_HOTSPOT &&
+                   SYNTH_SEQUENTIAL == BM_WL_SEQUENTIAL,
+               "one pattern numbering");
+
+static uint64_t pick(struct synth *s, enum synth_pattern p, uint64_t n, uint64_t hot, uint64_t *seq,
+                     uint64_t *rng)
 {
-    if (hot == 0 || hot > n)
-        hot = n;
-    switch (p) {
-    case SYNTH_SEQUENTIAL:
-        if (*seq >= hot)
-            *seq = 0;
-        return (*seq)++;
-    case SYNTH_HOTSPOT:
-        if (synth_rand(rng) % 10 != 0)
-            return synth_rand(rng) % hot;
-        return synth_rand(rng) % n;
-    case SYNTH_UNIFORM:
-        break;
-    }
     (void)s;
-    return synth_rand(rng) % hot;
+    return bm_wl_pick((int)p, n, hot, seq, rng);
 }
 
 /* The "vCPU": heartbeats every millisecond, dirties RAM at the workload's rate, and re-checks
@@ -291,10 +282,9 @@ static int synth_load(struct vm *vm, const void *buf, size_t len)
     if (tok)
         json_tokener_free(tok);
     uint64_t v[10];
-    static const char *const keys[] = {"last_hb_ns",  "max_gap_ns",  "hb_count",
-                                       "ram_writes",  "disk_writes", "ram_checks",
-                                       "disk_checks", "errors",      "mem_seq",
-                                       "synth_state"};
+    static const char *const keys[] = {"last_hb_ns",  "max_gap_ns", "hb_count",    "ram_writes",
+                                       "disk_writes", "ram_checks", "disk_checks", "errors",
+                                       "mem_seq",     "synth_state"};
     int r = o && len < 65536 ? 0 : -EINVAL;
     for (unsigned i = 0; r == 0 && i < 10; i++)
         r = get_u64(o, keys[i], &v[i]);
@@ -489,8 +479,8 @@ int synth_create(uint64_t ram_size, const struct vm_disk *disks, unsigned ndisks
     for (unsigned k = 0; k < ndisks; k++)
         s->vm.disks[k] = disks[k];
     s->vm.ndisks = ndisks;
-    s->ram = mmap(NULL, ram_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS |
-                  MAP_NORESERVE, -1, 0);
+    s->ram = mmap(NULL, ram_size, PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (s->ram == MAP_FAILED) {
         s->ram = NULL;
         snprintf(err, errlen, "cannot map %llu bytes of guest RAM: %s",
