@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "common/parse.h"
 #include "migration/migration.h"
+#include "vm/kvm/kvm.h"
 
 struct vmproc {
     struct vm *vm;
@@ -360,10 +361,30 @@ struct vm *vmproc_factory(void *opaque, struct json_object *desc, const struct v
 {
     (void)opaque;
     struct json_object *k, *ram, *w;
+    if (json_object_object_get_ex(desc, "kind", &k) &&
+        strcmp(json_object_get_string(k), "kvm") == 0) {
+        struct json_object *sm;
+        struct kvm_config kc = {0};
+        if (!json_object_object_get_ex(desc, "ram", &ram) ||
+            !json_object_is_type(ram, json_type_int)) {
+            snprintf(err, errlen, "bad VM description");
+            return NULL;
+        }
+        kc.ram = (uint64_t)json_object_get_int64(ram);
+        if (json_object_object_get_ex(desc, "status_ms", &sm))
+            kc.status_ms = (unsigned)json_object_get_int(sm);
+        kc.console = getenv("BLKMIG_CONSOLE");
+        if (kvm_probe(err, errlen) < 0)
+            return NULL;
+        struct vm *vm;
+        if (kvm_create(&kc, disks, ndisks, false, vmproc_guest_event, NULL, &vm, err, errlen) < 0)
+            return NULL;
+        return vm;
+    }
     if (!json_object_object_get_ex(desc, "kind", &k) ||
         strcmp(json_object_get_string(k), "synth") != 0) {
-        snprintf(err, errlen, "this destination runs synthetic guests only (the source sent "
-                              "another kind)");
+        snprintf(err, errlen, "this destination runs synthetic or KVM guests only (the source "
+                              "sent another kind)");
         return NULL;
     }
     struct synth_workload wl;

@@ -15,6 +15,19 @@ uint8_t *vm_gpa_to_host(struct vm *vm, uint64_t gpa)
     return NULL;
 }
 
+struct json_object *vm_describe_disks(const struct vm *vm)
+{
+    struct json_object *d = json_object_new_array();
+    for (unsigned k = 0; k < vm->ndisks; k++) {
+        struct json_object *e = json_object_new_object();
+        json_object_object_add(e, "name", json_object_new_string(vm->disks[k].name));
+        json_object_object_add(e, "size",
+                               json_object_new_int64((int64_t)bm_disk_size(vm->disks[k].disk)));
+        json_object_array_add(d, e);
+    }
+    return d;
+}
+
 int vm_pause(struct vm *vm)
 {
     return vm->ops->pause(vm);

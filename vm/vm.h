@@ -94,6 +94,9 @@ static inline uint64_t vm_ram_size(const struct vm *vm)
 /* Host pointer of the page at gpa, or NULL if no region holds it. */
 uint8_t *vm_gpa_to_host(struct vm *vm, uint64_t gpa);
 
+/* The "disks" of a description: [{"name": .., "size": ..}, ...] (a new array). */
+struct json_object *vm_describe_disks(const struct vm *vm);
+
 int vm_pause(struct vm *vm);
 int vm_resume(struct vm *vm);
 void vm_destroy(struct vm *vm);

@@ -320,15 +320,7 @@ static struct json_object *synth_describe(struct vm *vm)
     json_object_object_add(o, "kind", json_object_new_string("synth"));
     json_object_object_add(o, "ram", json_object_new_int64((int64_t)s->ram_size));
     json_object_object_add(o, "workload", synth_workload_to_json(&s->w));
-    struct json_object *d = json_object_new_array();
-    for (unsigned k = 0; k < vm->ndisks; k++) {
-        struct json_object *e = json_object_new_object();
-        json_object_object_add(e, "name", json_object_new_string(vm->disks[k].name));
-        json_object_object_add(e, "size",
-                               json_object_new_int64((int64_t)bm_disk_size(vm->disks[k].disk)));
-        json_object_array_add(d, e);
-    }
-    json_object_object_add(o, "disks", d);
+    json_object_object_add(o, "disks", vm_describe_disks(vm));
     return o;
 }
 

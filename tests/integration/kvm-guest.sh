@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Integration: the KVM micro-VM (`blkmig run --kvm`) with the test guest (vm/guest). Needs a
+# usable /dev/kvm (skips with 77 otherwise). Boot: the guest's status lines reach the console
+# file with host timestamps, its heartbeat and RAM/disk writes advance, 0 data errors; stop and
+# cont pause and resume it. Then live migration --with-disk --verify between two hosts
+# (namespaces when root), idle and moderate: completed and verified, the guest runs on the
+# destination with clean self-checks, the source exits. A destination killed during the bulk
+# copy leaves the KVM guest running on the source, clean.
+. "$(dirname "$0")/../lib.sh"
+. "$(dirname "$0")/migrate-lib.sh"
+
+[ -c /dev/kvm ] || skip "no /dev/kvm on this machine (the KVM micro-VM cannot run)"
+{ exec 9<>/dev/kvm; } 2>/dev/null || skip "/dev/kvm is not usable by $(id -un)"
+exec 9>&-
+ELF=$top_builddir/vm/guest/blkmig-guest.elf
+[ -f "$ELF" ] || skip "no test guest at $ELF (x86-64 builds only)"
+export BLKMIG_GUEST=$ELF
+
+LIMIT_MS=300
+if [ "$MIG_SANITIZED" = 1 ]; then MARGIN_MS=${MARGIN_MS:-700}; else MARGIN_MS=${MARGIN_MS:-200}; fi
+MIG_RAM=256M
+MIG_DISK=256M
+MIG_FILL=ram-fill=64M,disk-fill=64M
+MODERATE=mem=32M/s,hot=64M,disk=4M/s
+IDLE=mem=0,disk=0
+
+mig_hosts_up
+t_start=$SECONDS
+
+# ---- boot, status lines, stop/cont ----
+mig_case boot
+log "boot: blkmig run --kvm with $MODERATE"
+mig_start_source "$MODERATE" --kvm --console "$CASE_DIR/console.log"
+deadline=$((SECONDS + 30))
+until grep -q 'BMG status' "$CASE_DIR/console.log" 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || fail "no status line from the guest in 30 s: $(mig_tail "$CASE_DIR/console.log" 5) $(mig_tail "$SRC_LOG" 5)"
+    sleep 0.2
+done
+grep -Eq '^\[ *[0-9]+\.[0-9]{6}\] BMG boot .*disks=1 .*\(cmdline\)' "$CASE_DIR/console.log" ||
+    soft_fail "boot: no timestamped boot line with one disk and the TSC rate from the command line: $(mig_tail "$CASE_DIR/console.log" 5)"
+assert_guest_healthy "boot" "$SRC_SOCK" writes || true
+timeout 30 "$BLKMIG" control "$SRC_SOCK" stop >/dev/null || soft_fail "stop failed"
+vm_status "$SRC_SOCK" || true
+hb0=$VM_HB
+sleep 0.5
+vm_status "$SRC_SOCK" || true
+[ "$VM_RUNNING" = false ] || soft_fail "after stop: running '$VM_RUNNING'"
+[ "$VM_HB" = "$hb0" ] || soft_fail "after stop: the heartbeat still advances ($hb0 -> $VM_HB)"
+timeout 30 "$BLKMIG" control "$SRC_SOCK" cont >/dev/null || soft_fail "cont failed"
+sleep 0.5
+assert_guest_healthy "after cont" "$SRC_SOCK" writes || true
+mig_quit_vm "boot" "$SRC_SOCK" "$SRC_PID"
+mig_check_logs
+
+# ---- live migration, idle and moderate ----
+for scen in idle moderate; do
+    wl=$IDLE
+    [ $scen = moderate ] && wl=$MODERATE
+    mig_case "$scen"
+    log "$scen ($wl): migrate --with-disk --verify"
+    mig_start_source "$wl" --kvm --console "$CASE_DIR/src-console.log"
+    MIG_DEST_ENV="BLKMIG_CONSOLE=$CASE_DIR/dst-console.log" mig_start_dest
+    sleep 1
+    mig_migrate 180 --with-disk --verify
+    log "  $scen: exit $MIG_RC after $MIG_MS ms: $(mig_summary)"
+    [ "$MIG_RC" -eq 0 ] || fail "$scen: blkmig migrate exited $MIG_RC: $(mig_tail "$MIG_ERR") $(mig_report error)"
+    [ "$(mig_report status)" = completed ] || soft_fail "$scen: status '$(mig_report status)'"
+    [ "$(mig_report verified)" = true ] || soft_fail "$scen: verified '$(mig_report verified)'"
+    dt=$(mig_report downtime_ms)
+    [ -n "$dt" ] && "$PY3" -c "import sys; sys.exit(not float('$dt') < $((LIMIT_MS + MARGIN_MS)))" ||
+        soft_fail "$scen: downtime_ms '$dt' not under $((LIMIT_MS + MARGIN_MS))"
+    mig_wait "$SRC_PID" 20
+    [ "$WAIT_RC" -eq 0 ] || soft_fail "$scen: the source exited $WAIT_RC"
+    _mig_wait_start "$DST_PID" "$DST_SOCK" "$DST_LOG" "" 20 "$scen: the destination's VM"
+    writes=
+    [ $scen = moderate ] && writes=writes
+    assert_guest_healthy "$scen (destination)" "$DST_SOCK" $writes || true
+    grep -q 'BMG status' "$CASE_DIR/dst-console.log" 2>/dev/null ||
+        soft_fail "$scen: no status line from the guest on the destination's console"
+    mig_quit_vm "$scen: destination" "$DST_SOCK" "$DST_PID"
+    mig_check_logs
+done
+
+# ---- the destination killed during the bulk copy ----
+mig_case fault
+log "fault: the destination killed during the bulk copy -> the guest keeps running on the source"
+MIG_DISK=1G MIG_FILL=ram-fill=64M,disk-fill=768M mig_start_source "$MODERATE" --kvm \
+    --console "$CASE_DIR/src-console.log"
+mig_start_dest
+mig_migrate_bg --with-disk --verify --max-bandwidth 50M
+wait_phase "$SRC_SOCK" disk-bulk 30 || soft_fail "fault: never saw the disk-bulk phase ($LAST_PHASE)"
+sleep 1
+mig_kill "$DST_PID"
+mig_migrate_wait 120
+[ "$MIG_RC" -ne 0 ] || soft_fail "fault: migrate exited 0 with the destination killed"
+assert_guest_healthy "fault (source)" "$SRC_SOCK" writes || true
+mig_quit_vm "fault: source" "$SRC_SOCK" "$SRC_PID"
+mig_check_logs
+
+log "done in $((SECONDS - t_start)) s ($MIG_MODE)"
+finish_test

@@ -1,0 +1,389 @@
+/* test-kvm.c: unit tests for the KVM micro-VM's parts that run without /dev/kvm: the PVH
+ * loader (on the real test guest ELF and on bad files), the virtio-mmio block device driven
+ * register by register as a guest driver would (handshake, writes, reads, flush, GET_ID, bad
+ * descriptors, refused features), the dirty marks of the VMM's own writes into guest RAM, and
+ * the console (MMIO lines, the serial port, status lines feeding the counters). */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/bitmap.h"
+#include "vm/kvm/kvm-internal.h"
+
+#define RAM (32u << 20)
+#define DISK (4u << 20)
+
+struct fx {
+    struct kvm_vmm k;
+    char dir[64], disk_path[96], console_path[96];
+    struct kvm_run run;
+};
+
+static int setup(void **state)
+{
+    struct fx *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/test-kvm.XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->disk_path, sizeof f->disk_path, "%s/vda.img", f->dir);
+    snprintf(f->console_path, sizeof f->console_path, "%s/console.log", f->dir);
+    int fd = open(f->disk_path, O_RDWR | O_CREAT, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, DISK), 0);
+    close(fd);
+    struct kvm_vmm *k = &f->k;
+    k->ram_size = RAM;
+    k->ram = calloc(1, RAM);
+    k->vmm_dirty = bm_bitmap_new(RAM, VM_PAGE_SIZE);
+    assert_non_null(k->ram);
+    assert_non_null(k->vmm_dirty);
+    pthread_mutex_init(&k->mu, NULL);
+    pthread_cond_init(&k->cv, NULL);
+    k->console = fopen(f->console_path, "w+");
+    assert_non_null(k->console);
+    k->exit_status = -1;
+    k->vcpus[0].fd = -1;
+    struct bm_disk *d;
+    assert_int_equal(bm_disk_open(f->disk_path, 0, &d), 0);
+    k->vm.ndisks = 1;
+    snprintf(k->vm.disks[0].name, sizeof k->vm.disks[0].name, "vda");
+    k->vm.disks[0].disk = d;
+    k->blk[0].disk = d;
+    k->blk[0].size = DISK;
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fx *f = *state;
+    bm_disk_close(f->k.blk[0].disk);
+    fclose(f->k.console);
+    free(f->k.ram);
+    bm_bitmap_free(f->k.vmm_dirty);
+    free(f->k.guest_path);
+    unlink(f->disk_path);
+    unlink(f->console_path);
+    rmdir(f->dir);
+    free(f);
+    return 0;
+}
+
+/* ---- MMIO helpers: what a guest's access turns into ---- */
+
+static void mmio_w(struct fx *f, uint64_t a, uint64_t v, uint32_t len)
+{
+    memset(&f->run, 0, sizeof f->run);
+    f->run.exit_reason = KVM_EXIT_MMIO;
+    f->run.mmio.phys_addr = a;
+    f->run.mmio.len = len;
+    f->run.mmio.is_write = 1;
+    memcpy(f->run.mmio.data, &v, len);
+    kvm_handle_mmio(&f->k, &f->run);
+}
+
+static uint32_t mmio_r(struct fx *f, uint64_t a)
+{
+    memset(&f->run, 0, sizeof f->run);
+    f->run.exit_reason = KVM_EXIT_MMIO;
+    f->run.mmio.phys_addr = a;
+    f->run.mmio.len = 4;
+    kvm_handle_mmio(&f->k, &f->run);
+    uint32_t v;
+    memcpy(&v, f->run.mmio.data, 4);
+    return v;
+}
+
+#define VB KVM_VIRTIO_GPA
+#define DESC 0x10000u
+#define AVAIL 0x11000u
+#define USED 0x12000u
+#define HDR 0x13000u
+#define STATUS 0x13100u
+#define DATA 0x20000u
+#define QN 8u
+
+struct vdesc {
+    uint64_t addr;
+    uint32_t len;
+    uint16_t flags, next;
+};
+
+/* The driver's side of the handshake; returns the final status register. */
+static uint32_t handshake(struct fx *f, uint32_t feat_hi)
+{
+    assert_int_equal(mmio_r(f, VB + 0x000), 0x74726976);
+    assert_int_equal(mmio_r(f, VB + 0x004), 2);
+    assert_int_equal(mmio_r(f, VB + 0x008), 2);
+    mmio_w(f, VB + 0x070, 0, 4);
+    mmio_w(f, VB + 0x070, 1, 4);
+    mmio_w(f, VB + 0x070, 3, 4);
+    mmio_w(f, VB + 0x014, 1, 4);
+    assert_true(mmio_r(f, VB + 0x010) & 1); /* VERSION_1 offered */
+    mmio_w(f, VB + 0x024, 0, 4);
+    mmio_w(f, VB + 0x020, 0, 4);
+    mmio_w(f, VB + 0x024, 1, 4);
+    mmio_w(f, VB + 0x020, feat_hi, 4);
+    mmio_w(f, VB + 0x070, 11, 4);
+    if (!(mmio_r(f, VB + 0x070) & 8))
+        return mmio_r(f, VB + 0x070);
+    mmio_w(f, VB + 0x030, 0, 4);
+    assert_true(mmio_r(f, VB + 0x034) >= QN);
+    mmio_w(f, VB + 0x038, QN, 4);
+    mmio_w(f, VB + 0x080, DESC, 4);
+    mmio_w(f, VB + 0x084, 0, 4);
+    mmio_w(f, VB + 0x090, AVAIL, 4);
+    mmio_w(f, VB + 0x094, 0, 4);
+    mmio_w(f, VB + 0x0a0, USED, 4);
+    mmio_w(f, VB + 0x0a4, 0, 4);
+    mmio_w(f, VB + 0x044, 1, 4);
+    mmio_w(f, VB + 0x070, 15, 4);
+    return mmio_r(f, VB + 0x070);
+}
+
+static uint16_t avail_idx;
+
+/* One request: type, sector, data at DATA (len bytes, 0 = none); returns the status byte. */
+static uint8_t request(struct fx *f, uint32_t type, uint64_t sector, uint64_t data, uint32_t len)
+{
+    uint8_t *ram = f->k.ram;
+    struct vdesc *d = (struct vdesc *)(void *)(ram + DESC);
+    struct {
+        uint32_t type, reserved;
+        uint64_t sector;
+    } h = {type, 0, sector};
+    memcpy(ram + HDR, &h, sizeof h);
+    ram[STATUS] = 0xee;
+    unsigned n = 0;
+    d[n++] = (struct vdesc){HDR, sizeof h, 1, 1};
+    if (len)
+        d[n++] = (struct vdesc){data, len, (uint16_t)(1 | (type == 0 || type == 8 ? 2 : 0)), 2};
+    d[n - 1].next = (uint16_t)n;
+    d[n++] = (struct vdesc){STATUS, 1, 2, 0};
+    uint16_t *avail = (uint16_t *)(void *)(ram + AVAIL);
+    avail[2 + avail_idx % QN] = 0;
+    avail_idx++;
+    avail[1] = avail_idx;
+    bm_bitmap_clear_range(f->k.vmm_dirty, 0, RAM);
+    mmio_w(f, VB + 0x050, 0, 4);
+    uint16_t used_idx;
+    memcpy(&used_idx, ram + USED + 2, 2);
+    assert_int_equal(used_idx, avail_idx);
+    assert_true(bm_bitmap_test(f->k.vmm_dirty, STATUS / VM_PAGE_SIZE));
+    assert_true(bm_bitmap_test(f->k.vmm_dirty, USED / VM_PAGE_SIZE));
+    return ram[STATUS];
+}
+
+static void test_virtio_blk(void **state)
+{
+    struct fx *f = *state;
+    avail_idx = 0;
+    assert_int_equal(handshake(f, 1), 15);
+    assert_int_equal(mmio_r(f, VB + 0x100), DISK / 512);
+    assert_int_equal(mmio_r(f, VB + 0x104), 0);
+
+    /* Write 64 KiB at sector 8, then read it back into another buffer. */
+    uint8_t *ram = f->k.ram;
+    for (unsigned i = 0; i < 65536; i++)
+        ram[DATA + i] = (uint8_t)(i * 7 + 3);
+    assert_int_equal(request(f, 1, 8, DATA, 65536), 0);
+    uint8_t back[65536];
+    assert_int_equal(bm_disk_pread(f->k.blk[0].disk, back, sizeof back, 4096), 0);
+    assert_memory_equal(back, ram + DATA, sizeof back);
+    /* A guest write does not dirty guest RAM (the data buffer stays clean). */
+    assert_false(bm_bitmap_test(f->k.vmm_dirty, DATA / VM_PAGE_SIZE));
+
+    assert_int_equal(request(f, 0, 8, DATA + 0x100000, 65536), 0);
+    assert_memory_equal(ram + DATA + 0x100000, ram + DATA, 65536);
+    /* A read is the VMM writing guest RAM: every page of the buffer is marked. */
+    for (unsigned p = 0; p < 16; p++)
+        assert_true(bm_bitmap_test(f->k.vmm_dirty, (DATA + 0x100000) / VM_PAGE_SIZE + p));
+
+    assert_int_equal(request(f, 4, 0, 0, 0), 0);                        /* FLUSH */
+    assert_int_equal(request(f, 8, 0, DATA + 0x200000, 20), 0);         /* GET_ID */
+    assert_string_equal((char *)ram + DATA + 0x200000, "blkmig-vd0");
+    assert_int_equal(request(f, 1, DISK / 512, DATA, 4096), 1);         /* past the end */
+    assert_int_equal(request(f, 0, 0, RAM - 2048, 4096), 1);            /* buffer outside RAM */
+    assert_int_equal(request(f, 99, 0, DATA, 512), 2);                  /* unsupported */
+
+    /* Reset clears the queue; the device answers again after a new handshake. */
+    mmio_w(f, VB + 0x070, 0, 4);
+    assert_int_equal(mmio_r(f, VB + 0x070), 0);
+    assert_int_equal(mmio_r(f, VB + 0x044), 0);
+    avail_idx = 0;
+    memset(ram + USED, 0, 4096);
+    memset(ram + AVAIL, 0, 4096);
+    assert_int_equal(handshake(f, 1), 15);
+    assert_int_equal(request(f, 0, 8, DATA + 0x300000, 4096), 0);
+    assert_memory_equal(ram + DATA + 0x300000, ram + DATA, 4096);
+}
+
+static void test_virtio_refuses_legacy_driver(void **state)
+{
+    struct fx *f = *state;
+    /* A driver that does not accept VERSION_1: FEATURES_OK does not stick. */
+    uint32_t st = handshake(f, 0);
+    assert_int_equal(st & 8, 0);
+    /* Unassigned MMIO reads as ones; a second (absent) disk slot is unassigned too. */
+    assert_int_equal(mmio_r(f, VB + 0x1000), 0xffffffffu);
+    assert_int_equal(mmio_r(f, 0xe0000000u), 0xffffffffu);
+}
+
+static char *slurp(FILE *fp)
+{
+    fflush(fp);
+    static char buf[8192];
+    size_t n = (size_t)pread(fileno(fp), buf, sizeof buf - 1, 0);
+    buf[n] = 0;
+    return buf;
+}
+
+static void test_console(void **state)
+{
+    struct fx *f = *state;
+    const char *status = "BMG status t_ms=100 hb=42 ram_writes=7 ram_checks=6 disk_writes=5 "
+                         "disk_checks=4 errors=0 max_gap_us=1234 gap_us=99\n";
+    strcpy((char *)f->k.ram + 0x9000, status);
+    mmio_w(f, KVM_CONSOLE_GPA + 0x10, 0x9000, 8);
+    char *out = slurp(f->k.console);
+    assert_non_null(strstr(out, "] BMG status t_ms=100 hb=42"));
+    assert_int_equal(out[0], '[');
+    assert_null(strstr(out, "gap_us=99\n\n")); /* the guest's newline is not doubled */
+    assert_int_equal(f->k.hb, 42);
+    assert_int_equal(f->k.ram_writes, 7);
+    assert_int_equal(f->k.max_gap_us, 1234);
+    assert_int_equal(f->k.last_gap_us, 99);
+    assert_int_equal(f->k.errors, 0);
+
+    /* The serial port: characters until a newline make one line. */
+    const char *s = "BMG error RAM page 3 generation 2: bad magic\r\n";
+    for (const char *p = s; *p; p++) {
+        memset(&f->run, 0, sizeof f->run);
+        f->run.exit_reason = KVM_EXIT_IO;
+        f->run.io.direction = KVM_EXIT_IO_OUT;
+        f->run.io.size = 1;
+        f->run.io.port = 0x3f8;
+        f->run.io.count = 1;
+        f->run.io.data_offset = offsetof(struct kvm_run, s); /* spare bytes */
+        *((uint8_t *)&f->run + f->run.io.data_offset) = (uint8_t)*p;
+        kvm_handle_io(&f->k, &f->run);
+    }
+    out = slurp(f->k.console);
+    assert_non_null(strstr(out, "] BMG error RAM page 3 generation 2: bad magic\n"));
+    assert_non_null(strstr(f->k.first_error, "bad magic"));
+
+    /* Exit through the console page and through isa-debug-exit. */
+    mmio_w(f, KVM_CONSOLE_GPA + 0x04, 3, 4);
+    assert_int_equal(f->k.exit_status, 3);
+    assert_true(f->k.halted);
+    memset(&f->run, 0, sizeof f->run);
+    f->run.io.direction = KVM_EXIT_IO_OUT;
+    f->run.io.size = 4;
+    f->run.io.port = 0xf4;
+    f->run.io.count = 1;
+    f->run.io.data_offset = offsetof(struct kvm_run, s);
+    uint32_t v = 0;
+    memcpy((uint8_t *)&f->run + f->run.io.data_offset, &v, 4);
+    kvm_handle_io(&f->k, &f->run);
+    assert_int_equal(f->k.exit_status, 0);
+    /* A line whose address is outside RAM prints what there is (nothing), no crash. */
+    mmio_w(f, KVM_CONSOLE_GPA + 0x10, RAM + 4096, 8);
+}
+
+/* ---- the PVH loader ---- */
+
+static const char *guest_elf(void)
+{
+    static char path[4096];
+    const char *b = getenv("top_builddir");
+    snprintf(path, sizeof path, "%s/vm/guest/blkmig-guest.elf", b ? b : ".");
+    return path;
+}
+
+static void test_load_guest(void **state)
+{
+    struct fx *f = *state;
+    if (access(guest_elf(), R_OK) != 0)
+        skip();
+    f->k.guest_path = strdup(guest_elf());
+    f->k.workload = "mem=1M/s,hot=1M";
+    f->k.cfg.status_ms = 250;
+    uint64_t entry = 0;
+    char err[256] = "";
+    assert_int_equal(kvm_load_guest(&f->k, &entry, err, sizeof err), 0);
+    assert_int_equal(entry, 0x100000);
+    /* The image is in RAM at 1 MiB: the first bytes are the entry code (cli; cld). */
+    assert_int_equal(f->k.ram[0x100000], 0xfa);
+    assert_int_equal(f->k.ram[0x100001], 0xfc);
+    const char *cmd = (const char *)f->k.ram + KVM_CMDLINE_GPA;
+    assert_non_null(strstr(cmd, "blkmig.console=0xd0000000"));
+    assert_non_null(strstr(cmd, "virtio_mmio.device=512@0xd0001000:5"));
+    assert_non_null(strstr(cmd, "blkmig.status_ms=250"));
+    assert_non_null(strstr(cmd, "blkmig.workload=mem=1M/s,hot=1M"));
+    uint32_t magic, version, entries;
+    uint64_t cmdline, memmap, mm[2];
+    memcpy(&magic, f->k.ram + KVM_START_INFO_GPA, 4);
+    memcpy(&version, f->k.ram + KVM_START_INFO_GPA + 4, 4);
+    memcpy(&cmdline, f->k.ram + KVM_START_INFO_GPA + 24, 8);
+    memcpy(&memmap, f->k.ram + KVM_START_INFO_GPA + 40, 8);
+    memcpy(&entries, f->k.ram + KVM_START_INFO_GPA + 48, 4);
+    memcpy(mm, f->k.ram + memmap, 16);
+    assert_int_equal(magic, 0x336ec578);
+    assert_int_equal(version, 1);
+    assert_int_equal(cmdline, KVM_CMDLINE_GPA);
+    assert_int_equal(entries, 1);
+    assert_int_equal(mm[0], 0);
+    assert_int_equal(mm[1], RAM);
+    /* Everything the loader wrote is marked for the dirty log. */
+    assert_true(bm_bitmap_test(f->k.vmm_dirty, 0x100000 / VM_PAGE_SIZE));
+    assert_true(bm_bitmap_test(f->k.vmm_dirty, KVM_CMDLINE_GPA / VM_PAGE_SIZE));
+    assert_true(bm_bitmap_test(f->k.vmm_dirty, KVM_START_INFO_GPA / VM_PAGE_SIZE));
+    f->k.workload = NULL;
+}
+
+static void test_load_bad_files(void **state)
+{
+    struct fx *f = *state;
+    char path[128], err[256];
+    uint64_t entry;
+    snprintf(path, sizeof path, "%s/bad.elf", f->dir);
+    f->k.guest_path = path;
+    /* Missing, not an ELF, an ELF with no PVH note. */
+    assert_true(kvm_load_guest(&f->k, &entry, err, sizeof err) < 0);
+    assert_non_null(strstr(err, "cannot open"));
+    FILE *fp = fopen(path, "w");
+    fputs("this is not an ELF file, just text that is long enough to be read as one.....", fp);
+    fclose(fp);
+    assert_int_equal(kvm_load_guest(&f->k, &entry, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "not a little-endian ELF"));
+    if (access("/bin/true", R_OK) == 0) {
+        f->k.guest_path = "/bin/true";
+        assert_true(kvm_load_guest(&f->k, &entry, err, sizeof err) < 0);
+        assert_non_null(strstr(err, "guest /bin/true"));
+    }
+    f->k.guest_path = NULL;
+    unlink(path);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_virtio_blk, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_virtio_refuses_legacy_driver, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_console, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_load_guest, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_load_bad_files, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

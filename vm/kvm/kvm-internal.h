@@ -1,0 +1,105 @@
+/* kvm-internal.h: the KVM micro-VM's state, shared by its files (memory and run control in
+ * kvm.c, the PVH loader and boot state in boot.c, devices in devices.c, save/load in state.c). */
+#ifndef BM_VM_KVM_INTERNAL_H
+#define BM_VM_KVM_INTERNAL_H
+
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+
+#include "vm/kvm/kvm.h"
+
+#define KVM_MAX_VCPUS 1
+/* Where the loader puts the PVH start info, memory map and command line. */
+#define KVM_START_INFO_GPA 0x6000ull
+#define KVM_MEMMAP_GPA     0x6100ull
+#define KVM_CMDLINE_GPA    0x7000ull
+#define KVM_CMDLINE_MAX    4096u
+#define KVM_GDT_GPA        0x5000ull
+
+/* virtio-mmio block device state (what save_state carries). */
+struct kvm_vblk {
+    struct bm_disk *disk;
+    uint64_t size;
+    uint32_t status, dev_feat_sel, drv_feat_sel, queue_sel, qnum, qready, isr, config_gen;
+    uint64_t drv_features, desc, avail, used;
+    uint16_t last_avail, used_idx;
+};
+
+struct kvm_vcpu {
+    int fd;
+    struct kvm_run *run;
+    size_t run_size;
+    pthread_t thread;
+    bool started;
+};
+
+struct kvm_vmm {
+    struct vm vm;
+    struct kvm_config cfg;
+    char *guest_path, *workload, *extra;
+    int kvm_fd, vm_fd;
+    uint8_t *ram;
+    uint64_t ram_size;
+    unsigned nvcpus;
+    struct kvm_vcpu vcpus[KVM_MAX_VCPUS];
+    kvm_event_fn fn;
+    void *opaque;
+
+    /* Dirty log: KVM's (when logging) OR'd with the VMM's own writes into guest RAM. */
+    struct bm_bitmap *vmm_dirty;
+    unsigned long *log_buf;
+    bool logging;
+
+    /* Run control (mu protects the flags and counts; cv signals changes). */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool want_pause, quit, halted;
+    unsigned parked; /* vCPUs parked */
+    atomic_uint throttle;
+    pthread_t ticker;
+    bool ticker_started;
+
+    /* Devices (touched by the vCPU thread, or by the controlling thread while paused). */
+    struct kvm_vblk blk[VM_MAX_DISKS];
+    FILE *console;
+    bool console_owned;
+    char serial_line[512];
+    size_t serial_len;
+    uint64_t boot_ns;
+    /* Guest status from its console lines (under mu). */
+    uint64_t hb, ram_writes, disk_writes, ram_checks, disk_checks, errors, max_gap_us, last_gap_us,
+        status_lines, last_line_ns, max_line_gap_ns;
+    bool loaded; /* state came from load_state (a migration) */
+    bool resumed_pending; /* the next status line's gap spans a resume */
+    uint64_t last_resume_gap_us;
+    int exit_status; /* -1 = still running */
+    char first_error[256];
+};
+
+#define K(v) ((struct kvm_vmm *)(void *)(v))
+
+uint64_t kvm_now_ns(void);
+/* Host pointer of [gpa, gpa + len) in guest RAM, or NULL if it is not all RAM. */
+void *kvm_gpa(struct kvm_vmm *k, uint64_t gpa, uint64_t len);
+/* Mark guest RAM the VMM wrote (after writing it). */
+void kvm_mark_dirty(struct kvm_vmm *k, uint64_t gpa, uint64_t len);
+void kvm_event(struct kvm_vmm *k, const char *event, struct json_object *data);
+
+/* boot.c */
+int kvm_load_guest(struct kvm_vmm *k, uint64_t *entry, char *err, size_t errlen);
+int kvm_setup_boot_vcpu(struct kvm_vmm *k, struct kvm_vcpu *c, uint64_t entry, char *err,
+                        size_t errlen);
+int kvm_setup_cpuid(struct kvm_vmm *k, struct kvm_vcpu *c, char *err, size_t errlen);
+
+/* devices.c: exits the vCPU thread hands over. */
+void kvm_handle_io(struct kvm_vmm *k, struct kvm_run *run);
+void kvm_handle_mmio(struct kvm_vmm *k, struct kvm_run *run);
+void kvm_console_line(struct kvm_vmm *k, const char *line);
+
+/* state.c */
+int kvm_save(struct vm *vm, void **buf, size_t *len);
+int kvm_load(struct vm *vm, const void *buf, size_t len);
+
+#endif

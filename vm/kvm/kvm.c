@@ -1,0 +1,653 @@
+/* kvm.c: the KVM micro-VM: creation, guest RAM and its dirty log, the vCPU threads and their
+ * run control (pause, resume, throttle), and the vm_ops glue. Devices: devices.c; the PVH
+ * loader: boot.c; save/load: state.c. Design: docs/vmm.md. */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "vm/kvm/kvm-internal.h"
+
+/* The signal that kicks a vCPU out of KVM_RUN (its handler does nothing). */
+#define SIG_KICK          (SIGRTMIN + 3)
+#define THROTTLE_SLICE_NS 10000000ull
+
+uint64_t kvm_now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+void *kvm_gpa(struct kvm_vmm *k, uint64_t gpa, uint64_t len)
+{
+    if (gpa >= k->ram_size || len > k->ram_size - gpa)
+        return NULL;
+    return k->ram + gpa;
+}
+
+void kvm_mark_dirty(struct kvm_vmm *k, uint64_t gpa, uint64_t len)
+{
+    if (len && gpa < k->ram_size)
+        bm_bitmap_set_range(k->vmm_dirty, gpa, len < k->ram_size - gpa ? len : k->ram_size - gpa);
+}
+
+void kvm_event(struct kvm_vmm *k, const char *event, struct json_object *data)
+{
+    if (k->fn)
+        k->fn(k->opaque, event, data);
+    else
+        json_object_put(data);
+}
+
+int kvm_probe(char *why, size_t len)
+{
+    int fd = open(KVM_DEFAULT_DEVICE, O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        snprintf(why, len, "%s: %s", KVM_DEFAULT_DEVICE, strerror(e));
+        return -e;
+    }
+    int v = ioctl(fd, KVM_GET_API_VERSION, 0);
+    int r = 0;
+    if (v != KVM_API_VERSION) {
+        snprintf(why, len, "%s: API version %d, need %d", KVM_DEFAULT_DEVICE, v, KVM_API_VERSION);
+        r = -ENOTSUP;
+    } else if (ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_IRQCHIP) <= 0 ||
+               ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_USER_MEMORY) <= 0) {
+        snprintf(why, len, "%s: no in-kernel irqchip or user memory", KVM_DEFAULT_DEVICE);
+        r = -ENOTSUP;
+    }
+    close(fd);
+    return r;
+}
+
+const char *kvm_default_guest(void)
+{
+    static char path[4096];
+    const char *env = getenv("BLKMIG_GUEST");
+    if (env && *env)
+        return env;
+    /* A build tree: vm/guest/ next to the binary. */
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n > 0) {
+        self[n] = 0;
+        char *slash = strrchr(self, '/');
+        if (slash) {
+            *slash = 0;
+            int m = snprintf(path, sizeof path, "%s/vm/guest/blkmig-guest.elf", self);
+            if (m > 0 && (size_t)m < sizeof path && access(path, R_OK) == 0)
+                return path;
+        }
+    }
+    snprintf(path, sizeof path, "%s/blkmig-guest.elf", PKGLIBEXECDIR);
+    return access(path, R_OK) == 0 ? path : NULL;
+}
+
+/* ---- memory and the dirty log ---- */
+
+static int set_slot(struct kvm_vmm *k, bool log)
+{
+    struct kvm_userspace_memory_region m = {
+        .slot = 0,
+        .flags = log ? KVM_MEM_LOG_DIRTY_PAGES : 0,
+        .guest_phys_addr = 0,
+        .memory_size = k->ram_size,
+        .userspace_addr = (uint64_t)(uintptr_t)k->ram,
+    };
+    return ioctl(k->vm_fd, KVM_SET_USER_MEMORY_REGION, &m) < 0 ? -errno : 0;
+}
+
+static int kvm_dirty_start(struct vm *vm)
+{
+    struct kvm_vmm *k = K(vm);
+    int r = set_slot(k, true);
+    if (r < 0) {
+        bm_error("kvm: enabling the dirty log: %s", strerror(-r));
+        return r;
+    }
+    k->logging = true;
+    bm_bitmap_clear_range(k->vmm_dirty, 0, k->ram_size);
+    return 0;
+}
+
+static int kvm_dirty_sync(struct vm *vm, struct bm_bitmap *out)
+{
+    struct kvm_vmm *k = K(vm);
+    if (k->logging) {
+        size_t words = (size_t)((k->ram_size / VM_PAGE_SIZE + 63) / 64);
+        memset(k->log_buf, 0, words * sizeof(unsigned long));
+        struct kvm_dirty_log d = {.slot = 0, .dirty_bitmap = k->log_buf};
+        if (ioctl(k->vm_fd, KVM_GET_DIRTY_LOG, &d) < 0) {
+            int e = errno;
+            bm_error("kvm: KVM_GET_DIRTY_LOG: %s", strerror(e));
+            return -e;
+        }
+        for (size_t w = 0; w < words; w++) {
+            unsigned long v = k->log_buf[w];
+            while (v) {
+                unsigned b = (unsigned)__builtin_ctzl(v);
+                v &= v - 1;
+                bm_bitmap_set_bits(out, (uint64_t)w * 64 + b, 1);
+            }
+        }
+    }
+    return bm_bitmap_snapshot_and_clear(k->vmm_dirty, out);
+}
+
+static void kvm_dirty_stop(struct vm *vm)
+{
+    struct kvm_vmm *k = K(vm);
+    if (k->logging && set_slot(k, false) == 0)
+        k->logging = false;
+}
+
+/* ---- vCPUs ---- */
+
+static void kick_handler(int sig)
+{
+    (void)sig;
+}
+
+static void park(struct kvm_vmm *k)
+{
+    k->parked++;
+    pthread_cond_broadcast(&k->cv);
+    while ((k->want_pause || k->halted) && !k->quit)
+        pthread_cond_wait(&k->cv, &k->mu);
+    k->parked--;
+}
+
+static void vcpu_fatal(struct kvm_vmm *k, const char *what)
+{
+    bm_error("kvm: the guest stopped: %s", what);
+    pthread_mutex_lock(&k->mu);
+    k->halted = true;
+    if (!k->first_error[0])
+        snprintf(k->first_error, sizeof k->first_error, "vCPU: %s", what);
+    pthread_mutex_unlock(&k->mu);
+    struct json_object *d = json_object_new_object();
+    json_object_object_add(d, "error", json_object_new_string(what));
+    kvm_event(k, "guest-error", d);
+}
+
+static void *vcpu_main(void *arg)
+{
+    struct kvm_vmm *k = arg;
+    struct kvm_vcpu *c = &k->vcpus[0];
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    sigemptyset(&set);
+    sigaddset(&set, SIG_KICK);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    uint64_t slice_start = kvm_now_ns();
+    bool io_pending = false;
+    for (;;) {
+        if (io_pending && (k->want_pause || k->quit)) {
+            /* KVM finishes an I/O or MMIO instruction (e.g. stores a read's value) only on the
+             * next KVM_RUN: enter once with immediate_exit so that the saved state is whole. */
+            c->run->immediate_exit = 1;
+            if (ioctl(c->fd, KVM_RUN, 0) < 0 && errno != EINTR)
+                bm_warn("kvm: completing an I/O exit: %s", strerror(errno));
+            io_pending = false;
+        }
+        pthread_mutex_lock(&k->mu);
+        if (k->want_pause || k->halted)
+            park(k);
+        bool quit = k->quit;
+        pthread_mutex_unlock(&k->mu);
+        if (quit)
+            break;
+        unsigned thr = atomic_load(&k->throttle);
+        if (thr) {
+            uint64_t now = kvm_now_ns();
+            if (now - slice_start >= THROTTLE_SLICE_NS * (100 - thr) / 100) {
+                struct timespec ts = {0, (long)(THROTTLE_SLICE_NS * thr / 100)};
+                nanosleep(&ts, NULL);
+                slice_start = kvm_now_ns();
+            }
+        }
+        c->run->immediate_exit = 0;
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        if (k->want_pause || k->quit)
+            continue;
+        int r = ioctl(c->fd, KVM_RUN, 0);
+        io_pending = false;
+        if (r < 0) {
+            if (errno == EINTR || errno == EAGAIN)
+                continue;
+            char msg[96];
+            snprintf(msg, sizeof msg, "KVM_RUN: %s", strerror(errno));
+            vcpu_fatal(k, msg);
+            continue;
+        }
+        switch (c->run->exit_reason) {
+        case KVM_EXIT_IO:
+            kvm_handle_io(k, c->run);
+            io_pending = true;
+            break;
+        case KVM_EXIT_MMIO:
+            kvm_handle_mmio(k, c->run);
+            io_pending = true;
+            break;
+        case KVM_EXIT_INTR:
+            break;
+        case KVM_EXIT_HLT:
+            vcpu_fatal(k, "the guest halted");
+            break;
+        case KVM_EXIT_SHUTDOWN:
+            vcpu_fatal(k, "triple fault (shutdown)");
+            break;
+        case KVM_EXIT_FAIL_ENTRY: {
+            char msg[96];
+            snprintf(msg, sizeof msg, "entry failed (hardware reason 0x%llx)",
+                     (unsigned long long)c->run->fail_entry.hardware_entry_failure_reason);
+            vcpu_fatal(k, msg);
+            break;
+        }
+        case KVM_EXIT_INTERNAL_ERROR: {
+            char msg[96];
+            snprintf(msg, sizeof msg, "KVM internal error %u", c->run->internal.suberror);
+            vcpu_fatal(k, msg);
+            break;
+        }
+        default: {
+            char msg[64];
+            snprintf(msg, sizeof msg, "unexpected exit %u", c->run->exit_reason);
+            vcpu_fatal(k, msg);
+            break;
+        }
+        }
+    }
+    return NULL;
+}
+
+/* Throttle ticker: kicks the vCPUs every slice so that the run loop can sleep its share even
+ * when the guest never exits by itself (a polling guest in ring 3). */
+static void *ticker_main(void *arg)
+{
+    struct kvm_vmm *k = arg;
+    for (;;) {
+        pthread_mutex_lock(&k->mu);
+        bool quit = k->quit;
+        pthread_mutex_unlock(&k->mu);
+        if (quit)
+            break;
+        struct timespec ts = {0, (long)THROTTLE_SLICE_NS};
+        nanosleep(&ts, NULL);
+        if (atomic_load(&k->throttle))
+            for (unsigned i = 0; i < k->nvcpus; i++)
+                if (k->vcpus[i].started)
+                    pthread_kill(k->vcpus[i].thread, SIG_KICK);
+    }
+    return NULL;
+}
+
+static void kick_all(struct kvm_vmm *k)
+{
+    for (unsigned i = 0; i < k->nvcpus; i++) {
+        if (!k->vcpus[i].run)
+            continue;
+        k->vcpus[i].run->immediate_exit = 1;
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        if (k->vcpus[i].started)
+            pthread_kill(k->vcpus[i].thread, SIG_KICK);
+    }
+}
+
+static unsigned running_vcpus(struct kvm_vmm *k)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < k->nvcpus; i++)
+        n += k->vcpus[i].started;
+    return n;
+}
+
+static int kvm_pause(struct vm *vm)
+{
+    struct kvm_vmm *k = K(vm);
+    pthread_mutex_lock(&k->mu);
+    k->want_pause = true;
+    pthread_mutex_unlock(&k->mu);
+    kick_all(k);
+    pthread_mutex_lock(&k->mu);
+    while (k->parked < running_vcpus(k)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&k->cv, &k->mu, &ts);
+        if (k->parked < running_vcpus(k)) {
+            pthread_mutex_unlock(&k->mu);
+            kick_all(k); /* a kick that landed before KVM_RUN is re-sent */
+            pthread_mutex_lock(&k->mu);
+        }
+    }
+    pthread_mutex_unlock(&k->mu);
+    vm->paused = true;
+    return 0;
+}
+
+static int start_vcpus(struct kvm_vmm *k)
+{
+    for (unsigned i = 0; i < k->nvcpus; i++) {
+        if (k->vcpus[i].started)
+            continue;
+        int r = pthread_create(&k->vcpus[i].thread, NULL, vcpu_main, k);
+        if (r) {
+            bm_error("kvm: cannot start a vCPU thread: %s", strerror(r));
+            return -r;
+        }
+        k->vcpus[i].started = true;
+    }
+    if (!k->ticker_started) {
+        int r = pthread_create(&k->ticker, NULL, ticker_main, k);
+        if (r) {
+            bm_error("kvm: cannot start the throttle thread: %s", strerror(r));
+            return -r;
+        }
+        k->ticker_started = true;
+    }
+    return 0;
+}
+
+static int kvm_resume(struct vm *vm)
+{
+    struct kvm_vmm *k = K(vm);
+    pthread_mutex_lock(&k->mu);
+    k->want_pause = false;
+    k->resumed_pending = k->status_lines > 0 || k->loaded;
+    pthread_cond_broadcast(&k->cv);
+    pthread_mutex_unlock(&k->mu);
+    int r = start_vcpus(k);
+    if (r < 0)
+        return r;
+    vm->paused = false;
+    return 0;
+}
+
+static void kvm_throttle(struct vm *vm, unsigned pct)
+{
+    atomic_store(&K(vm)->throttle, pct > 99 ? 99 : pct);
+}
+
+/* ---- describe, query, check ---- */
+
+static struct json_object *kvm_describe(struct vm *vm)
+{
+    struct kvm_vmm *k = K(vm);
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "kind", json_object_new_string("kvm"));
+    json_object_object_add(o, "ram", json_object_new_int64((int64_t)k->ram_size));
+    json_object_object_add(o, "vcpus", json_object_new_int((int)k->nvcpus));
+    json_object_object_add(o, "status_ms", json_object_new_int((int)k->cfg.status_ms));
+    json_object_object_add(o, "disks", vm_describe_disks(vm));
+    return o;
+}
+
+static struct json_object *kvm_query(struct vm *vm)
+{
+    struct kvm_vmm *k = K(vm);
+    struct json_object *o = json_object_new_object();
+    pthread_mutex_lock(&k->mu);
+#define ADD(name, v) json_object_object_add(o, name, json_object_new_int64((int64_t)(v)))
+    ADD("hb_count", k->hb);
+    ADD("ram_writes", k->ram_writes);
+    ADD("ram_checks", k->ram_checks);
+    ADD("disk_writes", k->disk_writes);
+    ADD("disk_checks", k->disk_checks);
+    ADD("errors", k->errors + (k->first_error[0] && !k->errors ? 1 : 0));
+    ADD("max_gap_ns", k->max_gap_us * 1000);
+    ADD("last_resume_gap_ns", k->last_resume_gap_us * 1000);
+    ADD("last_gap_ns", k->last_gap_us * 1000);
+    ADD("status_lines", k->status_lines);
+    ADD("max_console_gap_ns", k->max_line_gap_ns);
+    ADD("exit_status", k->exit_status);
+#undef ADD
+    json_object_object_add(o, "first_error", json_object_new_string(k->first_error));
+    json_object_object_add(o, "halted", json_object_new_boolean(k->halted));
+    pthread_mutex_unlock(&k->mu);
+    json_object_object_add(o, "running", json_object_new_boolean(!vm->paused));
+    json_object_object_add(o, "throttle", json_object_new_int((int)atomic_load(&k->throttle)));
+    return o;
+}
+
+static int64_t kvm_check(struct vm *vm)
+{
+    /* The guest checks its own data continuously and reports it on the console (BMG error
+     * lines); a host-side sweep needs the guest to publish its layout (not yet). */
+    struct kvm_vmm *k = K(vm);
+    pthread_mutex_lock(&k->mu);
+    int64_t n = (int64_t)k->errors;
+    pthread_mutex_unlock(&k->mu);
+    return n;
+}
+
+static void kvm_destroy(struct vm *vm)
+{
+    struct kvm_vmm *k = K(vm);
+    pthread_mutex_lock(&k->mu);
+    k->quit = true;
+    pthread_cond_broadcast(&k->cv);
+    pthread_mutex_unlock(&k->mu);
+    kick_all(k);
+    for (unsigned i = 0; i < k->nvcpus; i++)
+        if (k->vcpus[i].started)
+            pthread_join(k->vcpus[i].thread, NULL);
+    if (k->ticker_started)
+        pthread_join(k->ticker, NULL);
+    for (unsigned i = 0; i < k->nvcpus; i++) {
+        if (k->vcpus[i].run)
+            munmap(k->vcpus[i].run, k->vcpus[i].run_size);
+        if (k->vcpus[i].fd >= 0)
+            close(k->vcpus[i].fd);
+    }
+    if (k->vm_fd >= 0)
+        close(k->vm_fd);
+    if (k->kvm_fd >= 0)
+        close(k->kvm_fd);
+    if (k->ram)
+        munmap(k->ram, k->ram_size);
+    if (k->console_owned)
+        fclose(k->console);
+    bm_bitmap_free(k->vmm_dirty);
+    free(k->log_buf);
+    free(k->guest_path);
+    free(k->workload);
+    free(k->extra);
+    pthread_mutex_destroy(&k->mu);
+    pthread_cond_destroy(&k->cv);
+    free(k);
+}
+
+static const struct vm_ops kvm_ops = {
+    .kind = "kvm",
+    .dirty_log_start = kvm_dirty_start,
+    .dirty_log_sync = kvm_dirty_sync,
+    .dirty_log_stop = kvm_dirty_stop,
+    .pause = kvm_pause,
+    .resume = kvm_resume,
+    .throttle = kvm_throttle,
+    .save_state = kvm_save,
+    .load_state = kvm_load,
+    .describe = kvm_describe,
+    .query = kvm_query,
+    .check = kvm_check,
+    .destroy = kvm_destroy,
+};
+
+/* ---- creation ---- */
+
+static int sys_fail(char *err, size_t errlen, const char *what)
+{
+    int e = errno;
+    snprintf(err, errlen, "kvm: %s: %s", what, strerror(e));
+    return -e;
+}
+
+static int create_vcpu(struct kvm_vmm *k, unsigned i, char *err, size_t errlen)
+{
+    struct kvm_vcpu *c = &k->vcpus[i];
+    c->fd = ioctl(k->vm_fd, KVM_CREATE_VCPU, i);
+    if (c->fd < 0)
+        return sys_fail(err, errlen, "KVM_CREATE_VCPU");
+    int sz = ioctl(k->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+    if (sz <= 0)
+        return sys_fail(err, errlen, "KVM_GET_VCPU_MMAP_SIZE");
+    c->run_size = (size_t)sz;
+    c->run = mmap(NULL, c->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, c->fd, 0);
+    if (c->run == MAP_FAILED) {
+        c->run = NULL;
+        return sys_fail(err, errlen, "mapping the vCPU run area");
+    }
+    return kvm_setup_cpuid(k, c, err, errlen);
+}
+
+int kvm_create(const struct kvm_config *cfg, const struct vm_disk *disks, unsigned ndisks,
+               bool boot, kvm_event_fn fn, void *opaque, struct vm **out, char *err, size_t errlen)
+{
+    if (cfg->ram < (16u << 20) || cfg->ram > KVM_MAX_RAM || cfg->ram % (2u << 20)) {
+        snprintf(err, errlen, "kvm: RAM must be 16 MiB to 3 GiB, a multiple of 2 MiB");
+        return -EINVAL;
+    }
+    if (ndisks > VM_MAX_DISKS || ndisks > 8) {
+        snprintf(err, errlen, "kvm: at most 8 disks");
+        return -EINVAL;
+    }
+    struct kvm_vmm *k = calloc(1, sizeof *k);
+    if (!k) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    k->vm.ops = &kvm_ops;
+    k->cfg = *cfg;
+    k->kvm_fd = k->vm_fd = -1;
+    for (unsigned i = 0; i < KVM_MAX_VCPUS; i++)
+        k->vcpus[i].fd = -1;
+    k->exit_status = -1;
+    k->fn = fn;
+    k->opaque = opaque;
+    pthread_mutex_init(&k->mu, NULL);
+    pthread_cond_init(&k->cv, NULL);
+    k->console = stderr;
+    k->boot_ns = kvm_now_ns();
+    if (!k->cfg.status_ms)
+        k->cfg.status_ms = 100; /* the first line after a resume carries its gap */
+    k->guest_path = cfg->guest ? strdup(cfg->guest) : NULL;
+    k->workload = cfg->workload ? strdup(cfg->workload) : NULL;
+    k->extra = cfg->extra_cmdline ? strdup(cfg->extra_cmdline) : NULL;
+    k->cfg.guest = k->guest_path;
+    k->cfg.workload = k->workload;
+    k->cfg.extra_cmdline = k->extra;
+    int r;
+    if (cfg->console) {
+        k->console = fopen(cfg->console, "ae");
+        if (!k->console) {
+            r = sys_fail(err, errlen, "opening the console file");
+            k->console = stderr;
+            goto fail;
+        }
+        k->console_owned = true;
+    }
+
+    struct sigaction sa = {.sa_handler = kick_handler};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIG_KICK, &sa, NULL);
+
+    k->kvm_fd = open(KVM_DEFAULT_DEVICE, O_RDWR | O_CLOEXEC);
+    if (k->kvm_fd < 0) {
+        r = sys_fail(err, errlen, "opening " KVM_DEFAULT_DEVICE);
+        goto fail;
+    }
+    k->vm_fd = ioctl(k->kvm_fd, KVM_CREATE_VM, 0);
+    if (k->vm_fd < 0) {
+        r = sys_fail(err, errlen, "KVM_CREATE_VM");
+        goto fail;
+    }
+    /* Intel needs these three pages out of the guest's way; elsewhere they are harmless. */
+    if (ioctl(k->vm_fd, KVM_SET_TSS_ADDR, 0xfffbd000ul) < 0)
+        bm_debug("kvm: KVM_SET_TSS_ADDR: %s", strerror(errno));
+    uint64_t idmap = 0xfffbc000ull;
+    if (ioctl(k->vm_fd, KVM_SET_IDENTITY_MAP_ADDR, &idmap) < 0)
+        bm_debug("kvm: KVM_SET_IDENTITY_MAP_ADDR: %s", strerror(errno));
+    if (ioctl(k->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0) {
+        r = sys_fail(err, errlen, "KVM_CREATE_IRQCHIP");
+        goto fail;
+    }
+    struct kvm_pit_config pit = {.flags = KVM_PIT_SPEAKER_DUMMY};
+    if (ioctl(k->vm_fd, KVM_CREATE_PIT2, &pit) < 0) {
+        r = sys_fail(err, errlen, "KVM_CREATE_PIT2");
+        goto fail;
+    }
+
+    k->ram_size = cfg->ram;
+    k->ram = mmap(NULL, k->ram_size, PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (k->ram == MAP_FAILED) {
+        k->ram = NULL;
+        r = sys_fail(err, errlen, "allocating guest RAM");
+        goto fail;
+    }
+    madvise(k->ram, k->ram_size, MADV_HUGEPAGE);
+    k->vmm_dirty = bm_bitmap_new(k->ram_size, VM_PAGE_SIZE);
+    k->log_buf = calloc((size_t)((k->ram_size / VM_PAGE_SIZE + 63) / 64), sizeof(unsigned long));
+    if (!k->vmm_dirty || !k->log_buf) {
+        snprintf(err, errlen, "out of memory");
+        r = -ENOMEM;
+        goto fail;
+    }
+    if ((r = set_slot(k, false)) < 0) {
+        errno = -r;
+        r = sys_fail(err, errlen, "KVM_SET_USER_MEMORY_REGION");
+        goto fail;
+    }
+    k->vm.nregions = 1;
+    k->vm.regions[0] = (struct vm_ram_region){k->ram, 0, k->ram_size};
+    k->vm.ndisks = ndisks;
+    for (unsigned i = 0; i < ndisks; i++) {
+        k->vm.disks[i] = disks[i];
+        k->blk[i].disk = disks[i].disk;
+        k->blk[i].size = bm_disk_size(disks[i].disk) & ~511ull;
+    }
+    k->nvcpus = 1;
+    for (unsigned i = 0; i < k->nvcpus; i++)
+        if ((r = create_vcpu(k, i, err, errlen)) < 0)
+            goto fail;
+    k->vm.paused = true;
+    if (boot) {
+        if (!k->guest_path) {
+            snprintf(err, errlen, "kvm: no guest ELF (--guest, or install blkmig-guest.elf)");
+            r = -ENOENT;
+            goto fail;
+        }
+        uint64_t entry = 0;
+        if ((r = kvm_load_guest(k, &entry, err, errlen)) < 0 ||
+            (r = kvm_setup_boot_vcpu(k, &k->vcpus[0], entry, err, errlen)) < 0)
+            goto fail;
+        if ((r = kvm_resume(&k->vm)) < 0) {
+            snprintf(err, errlen, "kvm: cannot start the vCPU");
+            goto fail;
+        }
+    }
+    *out = &k->vm;
+    return 0;
+fail:
+    kvm_destroy(&k->vm);
+    return r;
+}

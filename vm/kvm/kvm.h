@@ -1,0 +1,45 @@
+/* kvm.h: the KVM micro-VM backend (ARCHITECTURE §3, §8; docs/vmm.md): one vCPU (the code keeps
+ * an array), guest RAM below the 3 GiB MMIO hole, an in-kernel irqchip and PIT, a PVH ELF
+ * guest (vm/guest), an MMIO console page plus the 8250 and isa-debug-exit ports, and
+ * virtio-mmio block devices backed by bm_disk (so the dirty-block bitmap sees every write). */
+#ifndef BM_VM_KVM_H
+#define BM_VM_KVM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vm/vm.h"
+
+#define KVM_DEFAULT_DEVICE "/dev/kvm"
+
+/* Guest-physical map. */
+#define KVM_MAX_RAM     (3ull << 30)  /* RAM is [0, ram) below this */
+#define KVM_CONSOLE_GPA 0xd0000000ull /* the MMIO console page */
+#define KVM_VIRTIO_GPA  0xd0001000ull /* virtio-mmio window k at + k * 0x1000 */
+#define KVM_VIRTIO_SIZE 0x200u
+#define KVM_VIRTIO_IRQ  5u /* + k (announced; the guest polls) */
+
+struct kvm_config {
+    uint64_t ram;         /* bytes, a multiple of 2 MiB, at most KVM_MAX_RAM */
+    const char *guest;    /* PVH ELF path */
+    const char *workload; /* the guest's blkmig.workload= (may be NULL) */
+    const char *extra_cmdline;
+    const char *console; /* file for the console (NULL: stderr) */
+    unsigned status_ms;  /* the guest's status period (0: 1000) */
+};
+
+/* Whether KVM can run a VM here: 0, or -errno with the reason in why. */
+int kvm_probe(char *why, size_t len);
+
+/* The test guest installed with blkmig (or next to the binary in a build tree), or NULL. */
+const char *kvm_default_guest(void);
+
+typedef void (*kvm_event_fn)(void *opaque, const char *event, struct json_object *data);
+
+/* Create the VM with these disks (kept open by the caller until destroy). boot = true loads
+ * the guest and runs it; boot = false leaves it paused, to receive a migration. */
+int kvm_create(const struct kvm_config *cfg, const struct vm_disk *disks, unsigned ndisks,
+               bool boot, kvm_event_fn fn, void *opaque, struct vm **out, char *err, size_t errlen);
+
+#endif

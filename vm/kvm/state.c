@@ -1,0 +1,336 @@
+/* state.c: saving and loading the micro-VM's state (a paused VM). The blob is
+ * "BMKVMST1" then sections: u32 tag, u32 length, payload (host-endian kernel structures: both
+ * ends run the same blkmig on x86-64). Per vCPU: MP_STATE, REGS, SREGS, XSAVE, XCRS, DEBUGREGS,
+ * LAPIC, MSRS, VCPU_EVENTS (loaded in this order, Firecracker's: CPUID was set at creation);
+ * VM: the irqchip (PIC master, slave, IOAPIC), PIT2, CLOCK; devices: each virtio-blk's
+ * registers and queue cursors, the serial line in progress. docs/vmm.md lists the tags. */
+#include <config.h>
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+
+#include "common/log.h"
+#include "vm/kvm/kvm-internal.h"
+
+#define MAGIC "BMKVMST1"
+
+enum tag {
+    T_MP_STATE = 1,
+    T_REGS,
+    T_SREGS,
+    T_XSAVE,
+    T_XCRS,
+    T_DEBUGREGS,
+    T_LAPIC,
+    T_MSRS,
+    T_EVENTS,
+    T_IRQCHIP = 32,
+    T_PIT2,
+    T_CLOCK,
+    T_VBLK = 64,
+    T_SERIAL,
+};
+
+/* The MSRs that carry guest state worth keeping (the rest are derived or constant). Not the
+ * TSC: the guest's TSC keeps following the host's (kvm_pvm cannot set it anyway), so on one
+ * host the guest sees the real length of a pause; see docs/vmm.md. */
+static const uint32_t msr_list[] = {
+    0x174,      /* SYSENTER_CS */
+    0x175,      /* SYSENTER_ESP */
+    0x176,      /* SYSENTER_EIP */
+    0x277,      /* PAT */
+    0xc0000081, /* STAR */
+    0xc0000082, /* LSTAR */
+    0xc0000083, /* CSTAR */
+    0xc0000084, /* SFMASK */
+    0xc0000102, /* KERNEL_GS_BASE */
+    0xc0000103, /* TSC_AUX */
+    0x1a0,      /* MISC_ENABLE */
+};
+#define NMSRS (sizeof msr_list / sizeof msr_list[0])
+
+struct buf {
+    uint8_t *p;
+    size_t len, cap;
+    int err;
+};
+
+static bool reserve(struct buf *b, size_t need)
+{
+    if (b->err)
+        return false;
+    if (need > b->cap) {
+        size_t cap = b->cap ? b->cap : 65536;
+        while (cap < need)
+            cap *= 2;
+        uint8_t *p = realloc(b->p, cap);
+        if (!p) {
+            b->err = -ENOMEM;
+            return false;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    return true;
+}
+
+static void put(struct buf *b, uint32_t tag, const void *data, uint32_t len)
+{
+    size_t need = b->len + 8 + len;
+    if (!reserve(b, need))
+        return;
+    memcpy(b->p + b->len, &tag, 4);
+    memcpy(b->p + b->len + 4, &len, 4);
+    memcpy(b->p + b->len + 8, data, len);
+    b->len = need;
+}
+
+#define GET(fd, req, obj, what)                                                                    \
+    do {                                                                                           \
+        if (ioctl(fd, req, obj) < 0) {                                                             \
+            r = -errno;                                                                            \
+            bm_error("kvm: saving state: %s: %s", what, strerror(errno));                          \
+            goto out;                                                                              \
+        }                                                                                          \
+    } while (0)
+
+int kvm_save(struct vm *vm, void **out, size_t *outlen)
+{
+    struct kvm_vmm *k = K(vm);
+    struct buf b = {0};
+    int r = 0;
+    if (!reserve(&b, 8))
+        return -ENOMEM;
+    memcpy(b.p, MAGIC, 8);
+    b.len = 8;
+    struct kvm_msrs *msrs = calloc(1, sizeof *msrs + NMSRS * sizeof(struct kvm_msr_entry));
+    struct kvm_xsave *xs = calloc(1, sizeof *xs);
+    if (!msrs || !xs) {
+        r = -ENOMEM;
+        goto out;
+    }
+    for (unsigned i = 0; i < k->nvcpus; i++) {
+        int fd = k->vcpus[i].fd;
+        struct kvm_mp_state mp;
+        struct kvm_regs regs;
+        struct kvm_sregs sregs;
+        struct kvm_xcrs xcrs;
+        struct kvm_debugregs dr;
+        struct kvm_lapic_state lapic;
+        struct kvm_vcpu_events ev;
+        GET(fd, KVM_GET_MP_STATE, &mp, "MP_STATE");
+        GET(fd, KVM_GET_REGS, &regs, "REGS");
+        GET(fd, KVM_GET_SREGS, &sregs, "SREGS");
+        GET(fd, KVM_GET_XSAVE, xs, "XSAVE");
+        GET(fd, KVM_GET_XCRS, &xcrs, "XCRS");
+        GET(fd, KVM_GET_DEBUGREGS, &dr, "DEBUGREGS");
+        GET(fd, KVM_GET_LAPIC, &lapic, "LAPIC");
+        msrs->nmsrs = NMSRS;
+        for (unsigned m = 0; m < NMSRS; m++)
+            msrs->entries[m] = (struct kvm_msr_entry){.index = msr_list[m]};
+        int n = ioctl(fd, KVM_GET_MSRS, msrs);
+        if (n < 0) {
+            r = -errno;
+            bm_error("kvm: saving state: MSRS: %s", strerror(errno));
+            goto out;
+        }
+        msrs->nmsrs = (uint32_t)n; /* the first n were read */
+        GET(fd, KVM_GET_VCPU_EVENTS, &ev, "VCPU_EVENTS");
+        put(&b, T_MP_STATE, &mp, sizeof mp);
+        put(&b, T_REGS, &regs, sizeof regs);
+        put(&b, T_SREGS, &sregs, sizeof sregs);
+        put(&b, T_XSAVE, xs, sizeof *xs);
+        put(&b, T_XCRS, &xcrs, sizeof xcrs);
+        put(&b, T_DEBUGREGS, &dr, sizeof dr);
+        put(&b, T_LAPIC, &lapic, sizeof lapic);
+        put(&b, T_MSRS, msrs, (uint32_t)(sizeof *msrs + msrs->nmsrs * sizeof msrs->entries[0]));
+        put(&b, T_EVENTS, &ev, sizeof ev);
+    }
+    for (uint32_t chip = 0; chip < 3; chip++) {
+        struct kvm_irqchip ic = {.chip_id = chip};
+        GET(k->vm_fd, KVM_GET_IRQCHIP, &ic, "IRQCHIP");
+        put(&b, T_IRQCHIP, &ic, sizeof ic);
+    }
+    struct kvm_pit_state2 pit;
+    GET(k->vm_fd, KVM_GET_PIT2, &pit, "PIT2");
+    put(&b, T_PIT2, &pit, sizeof pit);
+    struct kvm_clock_data clock = {0};
+    GET(k->vm_fd, KVM_GET_CLOCK, &clock, "CLOCK");
+    put(&b, T_CLOCK, &clock, sizeof clock);
+    for (unsigned d = 0; d < vm->ndisks; d++) {
+        struct kvm_vblk v = k->blk[d];
+        v.disk = NULL;
+        put(&b, T_VBLK, &v, sizeof v);
+    }
+    put(&b, T_SERIAL, k->serial_line, (uint32_t)k->serial_len);
+    r = b.err;
+out:
+    free(msrs);
+    free(xs);
+    if (r < 0) {
+        free(b.p);
+        return r;
+    }
+    *out = b.p;
+    *outlen = b.len;
+    return 0;
+}
+
+/* Sections with a fixed size must have it exactly. */
+static bool sized(uint32_t tag, uint32_t len)
+{
+    switch (tag) {
+    case T_MP_STATE:
+        return len == sizeof(struct kvm_mp_state);
+    case T_REGS:
+        return len == sizeof(struct kvm_regs);
+    case T_SREGS:
+        return len == sizeof(struct kvm_sregs);
+    case T_XSAVE:
+        return len == sizeof(struct kvm_xsave);
+    case T_XCRS:
+        return len == sizeof(struct kvm_xcrs);
+    case T_DEBUGREGS:
+        return len == sizeof(struct kvm_debugregs);
+    case T_LAPIC:
+        return len == sizeof(struct kvm_lapic_state);
+    case T_EVENTS:
+        return len == sizeof(struct kvm_vcpu_events);
+    case T_IRQCHIP:
+        return len == sizeof(struct kvm_irqchip);
+    case T_PIT2:
+        return len == sizeof(struct kvm_pit_state2);
+    case T_CLOCK:
+        return len == sizeof(struct kvm_clock_data);
+    case T_VBLK:
+        return len == sizeof(struct kvm_vblk);
+    case T_MSRS:
+        return len >= sizeof(struct kvm_msrs) &&
+               len <= sizeof(struct kvm_msrs) + NMSRS * sizeof(struct kvm_msr_entry) &&
+               (len - sizeof(struct kvm_msrs)) % sizeof(struct kvm_msr_entry) == 0;
+    case T_SERIAL:
+        return len < 512;
+    default:
+        return false;
+    }
+}
+
+int kvm_load(struct vm *vm, const void *buf, size_t len)
+{
+    struct kvm_vmm *k = K(vm);
+    const uint8_t *p = buf, *end = p + len;
+    if (len < 8 || memcmp(p, MAGIC, 8) != 0) {
+        bm_error("kvm: loading state: not a KVM micro-VM state (a different backend?)");
+        return -EPROTO;
+    }
+    p += 8;
+    unsigned vcpu = 0, disk = 0;
+    bool seen_events = false;
+    while (p < end) {
+        uint32_t tag, l;
+        if (end - p < 8)
+            return -EPROTO;
+        memcpy(&tag, p, 4);
+        memcpy(&l, p + 4, 4);
+        p += 8;
+        if ((size_t)(end - p) < l || !sized(tag, l)) {
+            bm_error("kvm: loading state: bad section %u (%u bytes)", tag, l);
+            return -EPROTO;
+        }
+        /* Copies: the payload is not aligned. */
+        void *obj = malloc(l ? l : 1);
+        if (!obj)
+            return -ENOMEM;
+        memcpy(obj, p, l);
+        p += l;
+        int fd = vcpu < k->nvcpus ? k->vcpus[vcpu].fd : -1;
+        int r = 0;
+        if (tag < T_IRQCHIP && fd < 0) {
+            bm_error("kvm: loading state: more vCPUs than this VM has");
+            r = -EPROTO;
+        } else {
+            int req = 0;
+            const char *what = NULL;
+            switch (tag) {
+            case T_MP_STATE:
+                req = KVM_SET_MP_STATE, what = "MP_STATE";
+                break;
+            case T_REGS:
+                req = KVM_SET_REGS, what = "REGS";
+                break;
+            case T_SREGS:
+                req = KVM_SET_SREGS, what = "SREGS";
+                break;
+            case T_XSAVE:
+                req = KVM_SET_XSAVE, what = "XSAVE";
+                break;
+            case T_XCRS:
+                req = KVM_SET_XCRS, what = "XCRS";
+                break;
+            case T_DEBUGREGS:
+                req = KVM_SET_DEBUGREGS, what = "DEBUGREGS";
+                break;
+            case T_LAPIC:
+                req = KVM_SET_LAPIC, what = "LAPIC";
+                break;
+            case T_MSRS:
+                req = KVM_SET_MSRS, what = "MSRS";
+                break;
+            case T_EVENTS:
+                req = KVM_SET_VCPU_EVENTS, what = "VCPU_EVENTS";
+                break;
+            case T_IRQCHIP:
+                req = KVM_SET_IRQCHIP, what = "IRQCHIP", fd = k->vm_fd;
+                break;
+            case T_PIT2:
+                req = KVM_SET_PIT2, what = "PIT2", fd = k->vm_fd;
+                break;
+            case T_CLOCK: {
+                struct kvm_clock_data *c = obj;
+                c->flags = 0;
+                req = KVM_SET_CLOCK, what = "CLOCK", fd = k->vm_fd;
+                break;
+            }
+            case T_VBLK:
+                if (disk >= vm->ndisks) {
+                    bm_error("kvm: loading state: more disks than this VM has");
+                    r = -EPROTO;
+                } else {
+                    struct kvm_vblk *v = obj;
+                    v->disk = k->blk[disk].disk;
+                    v->size = k->blk[disk].size;
+                    k->blk[disk++] = *v;
+                }
+                break;
+            case T_SERIAL:
+                memcpy(k->serial_line, obj, l);
+                k->serial_len = l;
+                break;
+            }
+            if (what) {
+                int n = ioctl(fd, (unsigned long)req, obj);
+                if (n < 0 || (tag == T_MSRS && (uint32_t)n != ((struct kvm_msrs *)obj)->nmsrs)) {
+                    bm_error("kvm: loading state: %s: %s", what,
+                             n < 0 ? strerror(errno) : "not every MSR was set");
+                    r = n < 0 ? -errno : -EPROTO;
+                }
+            }
+            if (tag == T_EVENTS) {
+                seen_events = true;
+                vcpu++;
+            }
+        }
+        free(obj);
+        if (r < 0)
+            return r;
+    }
+    if (!seen_events || vcpu != k->nvcpus || disk != vm->ndisks) {
+        bm_error("kvm: loading state: %u of %u vCPUs and %u of %u disks in the state", vcpu,
+                 k->nvcpus, disk, vm->ndisks);
+        return -EPROTO;
+    }
+    k->loaded = true;
+    return 0;
+}
