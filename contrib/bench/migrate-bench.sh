@@ -16,7 +16,8 @@
 # full self-check (every RAM page and disk block it ever wrote, by content): it must find 0
 # mismatches, else the benchmark stops.
 # Knobs: QUICK=1 (256 MiB RAM, 1 GiB disk, half filled), FULL=1 (REPS=3); defaults RAM_M=1024,
-# RAM_FILL_M=512, DISK_M=4096, DISK_FILL_M=2048, REPS=1, SHAPED=both|0|1, RATE, ORDERS="joint
+# RAM_FILL_M=512, DISK_M=4096, DISK_FILL_M=2048, REPS=1, SHAPED=both|0|1, RATE, MTU (of the shaped link,
+# 1500; 9000 = jumbo frames), ORDERS="joint
 # disk-first", SCENARIOS="idle moderate heavy", WARM_S=3, MAX_TIME=180, NETNS_NAME=bmmig,
 # BLKMIG (binary; default a fresh optimised build in build/release). Needs root (exit 77).
 # Last line: RESULT migrate {json}.
@@ -30,7 +31,7 @@ DISK_M=${DISK_M:-4096}; DISK_FILL_M=${DISK_FILL_M:-2048}
 REPS=${REPS:-1}
 if [ "${QUICK:-0}" = 1 ]; then RAM_M=256; RAM_FILL_M=128; DISK_M=1024; DISK_FILL_M=512; fi
 [ "${FULL:-0}" = 1 ] && REPS=3
-SHAPED=${SHAPED:-both}; RATE=${RATE:-1gbit}
+SHAPED=${SHAPED:-both}; RATE=${RATE:-1gbit}; MTU=${MTU:-1500}
 ORDERS=${ORDERS:-joint disk-first}
 SCENARIOS=${SCENARIOS:-idle moderate heavy}
 WARM_S=${WARM_S:-3}; MAX_TIME=${MAX_TIME:-180}
@@ -147,7 +148,7 @@ case $SHAPED in both) shapes="0 1" ;; 0|1) shapes=$SHAPED ;; *) echo "SHAPED: bo
 : >"$work/runs.jsonl"
 for shaped in $shapes; do
     if [ "$shaped" = 1 ]; then
-        "$hosts" up --name "$NETNS_NAME" --rate "$RATE" >/dev/null
+        "$hosts" up --name "$NETNS_NAME" --rate "$RATE" --mtu "$MTU" >/dev/null
     else
         "$hosts" up --name "$NETNS_NAME" >/dev/null
     fi
@@ -160,10 +161,10 @@ for shaped in $shapes; do
         done
     done
 done
-python3 - "$work/runs.jsonl" "$RAM_M" "$DISK_M" "$DISK_FILL_M" "$RATE" "$REPS" <<'PY'
+python3 - "$work/runs.jsonl" "$RAM_M" "$DISK_M" "$DISK_FILL_M" "$RATE" "$REPS" "$MTU" <<'PY'
 import json, statistics, sys
 runs = [json.loads(l) for l in open(sys.argv[1])]
-ram_m, disk_m, fill_m, rate, reps = sys.argv[2:]
+ram_m, disk_m, fill_m, rate, reps, mtu = sys.argv[2:]
 groups = {}
 for r in runs:
     groups.setdefault((r["shaped"], r["scenario"], r["order"]), []).append(r)
@@ -176,6 +177,6 @@ for (shaped, scen, order), rs in groups.items():
     row.update(shaped=shaped, scenario=scen, order=order, status=",".join(sorted({x["status"] or "?" for x in rs})), n=len(rs))
     rows.append(row)
     f = lambda v, p=2: "-" if v is None else (f"{v:.{p}f}" if isinstance(v, float) else str(v))
-    print(f"| {rate if shaped else 'veth, unshaped'} | {scen} | {order} | {row['status']} | {f(row['total_s'])} | {f(row['lower_bound_s'])} | {f(row['ratio_to_bound'], 3)} | {f(row['downtime_ms'], 0)} / {f(row['guest_downtime_ms'], 1)} | {f(row['amplification'], 3)} | {f(row['ram_rounds'], 0)} | {f(row['throttle_max'], 0)} | {f(row['guest_ram_writes_per_s_during'], 0)}/{f(row['guest_ram_writes_per_s_before'], 0)} |")
-print("RESULT migrate " + json.dumps({"ram_mib": int(ram_m), "disk_mib": int(disk_m), "disk_fill_mib": int(fill_m), "rate": rate, "reps": int(reps), "rows": rows, "runs": runs}))
+    print(f"| {rate + (' mtu ' + mtu if mtu != '1500' else '') if shaped else 'veth, unshaped'} | {scen} | {order} | {row['status']} | {f(row['total_s'])} | {f(row['lower_bound_s'])} | {f(row['ratio_to_bound'], 3)} | {f(row['downtime_ms'], 0)} / {f(row['guest_downtime_ms'], 1)} | {f(row['amplification'], 3)} | {f(row['ram_rounds'], 0)} | {f(row['throttle_max'], 0)} | {f(row['guest_ram_writes_per_s_during'], 0)}/{f(row['guest_ram_writes_per_s_before'], 0)} |")
+print("RESULT migrate " + json.dumps({"ram_mib": int(ram_m), "disk_mib": int(disk_m), "disk_fill_mib": int(fill_m), "rate": rate, "mtu": int(mtu), "reps": int(reps), "rows": rows, "runs": runs}))
 PY

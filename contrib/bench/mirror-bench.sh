@@ -39,7 +39,8 @@
 # Knobs: QUICK=1 (512 MiB image, 1 rep: ~2 minutes), FULL=1 (the issue's 4 GiB image, 3 reps:
 # ~20 minutes); the default is a 2 GiB image (1 GiB allocated) x 3 reps, ~10 minutes on the
 # 2-core machine (a rep is 10 mirror runs); SIZE_M (image size in MiB, a multiple of 128),
-# REPS, SHAPED=0|1|both (default both; shaping needs root), RATE (1gbit), WRITE_RATE (20m),
+# REPS, SHAPED=0|1|both (default both; shaping needs root), RATE (1gbit), MTU (of the shaped
+# link: 1500, a plain Ethernet link; 9000 = jumbo frames), WRITE_RATE (20m),
 # WRITE_QD (4), BASE_S (5), MIN_WRITE_S (3), MAX_WRITE_S (120), MIRROR_OPTS (extra blkmig
 # mirror options), BENCH_DIR (work files, and the images when SHAPED=0; else the images live in
 # the hosts' folders /var/tmp/NETNS_NAME-A|B), NETNS_NAME (namespace prefix, default bmmirror
@@ -57,6 +58,7 @@ SIZE_M=${SIZE_M:-2048}
 [ "${FULL:-0}" = 1 ] && { SIZE_M=4096; }
 SHAPED=${SHAPED:-both}
 RATE=${RATE:-1gbit}
+MTU=${MTU:-1500}
 WRITE_RATE=${WRITE_RATE:-20m}
 WRITE_QD=${WRITE_QD:-4}
 BASE_S=${BASE_S:-5}
@@ -130,7 +132,7 @@ rate_bytes=
 goodput=
 if [ "$SHAPED" != 0 ]; then
     netns_up=1
-    eval "$("$top/contrib/netns-hosts.sh" up --rate "$RATE" --name "$NETNS_NAME")"
+    eval "$("$top/contrib/netns-hosts.sh" up --rate "$RATE" --mtu "$MTU" --name "$NETNS_NAME")"
     dir_a=$DISK_A
     dir_b=$DISK_B
     ns_args=(--ns-a "$NETNS_A" --ns-b "$NETNS_B" --dev-b "$DEV_B" --target-host "$ADDR_B"
@@ -145,7 +147,7 @@ print(int(v / 8 if m.group(3) == "bit" else v))
 EOF
 )
     goodput=$(python3 "$drv" calib "$NETNS_A" "$NETNS_B" "$ADDR_B" 3)
-    echo "bench: link $RATE (tbf) = $rate_bytes B/s nominal; TCP goodput measured $goodput B/s"
+    echo "bench: link $RATE (tbf), MTU $MTU = $rate_bytes B/s nominal; TCP goodput measured $goodput B/s"
 fi
 
 size=$((SIZE_M * 1048576))
@@ -210,7 +212,7 @@ for rep in $(seq "$REPS"); do
     done
 done
 
-SIZE=$size PRISTINE_ALLOC=$pristine_alloc REPS=$REPS SHAPED=$SHAPED RATE=$RATE \
+SIZE=$size PRISTINE_ALLOC=$pristine_alloc REPS=$REPS SHAPED=$SHAPED RATE=$RATE MTU=$MTU \
 RATE_BYTES=$rate_bytes GOODPUT=$goodput WRITE_RATE=$WRITE_RATE WRITE_QD=$WRITE_QD \
 BASE_S=$BASE_S MIN_WRITE_S=$MIN_WRITE_S MAX_WRITE_S=$MAX_WRITE_S MIRROR_OPTS=$MIRROR_OPTS \
 BLKMIG=$BLKMIG NPROC=$(nproc) QUICK=${QUICK:-0} FULL=${FULL:-0} \
@@ -1154,10 +1156,10 @@ def report(path):
         print("bar %-4s %-62s %s" % ("PASS" if b["pass"] else "FAIL", b["bar"],
                                      f(b["value"], "%.3f")))
     params = {k.lower(): E.get(k) for k in (
-        "SIZE", "PRISTINE_ALLOC", "REPS", "SHAPED", "RATE", "RATE_BYTES", "GOODPUT",
+        "SIZE", "PRISTINE_ALLOC", "REPS", "SHAPED", "RATE", "MTU", "RATE_BYTES", "GOODPUT",
         "WRITE_RATE", "WRITE_QD", "BASE_S", "MIN_WRITE_S", "MAX_WRITE_S", "MIRROR_OPTS",
         "BLKMIG", "NPROC", "QUICK", "FULL", "ELAPSED_S")}
-    for k in ("size", "pristine_alloc", "reps", "rate_bytes", "goodput", "write_qd",
+    for k in ("size", "pristine_alloc", "reps", "mtu", "rate_bytes", "goodput", "write_qd",
               "base_s", "nproc", "elapsed_s"):
         if params.get(k):
             params[k] = int(float(params[k]))
