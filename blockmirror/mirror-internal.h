@@ -16,12 +16,12 @@ struct slot {
     uint8_t *buf;
     uint64_t first_bit, nbits; /* blocks held busy */
     uint64_t offset, len;
-    bool zero;      /* sent as WRITE_ZEROES */
-    bool bulk;      /* counts toward bulk progress */
-    bool redirty;   /* on failure, set the blocks dirty again */
+    bool zero;       /* sent as WRITE_ZEROES */
+    bool bulk;       /* counts toward bulk progress */
+    bool redirty;    /* on failure, set the blocks dirty again */
     bool dirty_copy; /* taken from the dirty bitmap (counts as dirty while in flight) */
     bool used;
-    bool reading;    /* an O_DIRECT read is in flight into buf */
+    bool reading; /* an O_DIRECT read is in flight into buf */
     struct iocb iocb;
 };
 
@@ -89,6 +89,9 @@ struct mirror_job {
     /* Progress: cur is the job thread's own; publish() copies it into st under stats_lock,
      * which is what other threads read. */
     pthread_mutex_t stats_lock;
+    /* Set (under stats_lock) once the job's outcome is final; mirror_wait waits for it. */
+    bool finished;
+    pthread_cond_t finished_cv;
     struct mirror_stats cur;
     struct mirror_stats st;
     /* The bulk pass: the source's extents as they were at setup (later writes are tracked by
@@ -105,12 +108,18 @@ struct mirror_job {
     uint64_t backoff_until_ns;
     double tokens; /* speed limit bucket, bytes */
     uint64_t tokens_ns;
-    uint64_t unflushed;  /* bytes written to the target since the last flush was issued */
+    uint64_t unflushed;     /* bytes written to the target since the last flush was issued */
     uint64_t last_flush_ns; /* when the last periodic or idle flush was issued */
     bool flush_in_flight;
-    uint64_t flushing;   /* bytes the flush in flight makes durable */
+    atomic_bool flush_busy;    /* flush_in_flight, for other threads (mirror_flush_busy) */
+    atomic_bool quiet_flushes; /* start no more periodic flushes (mirror_quiet_flushes) */
+    /* At the hold (completion): when, and what was left (for the debug log). */
+    uint64_t hold_ns, hold_dirty;
+    unsigned hold_in_flight;
+    bool hold_flushing;
+    uint64_t flushing;    /* bytes the flush in flight makes durable */
     struct flush_wait fw; /* the completion flush's answer */
-    bool held;     /* completion hold taken on the source */
+    bool held;            /* completion hold taken on the source */
     bool released;
     int err;
     char errmsg[256];

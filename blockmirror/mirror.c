@@ -14,7 +14,7 @@
 #include "common/log.h"
 #include "common/zero.h"
 
-#define TICK_MS 100
+#define TICK_MS       100
 #define DIRTY_POLL_MS 10
 /* How long a cancelled job waits for a target that does not answer. */
 #define CANCEL_WAIT_NS 2000000000ull
@@ -108,8 +108,8 @@ static void fail(struct mirror_job *j, int err, const char *fmt, ...)
     bm_error("mirror: %s", j->errmsg);
 }
 
-int mirror_new(struct bm_disk *src, const struct mirror_opts *o, mirror_event_fn fn,
-               void *opaque, struct mirror_job **out, char *err, size_t errlen)
+int mirror_new(struct bm_disk *src, const struct mirror_opts *o, mirror_event_fn fn, void *opaque,
+               struct mirror_job **out, char *err, size_t errlen)
 {
     struct mirror_opts oo = *o;
     if (oo.granularity == 0) {
@@ -171,6 +171,7 @@ int mirror_new(struct bm_disk *src, const struct mirror_opts *o, mirror_event_fn
     pthread_mutex_init(&j->busy_lock, NULL);
     pthread_cond_init(&j->busy_cond, NULL);
     pthread_mutex_init(&j->stats_lock, NULL);
+    pthread_cond_init(&j->finished_cv, NULL);
     j->cur.state = MIRROR_SETUP;
     j->cur.disk_size = j->size;
     j->st = j->cur;
@@ -198,8 +199,7 @@ static void add_zero_range(void *opaque, uint64_t off, uint64_t len)
 
 /* How much of [off, off+len) from off on is known zero on the target (0 if off is not). When
  * not, *until is where the next known-zero range starts (or off+len). */
-static uint64_t known_zero(const struct mirror_job *j, uint64_t off, uint64_t len,
-                           uint64_t *until)
+static uint64_t known_zero(const struct mirror_job *j, uint64_t off, uint64_t len, uint64_t *until)
 {
     size_t lo = 0, hi = j->ntz;
     while (lo < hi) { /* first range ending after off */
@@ -357,8 +357,7 @@ static void read_failed(struct mirror_job *j, struct slot *s, int err)
 /* Copy [off, off+len) (claimed blocks first..first+nbits) through slot s: with --direct and an
  * aligned range, an O_DIRECT read through libaio (sent when it completes, in reap_reads);
  * otherwise a pread from the page cache, sent at once. */
-static int copy_range(struct mirror_job *j, struct slot *s, uint64_t off, uint64_t len,
-                      bool bulk)
+static int copy_range(struct mirror_job *j, struct slot *s, uint64_t off, uint64_t len, bool bulk)
 {
     s->offset = off;
     s->len = len;
@@ -542,6 +541,7 @@ static void periodic_flush_done(void *opaque, int err)
 {
     struct mirror_job *j = opaque;
     j->flush_in_flight = false;
+    atomic_store(&j->flush_busy, false);
     j->flushing = 0;
     if (err)
         bm_warn("mirror: flushing the target failed: %s", strerror(err));
@@ -556,7 +556,8 @@ static void periodic_flush_done(void *opaque, int err)
 #define BUSY_FLUSH_NS 250000000ull
 static void maybe_flush(struct mirror_job *j, bool idle)
 {
-    if (j->flush_in_flight || j->unflushed == 0 || bm_target_dead(j->t))
+    if (j->flush_in_flight || j->unflushed == 0 || bm_target_dead(j->t) ||
+        atomic_load(&j->quiet_flushes))
         return;
     uint64_t now = mirror_now_ns();
     uint64_t every = idle ? IDLE_FLUSH_NS : BUSY_FLUSH_NS;
@@ -566,8 +567,11 @@ static void maybe_flush(struct mirror_job *j, bool idle)
     j->flushing = j->unflushed;
     j->unflushed = 0;
     j->flush_in_flight = true;
-    if (bm_target_flush(j->t, periodic_flush_done, j) < 0)
+    atomic_store(&j->flush_busy, true);
+    if (bm_target_flush(j->t, periodic_flush_done, j) < 0) {
         j->flush_in_flight = false;
+        atomic_store(&j->flush_busy, false);
+    }
 }
 
 /* ---- the loop ---- */
@@ -666,7 +670,6 @@ static void tick(struct mirror_job *j, struct tick_state *ts, bool bulk_over)
         publish(j);
     }
 }
-
 
 static void flush_cb(void *opaque, int err)
 {
@@ -771,6 +774,10 @@ static void run_loop(struct mirror_job *j)
              (atomic_load(&j->complete_now) && j->cur.state == MIRROR_DIRTY))) {
             bm_disk_hold(j->src);
             j->held = true;
+            j->hold_ns = mirror_now_ns();
+            j->hold_dirty = bm_bitmap_dirty_bytes(j->dirty);
+            j->hold_in_flight = bm_target_in_flight(j->t);
+            j->hold_flushing = j->flush_in_flight;
             mirror_set_state(j, MIRROR_COMPLETING, NULL);
         }
         bool backoff = mirror_now_ns() < j->backoff_until_ns;
@@ -795,7 +802,13 @@ static void run_loop(struct mirror_job *j)
         }
         if (j->held && bm_disk_changes_in_progress(j->src) == 0 && j->nused == 0 &&
             bm_bitmap_count(j->dirty) == 0 && bm_target_in_flight(j->t) == 0) {
+            uint64_t t_drained = mirror_now_ns();
             int r = flush_target(j);
+            bm_debug("mirror: completion: %.1f ms to copy and drain (at the hold: %llu dirty "
+                     "bytes, %u commands in flight%s), final flush %.1f ms",
+                     (double)(t_drained - j->hold_ns) / 1e6, (unsigned long long)j->hold_dirty,
+                     j->hold_in_flight, j->hold_flushing ? " with a periodic flush" : "",
+                     (double)(mirror_now_ns() - t_drained) / 1e6);
             if (r < 0)
                 fail(j, -r, "flushing the target: %s", strerror(-r));
             return;
@@ -864,8 +877,9 @@ static int setup(struct mirror_job *j, bool *attached)
             j->exts = n;
         }
         size_t n;
-        if (bm_disk_extents(j->src, pos, j->size - pos, j->exts + j->nexts, cap - j->nexts,
-                            &n) < 0 || n == 0) {
+        if (bm_disk_extents(j->src, pos, j->size - pos, j->exts + j->nexts, cap - j->nexts, &n) <
+                0 ||
+            n == 0) {
             j->exts[j->nexts++] = (struct bm_extent){pos, j->size - pos, 0};
             n = 1;
         } else {
@@ -891,8 +905,8 @@ static int setup(struct mirror_job *j, bool *attached)
             return r;
         }
     }
-    struct bm_disk_hooks h = {.before = mirror_hook_before, .after = mirror_hook_after,
-                              .opaque = j};
+    struct bm_disk_hooks h = {
+        .before = mirror_hook_before, .after = mirror_hook_after, .opaque = j};
     bm_disk_set_hooks(j->src, &h);
     if (j->o.mode == MIRROR_MODE_WRITE_BLOCKING)
         atomic_store(&j->write_blocking, true);
@@ -941,6 +955,12 @@ static void *job_main(void *arg)
     } else {
         mirror_set_state(j, MIRROR_DONE, NULL);
     }
+    /* The outcome is known: mirror_wait returns now, while the connections close (a few ms
+     * for four NBD connections, which a migration's pause need not wait for). */
+    pthread_mutex_lock(&j->stats_lock);
+    j->finished = true;
+    pthread_cond_broadcast(&j->finished_cv);
+    pthread_mutex_unlock(&j->stats_lock);
     if (j->t) {
         bm_target_close(j->t);
         j->t = NULL;
@@ -977,6 +997,16 @@ void mirror_complete_now(struct mirror_job *j)
     mirror_complete(j);
 }
 
+void mirror_quiet_flushes(struct mirror_job *j)
+{
+    atomic_store(&j->quiet_flushes, true);
+}
+
+bool mirror_flush_busy(struct mirror_job *j)
+{
+    return atomic_load(&j->flush_busy);
+}
+
 void mirror_cancel(struct mirror_job *j)
 {
     atomic_store(&j->want_cancel, true);
@@ -998,13 +1028,14 @@ void mirror_query(struct mirror_job *j, struct mirror_stats *st)
 
 int mirror_wait(struct mirror_job *j, char *err, size_t errlen)
 {
-    if (j->started) {
-        pthread_join(j->thread, NULL);
-        j->started = false;
-    }
-    if (j->cur.state == MIRROR_DONE)
+    pthread_mutex_lock(&j->stats_lock);
+    while (j->started && !j->finished)
+        pthread_cond_wait(&j->finished_cv, &j->stats_lock);
+    enum mirror_state st = j->cur.state;
+    pthread_mutex_unlock(&j->stats_lock);
+    if (st == MIRROR_DONE)
         return 0;
-    if (j->cur.state == MIRROR_CANCELLED)
+    if (st == MIRROR_CANCELLED)
         return -ECANCELED;
     snprintf(err, errlen, "%s", j->errmsg[0] ? j->errmsg : "the mirror job failed");
     return -(j->err ? j->err : EIO);

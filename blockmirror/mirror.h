@@ -81,6 +81,11 @@ void mirror_complete(struct mirror_job *j);
 /* The same, without waiting for ready once the bulk pass is over: for a caller whose writers
  * are stopped already (a paused VM), so the last dirty blocks go at once. */
 void mirror_complete_now(struct mirror_job *j);
+/* Start no more periodic flushes of the target (one in flight finishes): for a caller about to
+ * complete, so that the completion, which writers wait for, does not queue behind one. */
+void mirror_quiet_flushes(struct mirror_job *j);
+/* Whether a periodic flush of the target is in flight now. */
+bool mirror_flush_busy(struct mirror_job *j);
 /* Stop copying, flush what was written, end in cancelled. */
 void mirror_cancel(struct mirror_job *j);
 void mirror_set_speed(struct mirror_job *j, uint64_t bytes_per_second);

@@ -17,6 +17,7 @@ struct mig_stats {
     uint64_t downtime_ms, expected_downtime_ms;
     int64_t guest_downtime_us; /* -1 = not reported */
     uint64_t pause_ram_ms, pause_disk_ms, pause_state_ms, pause_resume_ms;
+    uint64_t pre_pause_flush_ms; /* waiting for a periodic target flush before pausing */
     uint64_t src_digest_ms, dst_digest_ms;
     bool verified;
     struct ram_stats ram;

@@ -94,6 +94,7 @@ static struct json_object *stats_json(const struct mig_stats *s)
     I(p, "state_ms", s->pause_state_ms);
     I(p, "resume_ms", s->pause_resume_ms);
     json_object_object_add(o, "pause", p);
+    I(o, "pre_pause_flush_ms", s->pre_pause_flush_ms);
     I(o, "source_digest_ms", s->src_digest_ms);
     I(o, "dest_digest_ms", s->dst_digest_ms);
     json_object_object_add(o, "verified", json_object_new_boolean(s->verified));
@@ -280,7 +281,7 @@ void mig_collect(struct mig_source *m)
 
 static int handshake(struct mig_source *m, struct json_object **ack, char *err, size_t errlen)
 {
-    int fd = bm_connect(m->p.host, m->p.port);
+    int fd = bm_connect_timeout(m->p.host, m->p.port, m->p.peer_timeout_ms);
     if (fd < 0) {
         snprintf(err, errlen, "cannot connect to %s:%s: %s", m->p.host, m->p.port,
                  strerror(-fd));

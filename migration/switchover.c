@@ -23,8 +23,8 @@ static void await_resumed(struct mig_source *m, uint64_t t_pause, uint64_t t_com
         uint32_t type, len;
         uint8_t *pl;
         /* With --verify the destination digests everything before it answers. */
-        int r = mig_recv(&m->c, (int)m->p.peer_timeout_ms + (m->p.verify ? 600000 : 0), &type,
-                         &pl, &len);
+        int r = mig_recv(&m->c, (int)m->p.peer_timeout_ms + (m->p.verify ? 600000 : 0), &type, &pl,
+                         &len);
         if (r < 0 && r != -ECONNRESET && r != -EPIPE) {
             /* The destination may or may not run the VM: never risk two running copies. */
             snprintf(m->w.error, sizeof m->w.error,
@@ -49,9 +49,8 @@ static void await_resumed(struct mig_source *m, uint64_t t_pause, uint64_t t_com
         struct json_object *o = mig_parse_json(pl, len), *x;
         if (type == MIG_ABORT) {
             mig_rollback(m, MIG_FAILED, "the destination refused to resume: %s",
-                         o && json_object_object_get_ex(o, "reason", &x)
-                             ? json_object_get_string(x)
-                             : "(no reason)");
+                         o && json_object_object_get_ex(o, "reason", &x) ? json_object_get_string(x)
+                                                                         : "(no reason)");
             json_object_put(o);
             return;
         }
@@ -95,9 +94,27 @@ static void await_resumed(struct mig_source *m, uint64_t t_pause, uint64_t t_com
     mig_set_status(m, MIG_COMPLETED, "completed");
 }
 
+/* Before the pause: no new periodic flushes, and let one in flight finish (at most
+ * FLUSH_WAIT_MS), so that the final flush, inside the pause, does not queue behind one (seen:
+ * a 585 ms periodic flush on a busy host disk turned a 25 ms pause into 640 ms). */
+#define FLUSH_WAIT_MS 2000
+static void quiet_flushes(struct mig_source *m)
+{
+    for (unsigned i = 0; i < m->nmj; i++)
+        mirror_quiet_flushes(m->mj[i]);
+    uint64_t t0 = mig_now_ns();
+    for (unsigned i = 0; i < m->nmj; i++)
+        while (mirror_flush_busy(m->mj[i]) && mig_now_ns() - t0 < FLUSH_WAIT_MS * 1000000ull) {
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+        }
+    m->w.pre_pause_flush_ms = ms_since(t0);
+}
+
 void mig_switchover(struct mig_source *m)
 {
     mig_set_status(m, MIG_SWITCHOVER, "switchover");
+    quiet_flushes(m);
     uint64_t t_pause = mig_now_ns(), t;
     int r = vm_pause(m->vm);
     if (r < 0) {
@@ -127,8 +144,8 @@ void mig_switchover(struct mig_source *m)
         char err[256];
         r = mirror_wait(m->mj[i], err, sizeof err);
         if (r < 0) {
-            mig_rollback(m, MIG_FAILED, "the last copy of disk %s failed: %s",
-                         m->vm->disks[i].name, err);
+            mig_rollback(m, MIG_FAILED, "the last copy of disk %s failed: %s", m->vm->disks[i].name,
+                         err);
             return;
         }
     }
@@ -136,8 +153,7 @@ void mig_switchover(struct mig_source *m)
     for (unsigned i = 0; !m->p.with_disk && i < m->vm->ndisks; i++) {
         r = bm_disk_flush(m->vm->disks[i].disk);
         if (r < 0) {
-            mig_rollback(m, MIG_FAILED, "flushing disk %s: %s", m->vm->disks[i].name,
-                         strerror(-r));
+            mig_rollback(m, MIG_FAILED, "flushing disk %s: %s", m->vm->disks[i].name, strerror(-r));
             return;
         }
     }
