@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +47,25 @@ static void on_listening(void *opaque)
     const char *where = opaque;
     bm_info("waiting for a migration on %s", where);
     fprintf(stderr, "blkmig incoming: listening on %s\n", where);
+}
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_stop_signal(int sig)
+{
+    stop_requested = sig;
+}
+
+/* From COMPLETE on, giving up cleanly is no longer possible: SIGINT and SIGTERM end the
+ * process at once again (the source, seeing the connection close before RESUMED, resumes its
+ * VM), and one that came meanwhile does so now. */
+static void at_complete(void *opaque)
+{
+    (void)opaque;
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    if (stop_requested)
+        raise((int)stop_requested);
 }
 
 int cmd_incoming(int argc, char **argv)
@@ -187,9 +207,20 @@ int cmd_incoming(int argc, char **argv)
     o.nbd_port = nbd_port;
     o.listening = on_listening;
     o.opaque = (void *)listen;
+    /* Ctrl-C or SIGTERM before the VM runs here: give up cleanly (the source is told, the
+     * images this run created are removed). */
+    struct sigaction sa = {.sa_handler = on_stop_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    o.stop = &stop_requested;
+    o.at_complete = at_complete;
     struct mig_incoming_result res = {0};
     char err[512];
     int r = mig_incoming_run(&o, &res, err, sizeof err);
+    sa.sa_handler = SIG_DFL; /* from here on the VM process handles them (vmproc_serve) */
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
     if (r < 0) {
         bm_error("migration failed: %s", err);
         return 1;

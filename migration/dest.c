@@ -73,14 +73,18 @@ static int accept_source(struct dest *d)
     struct pollfd pfd[8];
     for (int i = 0; i < d->nl; i++)
         pfd[i] = (struct pollfd){.fd = d->lfds[i], .events = POLLIN};
-    int timeout = d->o->accept_timeout_s ? (int)d->o->accept_timeout_s * 1000 : -1;
+    uint64_t deadline = d->o->accept_timeout_s
+                            ? now_ns() + (uint64_t)d->o->accept_timeout_s * 1000000000u
+                            : UINT64_MAX;
     for (;;) {
-        int n = poll(pfd, (nfds_t)d->nl, timeout);
+        if (d->o->stop && *d->o->stop)
+            return failf(d, -EINTR, "interrupted while waiting for the source");
+        int n = poll(pfd, (nfds_t)d->nl, 100);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
             return failf(d, -errno, "waiting for the source: %s", strerror(errno));
-        if (n == 0)
+        if (n == 0 && now_ns() >= deadline)
             return failf(d, -ETIMEDOUT, "no source connected within %u s",
                          d->o->accept_timeout_s);
         for (int i = 0; i < d->nl; i++) {
@@ -270,6 +274,8 @@ static bool test_fault(const char *name)
 static int receive(struct dest *d, struct json_object **complete)
 {
     for (;;) {
+        if (d->o->stop && *d->o->stop)
+            return failf(d, -EINTR, "interrupted (signal) while receiving the VM");
         /* Keepalive, and progress: how much of the stream is received and applied, so the
          * source knows what is still in flight in the socket buffers. */
         uint64_t now = now_ns();
@@ -325,6 +331,8 @@ static int receive(struct dest *d, struct json_object **complete)
             d->state_len = len;
             break;
         case MIG_COMPLETE:
+            if (d->o->at_complete)
+                d->o->at_complete(d->o->opaque);
             if (test_fault("dest-exit-on-complete"))
                 _exit(9);
             while (test_fault("dest-hang-on-complete"))

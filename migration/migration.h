@@ -3,6 +3,7 @@
 #define BM_MIGRATION_MIGRATION_H
 
 #include <json-c/json.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -86,6 +87,12 @@ struct mig_incoming_opts {
     void *opaque;
     /* Called once listening (e.g. to print "ready"), may be NULL. */
     void (*listening)(void *opaque);
+    /* Set (e.g. by a signal handler) to give up while waiting for or receiving from the
+     * source: the migration then fails as any other (ABORT sent, images removed). May be
+     * NULL. Looked at every 50-100 ms, until COMPLETE. */
+    const volatile sig_atomic_t *stop;
+    /* Called when COMPLETE arrives (from then on stop is not looked at), may be NULL. */
+    void (*at_complete)(void *opaque);
 };
 
 /* The result of a successful incoming migration: a running VM and its disks (the caller

@@ -2,8 +2,8 @@
 # Integration: `blkmig migrate` faults, each on a fresh source + destination pair: the
 # destination killed in the disk bulk phase and in the dirty rounds, dying on COMPLETE, refusing
 # a bad digest, hanging after COMPLETE (outcome unknown: the source stays paused until `cont`),
-# the source killed, the link cut (netns only), a corrupted stream frame (corrupt-proxy.py), and
-# a stranger probing the NBD exports. Until RESUMED the source owns the VM: it must keep running
+# the source killed, the link cut (netns only), a corrupted stream frame (corrupt-proxy.py), a
+# stranger probing the NBD exports, and the destination interrupted (SIGINT/SIGTERM). Until RESUMED the source owns the VM: it must keep running
 # with a clean guest, and the destination must end (non-zero, with a reason) without running it.
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/migrate-lib.sh"
@@ -250,6 +250,34 @@ if want_case i; then
     else
         log "  (i) skipped: nbdinfo not installed (Debian package libnbd-bin)"
     fi
+    mig_check_logs
+fi
+
+# ---- (j) the destination interrupted (SIGINT) during the bulk phase, and while waiting ----
+if want_case j; then
+    mig_case j-sigint-dest
+    log "(j) destination interrupted (SIGINT) during the disk bulk phase: it gives up cleanly"
+    start_pair
+    mig_migrate_bg --with-disk --verify --max-bandwidth $SLOW_BW
+    if wait_phase "$SRC_SOCK" disk-bulk 30; then
+        sleep 0.3
+        kill -INT "$DST_PID"
+        # It exits 1 by itself, says why, never ran the VM and removed the image it created.
+        assert_dest_failed "(j)" 1 'migration failed: interrupted'
+        mig_migrate_wait 60
+        log "  (j): migrate exit $MIG_RC, status $(mig_report status): $(mig_report error)"
+        [ "$MIG_RC" -eq 1 ] || soft_fail "(j): blkmig migrate exited $MIG_RC, expected 1"
+        source_survived "(j)"
+    else
+        soft_fail "(j): never saw phase disk-bulk (last: '$LAST_PHASE')"
+    fi
+    log "(j) destination sent SIGTERM while it waits for a source: exit 1 at once, nothing left"
+    mig_start_dest
+    t0=$(now_ms)
+    kill -TERM "$DST_PID"
+    assert_dest_failed "(j, waiting)" 1 'migration failed: interrupted while waiting'
+    [ $(($(now_ms) - t0)) -le 5000 ] || soft_fail "(j, waiting): took $(($(now_ms) - t0)) ms to exit"
+    [ -z "$(ls -A "$DST_DIR")" ] || soft_fail "(j, waiting): files left in the disk folder: $(ls "$DST_DIR")"
     mig_check_logs
 fi
 
