@@ -6,6 +6,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -79,7 +80,39 @@ int bm_listen_unix(const char *path)
     return fd;
 }
 
-int bm_connect(const char *host, const char *port)
+/* connect() on a fresh socket, giving up after timeout_ms (0: the kernel's own timeout). */
+static int connect_within(int s, const struct sockaddr *sa, socklen_t len, unsigned timeout_ms)
+{
+    if (timeout_ms == 0)
+        return connect(s, sa, len) == 0 ? 0 : -errno;
+    int fl = fcntl(s, F_GETFL);
+    if (fl < 0 || fcntl(s, F_SETFL, fl | O_NONBLOCK) < 0)
+        return -errno;
+    int r = 0;
+    if (connect(s, sa, len) < 0) {
+        if (errno != EINPROGRESS)
+            return -errno;
+        struct pollfd p = {.fd = s, .events = POLLOUT};
+        int n;
+        do
+            n = poll(&p, 1, (int)timeout_ms);
+        while (n < 0 && errno == EINTR);
+        if (n < 0)
+            return -errno;
+        if (n == 0)
+            return -ETIMEDOUT;
+        int soerr = 0;
+        socklen_t sl = sizeof soerr;
+        if (getsockopt(s, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
+            return -errno;
+        r = -soerr;
+    }
+    if (r == 0 && fcntl(s, F_SETFL, fl) < 0)
+        r = -errno;
+    return r;
+}
+
+int bm_connect_timeout(const char *host, const char *port, unsigned timeout_ms)
 {
     if (host && strchr(host, '/'))
         return bm_connect_unix(host);
@@ -92,17 +125,23 @@ int bm_connect(const char *host, const char *port)
         int s = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
         if (s < 0)
             continue;
-        if (connect(s, ai->ai_addr, ai->ai_addrlen) == 0) {
+        int r = connect_within(s, ai->ai_addr, ai->ai_addrlen, timeout_ms);
+        if (r == 0) {
             fd = s;
             break;
         }
-        fd = -errno;
+        fd = r;
         close(s);
     }
     freeaddrinfo(res);
     if (fd >= 0)
         bm_sock_nodelay(fd);
     return fd;
+}
+
+int bm_connect(const char *host, const char *port)
+{
+    return bm_connect_timeout(host, port, 0);
 }
 
 int bm_connect_unix(const char *path)

@@ -11,6 +11,9 @@ int bm_listen_tcp(const char *host, const char *port, int *fds, int max);
 int bm_listen_unix(const char *path);
 /* Connect to host:port (TCP) or, if host contains '/', to that unix path. Returns fd or -errno. */
 int bm_connect(const char *host, const char *port);
+/* The same, giving up with -ETIMEDOUT when a TCP connection is not made within timeout_ms
+ * (per address tried; 0 = the kernel's timeout, minutes when packets are dropped). */
+int bm_connect_timeout(const char *host, const char *port, unsigned timeout_ms);
 /* Connect to the unix socket at path. Returns fd or -errno. */
 int bm_connect_unix(const char *path);
 /* TCP_NODELAY where the socket is TCP (ignored otherwise). */

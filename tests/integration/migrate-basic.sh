@@ -64,6 +64,30 @@ mig_report error | grep -q 'cannot connect' || soft_fail "migrate to a closed po
 MIG_URI=
 assert_guest_healthy "closed port (source)" "$SRC_SOCK" writes || true
 
+log "bad input: a destination that never answers the connection -> exit 1 within --peer-timeout"
+# A listener whose accept queue is full drops further SYNs: connect() would wait for minutes.
+"${IN_B[@]}" "$PY3" - "$TMP/blackhole.port" "$DEST_ADDR" <<'PY' &
+import socket, sys, time
+s = socket.socket()
+s.bind((sys.argv[2], 0))
+s.listen(0)
+fill = [socket.create_connection(s.getsockname())]  # backlog 0: one pending fills the queue
+open(sys.argv[1], "w").write(str(s.getsockname()[1]))
+time.sleep(120)
+PY
+bh_pid=$!
+mig_track "$bh_pid"
+for _ in $(seq 100); do [ -s "$TMP/blackhole.port" ] && break; sleep 0.05; done
+MIG_URI=tcp:$DEST_ADDR:$(cat "$TMP/blackhole.port") mig_migrate 30 --with-disk --peer-timeout 1500
+log "  exit $MIG_RC after $MIG_MS ms: $(mig_report error)"
+[ "$MIG_RC" -eq 1 ] || soft_fail "black hole: migrate exited $MIG_RC, expected 1"
+mig_report error | grep -q 'cannot connect.*timed out' ||
+    soft_fail "black hole: error '$(mig_report error)'"
+[ "$MIG_MS" -le 8000 ] || soft_fail "black hole: took $MIG_MS ms (--peer-timeout 1500)"
+MIG_URI=
+mig_kill "$bh_pid" TERM
+assert_guest_healthy "black hole (source)" "$SRC_SOCK" writes || true
+
 log "bad input: the destination's --disk-dir already holds vda.img (no --force) -> refused, file untouched"
 mig_start_dest
 truncate -s 64M "$DST_IMG"
