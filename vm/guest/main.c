@@ -33,7 +33,7 @@ static struct {
     unsigned ndisks;
     /* time */
     uint64_t tsc_khz, us_mult; /* us = ticks * us_mult >> 32 */
-    uint64_t t0, last_hb, hb, max_gap, period_gap;
+    uint64_t last_hb, hb, max_gap, period_gap, elapsed, tsc_back;
     /* counters */
     uint64_t ram_writes, ram_checks, disk_writes, disk_checks, errors;
     uint64_t rng, mem_seq;
@@ -52,9 +52,16 @@ static uint64_t ticks_us(uint64_t t)
     return (uint64_t)(((unsigned __int128)t * g.us_mult) >> 32);
 }
 
+/* The TSC can jump back when the VM moves to a host (or a hypervisor) whose TSC is behind:
+ * such a step counts as no time, and time since start (g.elapsed) only moves forward. */
 static void heartbeat(void)
 {
     uint64_t now = rdtsc(), gap = now - g.last_hb;
+    if (now < g.last_hb) {
+        g.tsc_back++;
+        gap = 0;
+    }
+    g.elapsed += gap;
     if (gap > g.max_gap)
         g.max_gap = gap;
     if (gap > g.period_gap)
@@ -322,12 +329,12 @@ static uint64_t full_check(uint64_t *pages, uint64_t *blocks)
     return g.errors - before;
 }
 
-static void status(uint64_t now)
+static void status(void)
 {
     cprintf("BMG status t_ms=%lu hb=%lu ram_writes=%lu ram_checks=%lu disk_writes=%lu "
-            "disk_checks=%lu errors=%lu max_gap_us=%lu gap_us=%lu\n",
-            ticks_us(now - g.t0) / 1000, g.hb, g.ram_writes, g.ram_checks, g.disk_writes,
-            g.disk_checks, g.errors, ticks_us(g.max_gap), ticks_us(g.period_gap));
+            "disk_checks=%lu errors=%lu max_gap_us=%lu gap_us=%lu tsc_back=%lu\n",
+            ticks_us(g.elapsed) / 1000, g.hb, g.ram_writes, g.ram_checks, g.disk_writes,
+            g.disk_checks, g.errors, ticks_us(g.max_gap), ticks_us(g.period_gap), g.tsc_back);
     g.period_gap = 0;
 }
 
@@ -370,13 +377,13 @@ _Noreturn void guest_main(const struct boot_info *bi)
     }
     cprintf("BMG ready ram_writes=%lu disk_writes=%lu\n", g.ram_writes, g.disk_writes);
 
-    g.t0 = g.last_hb = rdtsc();
+    g.last_hb = rdtsc();
     uint64_t hot_pages = g.hot / BM_FMT_SIZE, last_us = 0, next_status_us = g.status_ms * 1000;
     uint64_t mem_credit = 0; /* byte-microseconds per second, as the disks' */
     uint32_t nsizes = (g.io_max - g.io_min) / BM_FMT_SIZE + 1;
     for (;;) {
         heartbeat();
-        uint64_t now_us = ticks_us(g.last_hb - g.t0), dt = now_us - last_us;
+        uint64_t now_us = ticks_us(g.elapsed), dt = now_us - last_us;
         last_us = now_us;
         if (dt > 1000000)
             dt = 1000000;
@@ -411,11 +418,12 @@ _Noreturn void guest_main(const struct boot_info *bi)
                 check_block(d, rnd() % d->nblocks);
         }
         if (now_us >= next_status_us) {
-            status(g.last_hb);
+            status();
             next_status_us = now_us + g.status_ms * 1000;
         }
         if (g.run_s && now_us >= g.run_s * 1000000) {
-            status(rdtsc());
+            heartbeat();
+            status();
             uint64_t pages, blocks, bad_n = full_check(&pages, &blocks);
             cprintf("BMG check pages=%lu blocks=%lu mismatches=%lu errors=%lu\n", pages, blocks,
                     bad_n, g.errors);
