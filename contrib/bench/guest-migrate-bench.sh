@@ -1,0 +1,432 @@
+#!/usr/bin/env bash
+# contrib/bench/guest-migrate-bench.sh: the headline comparison of issue 5. The same test guest
+# (vm/guest/blkmig-guest.elf), workload and disk migrated between two hosts
+# (contrib/netns-hosts.sh namespaces, unshaped or tc tbf RATE) by
+#   (a) blkmig: `blkmig run --kvm` -> `blkmig migrate --with-disk` -> `blkmig incoming`
+#       (needs a usable /dev/kvm; skipped, and said so, without one);
+#   (b) QEMU 7.2 `-M microvm` in libvirt's order: destination `-incoming defer -S`,
+#       `nbd-server-start` + `nbd-server-add`; source `blockdev-add` (nbd) + `blockdev-mirror
+#       sync=full`, wait for BLOCK_JOB_READY, `migrate`; at the end `block-job-cancel` on the
+#       source (waiting for the job to end), `nbd-server-stop` and `cont` on the destination. Accelerator: kvm where usable,
+#       else tcg (the guest runs its ring-0 setup fast under TCG, and its workload too).
+# Per run: total time (mirror start -> the guest runs on the destination), QEMU's own downtime
+# figure, the guest-observed gap (host timestamps on the guest's console lines, which it
+# prints every STATUS_MS, from the last line on the source to the first on the destination;
+# and the guest's own largest TSC gap), RAM bytes, bytes on the wire (host B's veth received:
+# RAM stream, NBD and headers), the guest's RAM write rate before.
+# Integrity: the destination's image equals the source's at the switchover (QEMU side: sha256
+# of both, compared while both VMs are paused, its time left out of total and gap; blkmig side:
+# --verify), and the guest's own full self-check on the destination (it runs RUN_S seconds in
+# all, then checks every page and block and exits) finds nothing. Under TCG the guest's TSC
+# stops while QEMU has the VM stopped, so its own largest gap does not show QEMU's pause; the
+# host-clock gap does.
+# Knobs: RAM_M=512 RAM_FILL_M=128 DISK_M=1024 DISK_FILL_M=256 WORKLOAD (mem=32M/s,hot=64M,
+# disk=4M/s) WARM_S=5 RUN_S=90 STATUS_MS=10 SHAPED=0|1 RATE=1gbit MTU=1500 REPS=1
+# SIDES="blkmig qemu" ACCEL=auto|kvm|tcg NETNS_NAME=bmgm BLKMIG (binary; default a fresh
+# optimised build). Needs root (namespaces). Last line: RESULT guest-migrate {json}.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/../.." && pwd)
+. "$top/contrib/deps.sh"
+[ "$(id -u)" -eq 0 ] || { echo "guest-migrate-bench: needs root (network namespaces)" >&2; exit 77; }
+
+RAM_M=${RAM_M:-512}; RAM_FILL_M=${RAM_FILL_M:-128}
+DISK_M=${DISK_M:-1024}; DISK_FILL_M=${DISK_FILL_M:-256}
+WORKLOAD=${WORKLOAD:-mem=32M/s,hot=64M,disk=4M/s}
+WARM_S=${WARM_S:-5}; RUN_S=${RUN_S:-90}; STATUS_MS=${STATUS_MS:-10}
+SHAPED=${SHAPED:-0}; RATE=${RATE:-1gbit}; MTU=${MTU:-1500}; REPS=${REPS:-1}
+SIDES=${SIDES:-blkmig qemu}; ACCEL=${ACCEL:-auto}
+NETNS_NAME=${NETNS_NAME:-bmgm}
+
+if [ -z "${BLKMIG:-}" ]; then
+    bm_install_deps build
+    bm_build "$top" "$top/build/release" CFLAGS='-O2 -g' >/dev/null
+    BLKMIG=$BM_BUILD_DIR/blkmig
+fi
+GUEST=${GUEST:-$(dirname "$BLKMIG")/vm/guest/blkmig-guest.elf}
+[ -f "$GUEST" ] || { echo "guest-migrate-bench: no test guest at $GUEST" >&2; exit 1; }
+command -v qemu-system-x86_64 >/dev/null || bm_install_deps test
+kvm_ok=0
+if [ -c /dev/kvm ] && { exec 9<>/dev/kvm; } 2>/dev/null; then kvm_ok=1; exec 9>&-; fi
+if [ "$ACCEL" = auto ]; then
+    if [ $kvm_ok = 1 ]; then ACCEL=kvm; else ACCEL=tcg; fi
+fi
+
+work=$(mktemp -d /tmp/guest-migrate-bench.XXXXXX)
+pids=()
+hosts=$top/contrib/netns-hosts.sh
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    "$hosts" down --name "$NETNS_NAME" >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+if [ "$SHAPED" = 1 ]; then
+    "$hosts" up --name "$NETNS_NAME" --rate "$RATE" --mtu "$MTU" >/dev/null
+else
+    "$hosts" up --name "$NETNS_NAME" >/dev/null
+fi
+A=${NETNS_NAME}A B=${NETNS_NAME}B
+dA=/var/tmp/$NETNS_NAME-A dB=/var/tmp/$NETNS_NAME-B
+append="blkmig.workload=$WORKLOAD,ram-fill=${RAM_FILL_M}M,disk-fill=${DISK_FILL_M}M"
+append="$append blkmig.run=$RUN_S blkmig.status_ms=$STATUS_MS"
+echo "guest-migrate-bench: accel $ACCEL (blkmig side: $([ $kvm_ok = 1 ] && echo kvm || echo 'skipped, no usable /dev/kvm')), link $([ "$SHAPED" = 1 ] && echo "$RATE mtu $MTU" || echo unshaped)" >&2
+
+drv=$work/drv.py
+sed -n '/^: <<.END_OF_DRIVER.$/,/^END_OF_DRIVER$/p' "$0" | sed '1d;$d' >"$drv"
+
+: >"$work/runs.jsonl"
+for rep in $(seq "$REPS"); do
+    for side in $SIDES; do
+        if [ "$side" = blkmig ] && [ $kvm_ok = 0 ]; then
+            echo "guest-migrate-bench: blkmig side skipped: no usable /dev/kvm" >&2
+            echo "{\"side\": \"blkmig\", \"rep\": $rep, \"skipped\": \"no usable /dev/kvm\"}" >>"$work/runs.jsonl"
+            continue
+        fi
+        rm -f "$dA"/*.img "$dB"/*.img "$work"/*.sock
+        echo "# rep $rep side $side" >&2
+        python3 "$drv" "$side" --blkmig "$BLKMIG" --guest "$GUEST" --ns-a "$A" --ns-b "$B" \
+            --dir-a "$dA" --dir-b "$dB" --work "$work" --ram "$RAM_M" --disk "$DISK_M" \
+            --append "$append" --warm "$WARM_S" --accel "$ACCEL" --rep "$rep" \
+            --workload "$WORKLOAD,ram-fill=${RAM_FILL_M}M,disk-fill=${DISK_FILL_M}M" \
+            --run-s "$RUN_S" --status-ms "$STATUS_MS" >>"$work/runs.jsonl"
+        tail -n 1 "$work/runs.jsonl" >&2
+    done
+done
+python3 "$drv" report "$work/runs.jsonl" --shaped "$SHAPED" --rate "$RATE" --mtu "$MTU" \
+    --accel "$ACCEL" --workload "$WORKLOAD" --ram "$RAM_M" --disk "$DISK_M"
+exit 0
+
+: <<'END_OF_DRIVER'
+import argparse, hashlib, json, os, socket, statistics, subprocess, sys, threading, time
+
+ADDR_B = "10.77.0.2"
+
+def log(*a):
+    print("guest-migrate-bench:", *a, file=sys.stderr, flush=True)
+
+class Console:
+    """Reads a guest console (a unix socket QEMU serves, or a file blkmig appends to) and keeps
+    (host time, line) for every line."""
+    def __init__(self, path, kind):
+        self.lines, self.path, self.kind, self.stop = [], path, kind, False
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+    def run(self):
+        buf = b""
+        if self.kind == "socket":
+            for _ in range(200):
+                try:
+                    s = socket.socket(socket.AF_UNIX); s.connect(self.path); break
+                except OSError:
+                    time.sleep(0.05)
+            else:
+                return
+            s.settimeout(0.2)
+            while not self.stop:
+                try:
+                    d = s.recv(65536)
+                except socket.timeout:
+                    continue
+                if not d:
+                    break
+                now = time.time()
+                buf += d
+                while b"\n" in buf:
+                    l, buf = buf.split(b"\n", 1)
+                    self.lines.append((now, l.decode(errors="replace").rstrip("\r")))
+        else:
+            while not os.path.exists(self.path) and not self.stop:
+                time.sleep(0.01)
+            f = open(self.path, "rb")
+            while not self.stop:
+                d = f.read(65536)
+                if not d:
+                    time.sleep(0.002)
+                    continue
+                now = time.time()
+                buf += d
+                while b"\n" in buf:
+                    l, buf = buf.split(b"\n", 1)
+                    self.lines.append((now, l.decode(errors="replace")))
+    def wait_for(self, prefix, timeout):
+        end = time.time() + timeout
+        while time.time() < end:
+            for t, l in self.lines:
+                if prefix in l:
+                    return t, l
+            time.sleep(0.05)
+        raise SystemExit("no '%s' on console %s in %d s: %s" % (prefix, self.path, timeout,
+                                                                 self.lines[-3:]))
+    def status(self):
+        st = [l for _, l in self.lines if "BMG status" in l]
+        if not st:
+            return {}
+        return dict(kv.split("=", 1) for kv in st[-1].split("BMG status", 1)[1].split())
+
+class QMP:
+    """A QMP client: a reader thread files events (with their arrival time) and answers."""
+    def __init__(self, path):
+        import queue
+        for _ in range(400):
+            try:
+                self.s = socket.socket(socket.AF_UNIX); self.s.connect(path); break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise SystemExit("no QMP socket at " + path)
+        self.f = self.s.makefile("rb")
+        self.events, self.answers = [], queue.Queue()
+        json.loads(self.f.readline())
+        threading.Thread(target=self.reader, daemon=True).start()
+        self.cmd("qmp_capabilities")
+    def reader(self):
+        try:
+            for line in self.f:
+                r = json.loads(line)
+                if "event" in r:
+                    self.events.append((time.time(), r))
+                else:
+                    self.answers.put(r)
+        except OSError:
+            pass  # QEMU quit
+    def cmd(self, name, **args):
+        self.s.sendall(json.dumps({"execute": name, "arguments": args}).encode() + b"\n")
+        r = self.answers.get(timeout=120)
+        if "error" in r:
+            raise SystemExit("QMP %s: %s" % (name, r["error"]))
+        return r.get("return")
+    def wait_event(self, names, timeout):
+        names = names.split("|")
+        end = time.time() + timeout
+        while time.time() < end:
+            for t, e in self.events:
+                if e["event"] in names:
+                    return t, e
+            time.sleep(0.005)
+        raise SystemExit("no QMP event %s in %d s" % ("|".join(names), timeout))
+
+def wire_bytes(ns):
+    """Bytes host B's end of the link has received (RAM stream, NBD, headers: all of it)."""
+    out = subprocess.run(["ip", "netns", "exec", ns, "cat",
+                          "/sys/class/net/veth-B/statistics/rx_bytes"],
+                         capture_output=True, text=True)
+    return int(out.stdout.strip() or 0)
+
+def sha(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(1 << 22)
+            if not b:
+                return h.hexdigest()
+            h.update(b)
+
+def gap_across(src, dst, t_switch):
+    """Host-observed guest gap: last source line before the switch -> first destination line."""
+    before = [t for t, l in src.lines if l.startswith("BMG status") or "] BMG status" in l]
+    after = [t for t, l in dst.lines if "BMG status" in l]
+    if not before or not after:
+        return None
+    return (min(after) - max(before)) * 1000
+
+def run_qemu(a):
+    sock = lambda n: os.path.join(a.work, n)
+    src_img, dst_img = os.path.join(a.dir_a, "vda.img"), os.path.join(a.dir_b, "vda.img")
+    for p in (src_img, dst_img):
+        with open(p, "wb") as f:
+            f.truncate(a.disk << 20)
+    def qemu(ns, img, qmp, con, extra):
+        cmd = ["ip", "netns", "exec", ns, "qemu-system-x86_64", "-M", "microvm,acpi=off",
+               "-accel", a.accel, "-m", "%dM" % a.ram, "-nodefaults", "-no-user-config",
+               "-display", "none", "-kernel", a.guest, "-append", a.append,
+               "-global", "virtio-mmio.force-legacy=false",
+               "-drive", "id=vda,file=%s,format=raw,if=none,cache=writeback,aio=threads" % img,
+               "-device", "virtio-blk-device,drive=vda",
+               "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
+               "-chardev", "socket,id=con,path=%s,server=on,wait=off" % con,
+               "-serial", "chardev:con", "-qmp", "unix:%s,server=on,wait=off" % qmp] + extra
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                stderr=open(os.path.join(a.work, os.path.basename(qmp) + ".err"), "w"))
+    src = qemu(a.ns_a, src_img, sock("src.qmp"), sock("src.con"), [])
+    dst = qemu(a.ns_b, dst_img, sock("dst.qmp"), sock("dst.con"), ["-incoming", "defer", "-S"])
+    procs = [src, dst]
+    try:
+        csrc, cdst = Console(sock("src.con"), "socket"), Console(sock("dst.con"), "socket")
+        qs, qd = QMP(sock("src.qmp")), QMP(sock("dst.qmp"))
+        csrc.wait_for("BMG ready", 600)
+        st0, t0 = csrc.status(), time.time()
+        time.sleep(a.warm)
+        st1, t1 = csrc.status(), time.time()
+        # Destination: NBD export of its empty image; incoming migration.
+        qd.cmd("nbd-server-start", addr={"type": "inet", "data": {"host": ADDR_B, "port": "10809"}})
+        qd.cmd("nbd-server-add", device="vda", writable=True)
+        qd.cmd("migrate-incoming", uri="tcp:%s:7700" % ADDR_B)
+        # Source: mirror the disk into it, wait for READY, then migrate RAM.
+        w0 = wire_bytes(a.ns_b)
+        t_start = time.time()
+        qs.cmd("blockdev-add", driver="nbd", **{"node-name": "mig-vda"},
+               server={"type": "inet", "host": ADDR_B, "port": "10809"}, export="vda")
+        qs.cmd("blockdev-mirror", **{"job-id": "mig-vda"}, device="vda", target="mig-vda",
+               sync="full")
+        t_ready, _ = qs.wait_event("BLOCK_JOB_READY", 1800)
+        qs.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
+        qs.cmd("migrate", uri="tcp:%s:7700" % ADDR_B)
+        while True:
+            m = qs.cmd("query-migrate")
+            if m.get("status") in ("completed", "failed", "cancelled"):
+                break
+            time.sleep(0.02)
+        if m["status"] != "completed":
+            raise SystemExit("QEMU migration %s: %s" % (m["status"], m.get("error-desc")))
+        w1 = wire_bytes(a.ns_b)
+        # libvirt's end: cancel the (ready) mirror, which drains it and ends it with
+        # BLOCK_JOB_COMPLETED, and only then stop the NBD server and start the destination.
+        qs.cmd("block-job-cancel", device="mig-vda")
+        qs.wait_event("BLOCK_JOB_COMPLETED|BLOCK_JOB_CANCELLED", 600)
+        while (qd.cmd("query-migrate").get("status") != "completed" or
+               qd.cmd("query-status")["status"] != "paused"):
+            time.sleep(0.01)
+        # Both paused: the destination's image must equal the source's. (This check is ours,
+        # not libvirt's: its time is taken out of the guest's gap below.)
+        t_v = time.time()
+        same = sha(src_img) == sha(dst_img)
+        verify_s = time.time() - t_v
+        qd.cmd("nbd-server-stop")
+        qd.cmd("cont")
+        t_running = time.time()
+        cdst.wait_for("BMG status", 60)
+        time.sleep(2)
+        st_d = cdst.status()
+        gap = gap_across(csrc, cdst, t_running)
+        if gap is not None:
+            gap -= verify_s * 1000
+        # The guest's own full check at RUN_S, then exit through isa-debug-exit.
+        t_chk, line = cdst.wait_for("BMG check", a.run_s + 600)
+        dst.wait(timeout=60)
+        qs.cmd("quit")
+        src.wait(timeout=30)
+        return {"side": "qemu", "accel": a.accel, "rep": a.rep, "status": "completed",
+                "total_s": round(t_running - verify_s - t_start, 3),
+                "verify_ms": round(verify_s * 1000),
+                "ready_s": round(t_ready - t_start, 3),
+                "downtime_ms": m.get("downtime"),
+                "guest_gap_ms": round(gap, 1) if gap is not None else None,
+                "guest_max_gap_us": int(st_d.get("max_gap_us", 0)),
+                "ram_bytes": m["ram"]["transferred"], "wire_bytes": w1 - w0,
+                "images_equal": same, "guest_check": line.split("BMG ", 1)[1],
+                "guest_ok": "mismatches=0 errors=0" in line,
+                "ram_writes_per_s_before": round((int(st1.get("ram_writes", 0)) - int(st0.get("ram_writes", 0))) / (t1 - t0))}
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+def run_blkmig(a):
+    sock = lambda n: os.path.join(a.work, n)
+    env = dict(os.environ, BLKMIG_CONSOLE=sock("dst-console.log"), BLKMIG_GUEST=a.guest)
+    dst = subprocess.Popen(["ip", "netns", "exec", a.ns_b, a.blkmig, "incoming", "--listen",
+                            ADDR_B + ":7700", "--disk-dir", a.dir_b, "--force", "--control",
+                            sock("dst.sock")], env=env, stderr=open(sock("dst.err"), "w"))
+    src = subprocess.Popen(["ip", "netns", "exec", a.ns_a, a.blkmig, "run", "--kvm", "--guest",
+                            a.guest, "--ram", "%dM" % a.ram, "--disk", "vda=%s/vda.img,size=%dM"
+                            % (a.dir_a, a.disk), "--workload", a.workload, "--console",
+                            sock("src-console.log"), "--control", sock("src.sock")],
+                           env=env, stderr=open(sock("src.err"), "w"))
+    procs = [src, dst]
+    try:
+        csrc, cdst = Console(sock("src-console.log"), "file"), Console(sock("dst-console.log"), "file")
+        csrc.wait_for("BMG ready", 600)
+        st0, t0 = csrc.status(), time.time()
+        time.sleep(a.warm)
+        st1, t1 = csrc.status(), time.time()
+        w0 = wire_bytes(a.ns_b)
+        t_start = time.time()
+        out = subprocess.run([a.blkmig, "migrate", "--with-disk", "--verify", "--json",
+                              "--no-progress", sock("src.sock"), "tcp:%s:7700" % ADDR_B],
+                             capture_output=True, text=True)
+        t_end = time.time()
+        w1 = wire_bytes(a.ns_b)
+        rep = {}
+        for l in out.stdout.splitlines():
+            if l.startswith("{") and '"report"' in l:
+                rep = json.loads(l)["report"]
+        if out.returncode != 0:
+            raise SystemExit("blkmig migrate exited %d: %s" % (out.returncode, out.stderr[-500:]))
+        cdst.wait_for("BMG status", 60)
+        time.sleep(2)
+        st_d = cdst.status()
+        gap = gap_across(csrc, cdst, t_end)
+        t_chk, line = cdst.wait_for("BMG check", a.run_s + 600)
+        subprocess.run([a.blkmig, "control", sock("dst.sock"), "quit"], capture_output=True)
+        dst.wait(timeout=60)
+        src.wait(timeout=60)
+        ram, disk = rep.get("ram", {}), rep.get("disk", {})
+        return {"side": "blkmig", "accel": "kvm", "rep": a.rep, "status": rep.get("status"),
+                "total_s": round(rep.get("total_ms", 0) / 1000, 3), "ready_s": None,
+                "downtime_ms": rep.get("downtime_ms"),
+                "guest_gap_ms": round(gap, 1) if gap is not None else None,
+                "guest_downtime_ms": rep.get("guest_downtime_ms"),
+                "guest_max_gap_us": int(st_d.get("max_gap_us", 0)),
+                "ram_bytes": ram.get("transferred"), "wire_bytes": w1 - w0,
+                "images_equal": rep.get("verified"), "guest_check": line.split("BMG ", 1)[1],
+                "guest_ok": "mismatches=0 errors=0" in line,
+                "ram_writes_per_s_before": round((int(st1.get("ram_writes", 0)) - int(st0.get("ram_writes", 0))) / (t1 - t0))}
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+def report(a):
+    runs = [json.loads(l) for l in open(a.runs)]
+    rows = {}
+    for r in runs:
+        if r.get("skipped"):
+            rows.setdefault(r["side"], {"skipped": r["skipped"]})
+            continue
+        rows.setdefault(r["side"], {"runs": []})["runs"].append(r)
+    out = {}
+    print("| side | accel | total s | downtime ms (own figure) | guest gap ms (host clock) | guest max TSC gap ms | RAM MiB | on the wire MiB | images equal | guest self-check |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|---|")
+    for side, v in rows.items():
+        if "skipped" in v:
+            print("| %s | - | skipped: %s |" % (side, v["skipped"]))
+            out[side] = v
+            continue
+        rs = v["runs"]
+        med = lambda k: statistics.median([x[k] for x in rs if x.get(k) is not None]) if any(x.get(k) is not None for x in rs) else None
+        m = {k: med(k) for k in ("total_s", "downtime_ms", "guest_gap_ms", "guest_max_gap_us", "ram_bytes", "wire_bytes")}
+        m["n"] = len(rs)
+        m["all_ok"] = all(x["guest_ok"] and x["images_equal"] for x in rs)
+        out[side] = m
+        f = lambda x, s=1, p=1: "-" if x is None else "%.*f" % (p, x / s)
+        print("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            side, rs[0]["accel"], f(m["total_s"], 1, 2), f(m["downtime_ms"], 1, 0),
+            f(m["guest_gap_ms"]), f(m["guest_max_gap_us"], 1000), f(m["ram_bytes"], 2**20),
+            f(m["wire_bytes"], 2**20), all(x["images_equal"] for x in rs),
+            "; ".join(x["guest_check"] for x in rs)))
+    params = {k: getattr(a, k) for k in ("shaped", "rate", "mtu", "accel", "workload", "ram", "disk")}
+    print("RESULT guest-migrate " + json.dumps({"params": params, "sides": out, "runs": runs}))
+
+def main():
+    if sys.argv[1] == "report":
+        p = argparse.ArgumentParser()
+        p.add_argument("runs")
+        for k in ("shaped", "rate", "mtu", "accel", "workload", "ram", "disk"):
+            p.add_argument("--" + k)
+        report(p.parse_args(sys.argv[2:]))
+        return
+    p = argparse.ArgumentParser()
+    p.add_argument("side")
+    for k in ("blkmig", "guest", "ns-a", "ns-b", "dir-a", "dir-b", "work", "append", "accel",
+              "workload"):
+        p.add_argument("--" + k)
+    for k in ("ram", "disk", "warm", "rep", "run-s", "status-ms"):
+        p.add_argument("--" + k, type=int)
+    a = p.parse_args()
+    print(json.dumps(run_qemu(a) if a.side == "qemu" else run_blkmig(a)), flush=True)
+
+main()
+END_OF_DRIVER
