@@ -89,9 +89,6 @@ struct mirror_job {
     /* Progress: cur is the job thread's own; publish() copies it into st under stats_lock,
      * which is what other threads read. */
     pthread_mutex_t stats_lock;
-    /* Set (under stats_lock) once the job's outcome is final; mirror_wait waits for it. */
-    bool finished;
-    pthread_cond_t finished_cv;
     struct mirror_stats cur;
     struct mirror_stats st;
     /* The bulk pass: the source's extents as they were at setup (later writes are tracked by
