@@ -189,10 +189,15 @@ class QMP:
                 else:
                     self.answers.put(r)
         except OSError:
-            pass  # QEMU quit
+            pass
+        # QEMU quit or died: whoever waits for an answer gets this one.
+        self.answers.put({"error": {"desc": "the QMP connection closed (QEMU exited)"}})
     def cmd(self, name, **args):
         self.s.sendall(json.dumps({"execute": name, "arguments": args}).encode() + b"\n")
-        r = self.answers.get(timeout=120)
+        try:
+            r = self.answers.get(timeout=120)
+        except Exception:
+            raise SystemExit("QEMU did not answer QMP %s within 120 s" % name)
         if "error" in r:
             raise SystemExit("QMP %s: %s" % (name, r["error"]))
         return r.get("return")
@@ -230,6 +235,34 @@ def gap_across(src, dst, t_switch):
         return None
     return (min(after) - max(before)) * 1000
 
+def common_fields(st_d, line, warm):
+    """What both sides report the same way: the guest's own figures and its final check."""
+    st0, t0, st1, t1 = warm
+    return {"guest_max_gap_us": int(st_d.get("max_gap_us", 0)),
+            "guest_check": line.split("BMG ", 1)[1],
+            "guest_ok": "mismatches=0 errors=0" in line,
+            "ram_writes_per_s_before": round((int(st1.get("ram_writes", 0)) -
+                                              int(st0.get("ram_writes", 0))) / (t1 - t0))}
+
+def stop_all(procs, work=None):
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    if work and sys.exc_info()[0] is not None:  # failing: show what the processes said
+        for n in sorted(os.listdir(work)):
+            if n.endswith(".err"):
+                tail = open(os.path.join(work, n), errors="replace").read()[-1500:]
+                if tail.strip():
+                    log("%s:\n%s" % (n, tail))
+
+def warm_up(console, seconds):
+    """Wait for the guest's first-boot fill, then measure its write rate for a while."""
+    console.wait_for("BMG ready", 600)
+    st0, t0 = console.status(), time.time()
+    time.sleep(seconds)
+    return st0, t0, console.status(), time.time()
+
 def run_qemu(a):
     sock = lambda n: os.path.join(a.work, n)
     src_img, dst_img = os.path.join(a.dir_a, "vda.img"), os.path.join(a.dir_b, "vda.img")
@@ -254,10 +287,7 @@ def run_qemu(a):
     try:
         csrc, cdst = Console(sock("src.con"), "socket"), Console(sock("dst.con"), "socket")
         qs, qd = QMP(sock("src.qmp")), QMP(sock("dst.qmp"))
-        csrc.wait_for("BMG ready", 600)
-        st0, t0 = csrc.status(), time.time()
-        time.sleep(a.warm)
-        st1, t1 = csrc.status(), time.time()
+        warm = warm_up(csrc, a.warm)
         # Destination: NBD export of its empty image; incoming migration.
         qd.cmd("nbd-server-start", addr={"type": "inet", "data": {"host": ADDR_B, "port": "10809"}})
         qd.cmd("nbd-server-add", device="vda", writable=True)
@@ -312,16 +342,10 @@ def run_qemu(a):
                 "ready_s": round(t_ready - t_start, 3),
                 "downtime_ms": m.get("downtime"),
                 "guest_gap_ms": round(gap, 1) if gap is not None else None,
-                "guest_max_gap_us": int(st_d.get("max_gap_us", 0)),
                 "ram_bytes": m["ram"]["transferred"], "wire_bytes": w1 - w0,
-                "images_equal": same, "guest_check": line.split("BMG ", 1)[1],
-                "guest_ok": "mismatches=0 errors=0" in line,
-                "ram_writes_per_s_before": round((int(st1.get("ram_writes", 0)) - int(st0.get("ram_writes", 0))) / (t1 - t0))}
+                "images_equal": same, **common_fields(st_d, line, warm)}
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        stop_all(procs, a.work)
 
 def run_blkmig(a):
     sock = lambda n: os.path.join(a.work, n)
@@ -337,10 +361,7 @@ def run_blkmig(a):
     procs = [src, dst]
     try:
         csrc, cdst = Console(sock("src-console.log"), "file"), Console(sock("dst-console.log"), "file")
-        csrc.wait_for("BMG ready", 600)
-        st0, t0 = csrc.status(), time.time()
-        time.sleep(a.warm)
-        st1, t1 = csrc.status(), time.time()
+        warm = warm_up(csrc, a.warm)
         w0 = wire_bytes(a.ns_b)
         t_start = time.time()
         out = subprocess.run([a.blkmig, "migrate", "--with-disk", "--verify", "--json",
@@ -368,16 +389,10 @@ def run_blkmig(a):
                 "downtime_ms": rep.get("downtime_ms"),
                 "guest_gap_ms": round(gap, 1) if gap is not None else None,
                 "guest_downtime_ms": rep.get("guest_downtime_ms"),
-                "guest_max_gap_us": int(st_d.get("max_gap_us", 0)),
                 "ram_bytes": ram.get("transferred"), "wire_bytes": w1 - w0,
-                "images_equal": rep.get("verified"), "guest_check": line.split("BMG ", 1)[1],
-                "guest_ok": "mismatches=0 errors=0" in line,
-                "ram_writes_per_s_before": round((int(st1.get("ram_writes", 0)) - int(st0.get("ram_writes", 0))) / (t1 - t0))}
+                "images_equal": rep.get("verified"), **common_fields(st_d, line, warm)}
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        stop_all(procs, a.work)
 
 def report(a):
     runs = [json.loads(l) for l in open(a.runs)]
@@ -395,10 +410,17 @@ def report(a):
             print("| %s | - | skipped: %s |" % (side, v["skipped"]))
             out[side] = v
             continue
-        rs = v["runs"]
+        failed = [x for x in v["runs"] if x.get("status") != "completed"]
+        rs = [x for x in v["runs"] if x.get("status") == "completed"]
+        if not rs:
+            print("| %s | %s | all %d runs failed: %s |" % (side, failed[0]["accel"], len(failed),
+                                                        failed[0].get("error")))
+            out[side] = {"failed": len(failed), "n": 0}
+            continue
         med = lambda k: statistics.median([x[k] for x in rs if x.get(k) is not None]) if any(x.get(k) is not None for x in rs) else None
         m = {k: med(k) for k in ("total_s", "downtime_ms", "guest_gap_ms", "guest_max_gap_us", "ram_bytes", "wire_bytes")}
         m["n"] = len(rs)
+        m["failed"] = len(failed)
         m["all_ok"] = all(x["guest_ok"] and x["images_equal"] for x in rs)
         out[side] = m
         f = lambda x, s=1, p=1: "-" if x is None else "%.*f" % (p, x / s)
@@ -406,7 +428,8 @@ def report(a):
             side, rs[0]["accel"], f(m["total_s"], 1, 2), f(m["downtime_ms"], 1, 0),
             f(m["guest_gap_ms"]), f(m["guest_max_gap_us"], 1000), f(m["ram_bytes"], 2**20),
             f(m["wire_bytes"], 2**20), all(x["images_equal"] for x in rs),
-            "; ".join(x["guest_check"] for x in rs)))
+            "; ".join(x["guest_check"] for x in rs) +
+            ("; %d more run(s) failed: %s" % (len(failed), failed[0].get("error")) if failed else "")))
     params = {k: getattr(a, k) for k in ("shaped", "rate", "mtu", "accel", "workload", "ram", "disk")}
     print("RESULT guest-migrate " + json.dumps({"params": params, "sides": out, "runs": runs}))
 
@@ -426,7 +449,14 @@ def main():
     for k in ("ram", "disk", "warm", "rep", "run-s", "status-ms"):
         p.add_argument("--" + k, type=int)
     a = p.parse_args()
-    print(json.dumps(run_qemu(a) if a.side == "qemu" else run_blkmig(a)), flush=True)
+    try:
+        row = run_qemu(a) if a.side == "qemu" else run_blkmig(a)
+    except BaseException as e:  # a wedged or failed run is a result too: record it, go on
+        import traceback
+        traceback.print_exc()
+        row = {"side": a.side, "rep": a.rep, "accel": a.accel if a.side == "qemu" else "kvm",
+               "status": "failed", "error": "%s: %s" % (type(e).__name__, e)}
+    print(json.dumps(row), flush=True)
 
 main()
 END_OF_DRIVER
