@@ -171,7 +171,7 @@ static uint32_t blk_request(struct kvm_vmm *k, struct kvm_vblk *b, uint16_t head
     uint16_t i = head;
     for (;;) {
         struct vdesc *d = kvm_gpa(k, b->desc + (uint64_t)i * sizeof *d, sizeof *d);
-        if (!d || n == b->qnum)
+        if (!d || n == b->qnum || n == QUEUE_MAX)
             return 0; /* a broken chain: dropped (a real device would mark itself broken) */
         chain[n++] = *d;
         if (!(d->flags & 1))
