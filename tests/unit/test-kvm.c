@@ -376,6 +376,54 @@ static void test_load_bad_files(void **state)
     unlink(path);
 }
 
+/* ---- the state loader refuses malformed blobs before any ioctl ---- */
+
+static void put_section(uint8_t *b, size_t *n, uint32_t tag, const void *p, uint32_t len)
+{
+    memcpy(b + *n, &tag, 4);
+    memcpy(b + *n + 4, &len, 4);
+    memcpy(b + *n + 8, p, len);
+    *n += 8 + len;
+}
+
+static void test_load_state_malformed(void **state)
+{
+    struct fx *f = *state;
+    /* A vCPU whose fd is not KVM's: an ioctl reaching it fails with ENOTTY, not EPROTO. */
+    f->k.nvcpus = 1;
+    f->k.vcpus[0].fd = open("/dev/null", O_RDONLY);
+    assert_true(f->k.vcpus[0].fd >= 0);
+    static uint8_t b[4096];
+    size_t n = 0;
+    memcpy(b, "NOTKVMST", 8);
+    assert_int_equal(kvm_load(&f->k.vm, b, 8), -EPROTO);
+    memcpy(b, "BMKVMST1", 8);
+    n = 8;
+    /* An MSR section that claims 5 entries but holds 1. */
+    struct {
+        struct kvm_msrs h;
+        struct kvm_msr_entry e[1];
+    } m = {.h = {.nmsrs = 5}, .e = {{.index = 0x174}}};
+    put_section(b, &n, 8 /* T_MSRS */, &m, sizeof m);
+    assert_int_equal(kvm_load(&f->k.vm, b, n), -EPROTO);
+    /* A section longer than the blob; a section of the wrong size. */
+    n = 8;
+    put_section(b, &n, 8, &m, sizeof m);
+    assert_int_equal(kvm_load(&f->k.vm, b, n - 4), -EPROTO);
+    n = 8;
+    uint8_t junk[10] = {0};
+    put_section(b, &n, 2 /* T_REGS */, junk, sizeof junk);
+    assert_int_equal(kvm_load(&f->k.vm, b, n), -EPROTO);
+    /* A virtio queue size that is not a power of two up to 256. */
+    n = 8;
+    struct kvm_vblk v = {.qnum = 1000};
+    put_section(b, &n, 64 /* T_VBLK */, &v, sizeof v);
+    assert_int_equal(kvm_load(&f->k.vm, b, n), -EPROTO);
+    close(f->k.vcpus[0].fd);
+    f->k.vcpus[0].fd = -1;
+    f->k.nvcpus = 0;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -384,6 +432,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_console, setup, teardown),
         cmocka_unit_test_setup_teardown(test_load_guest, setup, teardown),
         cmocka_unit_test_setup_teardown(test_load_bad_files, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_load_state_malformed, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

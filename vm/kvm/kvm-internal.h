@@ -55,7 +55,8 @@ struct kvm_vmm {
     /* Run control (mu protects the flags and counts; cv signals changes). */
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    bool want_pause, quit, halted;
+    atomic_bool want_pause, quit; /* also read without mu by the vCPU loop */
+    bool halted;
     unsigned parked; /* vCPUs parked */
     atomic_uint throttle;
     pthread_t ticker;
@@ -71,7 +72,7 @@ struct kvm_vmm {
     /* Guest status from its console lines (under mu). */
     uint64_t hb, ram_writes, disk_writes, ram_checks, disk_checks, errors, max_gap_us, last_gap_us,
         status_lines, last_line_ns, max_line_gap_ns;
-    bool loaded; /* state came from load_state (a migration) */
+    bool loaded;          /* state came from load_state (a migration) */
     bool resumed_pending; /* the next status line's gap spans a resume */
     uint64_t last_resume_gap_us;
     int exit_status; /* -1 = still running */

@@ -526,8 +526,8 @@ int kvm_create(const struct kvm_config *cfg, const struct vm_disk *disks, unsign
         snprintf(err, errlen, "kvm: RAM must be 16 MiB to 3 GiB, a multiple of 2 MiB");
         return -EINVAL;
     }
-    if (ndisks > VM_MAX_DISKS || ndisks > 8) {
-        snprintf(err, errlen, "kvm: at most 8 disks");
+    if (ndisks > KVM_MAX_DISKS) {
+        snprintf(err, errlen, "kvm: at most %u disks", KVM_MAX_DISKS);
         return -EINVAL;
     }
     struct kvm_vmm *k = calloc(1, sizeof *k);

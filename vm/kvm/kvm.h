@@ -19,6 +19,7 @@
 #define KVM_VIRTIO_GPA  0xd0001000ull /* virtio-mmio window k at + k * 0x1000 */
 #define KVM_VIRTIO_SIZE 0x200u
 #define KVM_VIRTIO_IRQ  5u /* + k (announced; the guest polls) */
+#define KVM_MAX_DISKS 8u
 
 struct kvm_config {
     uint64_t ram;         /* bytes, a multiple of 2 MiB, at most KVM_MAX_RAM */

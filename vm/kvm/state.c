@@ -275,9 +275,18 @@ int kvm_load(struct vm *vm, const void *buf, size_t len)
             case T_LAPIC:
                 req = KVM_SET_LAPIC, what = "LAPIC";
                 break;
-            case T_MSRS:
+            case T_MSRS: {
+                /* The count inside must match the section's length: the kernel reads that
+                 * many entries from our copy. */
+                struct kvm_msrs *m = obj;
+                if (m->nmsrs != (l - sizeof *m) / sizeof m->entries[0]) {
+                    bm_error("kvm: loading state: %u MSRs in a section of %u", m->nmsrs, l);
+                    r = -EPROTO;
+                    break;
+                }
                 req = KVM_SET_MSRS, what = "MSRS";
                 break;
+            }
             case T_EVENTS:
                 req = KVM_SET_VCPU_EVENTS, what = "VCPU_EVENTS";
                 break;
