@@ -478,6 +478,15 @@ static bool bulk_step(struct mirror_job *j, struct slot *s)
                 slot_done(s, -r);
             return true;
         }
+        /* A block written since the job started is dirty; the bulk copy about to read it
+         * sends the new data, so it need not travel again as a dirty copy. Clear before
+         * reading, as dirty copies do: a write landing after this sets the bit again (a
+         * failed copy sets the range again too). Only blocks the range covers whole: the
+         * rest of a partly covered block may be a hole, which nothing reads. */
+        uint64_t cfirst = (off + (1u << j->shift) - 1) >> j->shift;
+        uint64_t cend = off + len == j->size ? bm_bitmap_nbits(j->dirty) : (off + len) >> j->shift;
+        if (cend > cfirst)
+            bm_bitmap_clear_bits(j->dirty, cfirst, cend - cfirst);
         copy_range(j, s, off, len, true);
         return true;
     }

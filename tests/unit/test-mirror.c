@@ -215,6 +215,42 @@ static void test_direct_ordering(void **state)
     use_direct = false;
 }
 
+/* Writes landing ahead of the bulk pass: into data the pass has yet to read (the bulk copy
+ * carries them; no second, dirty copy), into a hole (only a dirty copy can carry it), and into
+ * the range the pass just read (clear-before-read: copied again). */
+static void ahead(void *opaque, uint64_t off, uint64_t len, bool bulk)
+{
+    struct fx *f = opaque;
+    (void)len;
+    if (!bulk || f->injections > 0 || off != (1u << 20))
+        return;
+    f->injections++;
+    fill(f->src, (5u << 20) + (128u << 10), 64u << 10, 0x66); /* data not read yet */
+    fill(f->src, 7u << 20, 4096, 0x77);                     /* a hole */
+    fill(f->src, (1u << 20) + 8192, 4096, 0x88);            /* just read */
+}
+
+static void test_bulk_covers_dirty(void **state)
+{
+    struct fx *f = *state;
+    struct mirror_job *j = new_job(f, f->uri);
+    mirror_set_test_hook(j, ahead, f);
+    assert_int_equal(mirror_start(j), 0);
+    wait_state(j, MIRROR_READY);
+    assert_int_equal(f->injections, 1);
+    mirror_complete(j);
+    char err[256];
+    assert_int_equal(mirror_wait(j, err, sizeof err), 0);
+    struct mirror_stats st;
+    mirror_query(j, &st);
+    assert_int_equal(st.bulk_total, (1 << 20) + (512 << 10));
+    /* The bulk pass, then one dirty block each for the hole and the re-read range. */
+    assert_int_equal(st.bytes_sent, st.bulk_total + 2 * 4096);
+    mirror_release(j);
+    mirror_free(j);
+    assert_same(f);
+}
+
 static void test_cancel(void **state)
 {
     struct fx *f = *state;
@@ -269,6 +305,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ordering_invariant, setup, teardown),
         cmocka_unit_test_setup_teardown(test_direct, setup, teardown),
         cmocka_unit_test_setup_teardown(test_direct_ordering, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bulk_covers_dirty, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_target, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_options, setup, teardown),
