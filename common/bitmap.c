@@ -233,3 +233,15 @@ int bm_bitmap_merge(struct bm_bitmap *out, const struct bm_bitmap *b)
     }
     return 0;
 }
+
+int bm_bitmap_subtract(struct bm_bitmap *out, const struct bm_bitmap *b)
+{
+    if (!same_geometry(b, out))
+        return -EINVAL;
+    for (uint64_t w = 0; w < b->nwords; w++) {
+        uint64_t v = atomic_load(&b->words[w]);
+        if (v)
+            atomic_fetch_and(&out->words[w], ~v);
+    }
+    return 0;
+}

@@ -51,5 +51,7 @@ int bm_bitmap_snapshot_and_clear(struct bm_bitmap *b, struct bm_bitmap *out);
 
 /* out |= b. Same geometry required (-EINVAL otherwise). */
 int bm_bitmap_merge(struct bm_bitmap *out, const struct bm_bitmap *b);
+/* out &= ~b. Same geometry required (-EINVAL otherwise). */
+int bm_bitmap_subtract(struct bm_bitmap *out, const struct bm_bitmap *b);
 
 #endif

@@ -50,6 +50,16 @@ void mig_ctl_decide(const struct mig_ctl_in *in, struct mig_ctl_out *out)
     out->abort = over_time && !out->switchover;
 }
 
+bool mig_ctl_hold_hot(bool disk_bulk_done, uint64_t disk_dirty, uint64_t throughput,
+                      unsigned stalled_ticks)
+{
+    if (!disk_bulk_done)
+        return true;
+    double backlog_ms = throughput > 0 ? (double)disk_dirty * 1000.0 / (double)throughput : 1e9;
+    bool backlog = disk_dirty > 0 && backlog_ms > (double)HOLD_BACKLOG_MS;
+    return backlog && stalled_ticks < HOLD_STALLED_TICKS;
+}
+
 unsigned mig_ctl_throttle(uint64_t prev_pass_dirty, uint64_t pass_dirty, uint64_t dirty_rate,
                           uint64_t throughput, unsigned passes, unsigned cur)
 {

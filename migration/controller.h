@@ -39,6 +39,15 @@ struct mig_ctl_out {
 
 void mig_ctl_decide(const struct mig_ctl_in *in, struct mig_ctl_out *out);
 
+/* Joint order, round 0 at its end: hold the hot set back (true) while the disks' bulk copy
+ * runs, and after it while the dirty blocks it left behind still drain (more than
+ * HOLD_BACKLOG_MS of link time, and not HOLD_STALLED_TICKS ticks in a row without shrinking):
+ * the hot set, rewritten as it goes, costs least when it has the link to itself. */
+#define HOLD_BACKLOG_MS 100
+#define HOLD_STALLED_TICKS 3
+bool mig_ctl_hold_hot(bool disk_bulk_done, uint64_t disk_dirty, uint64_t throughput,
+                      unsigned stalled_ticks);
+
 /* Auto-converge: given the dirty bytes left after the previous and this pass, the throttle now
  * and how many passes ran, the next throttle (0-99). */
 unsigned mig_ctl_throttle(uint64_t prev_pass_dirty, uint64_t pass_dirty, uint64_t dirty_rate,

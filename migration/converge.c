@@ -34,6 +34,9 @@ struct loop {
     double best_pass_ms;       /* shortest expected pause seen at a pass end */
     unsigned no_progress;      /* passes since it last fell by 20 % */
     uint64_t under_since_ns;   /* when the expected pause came within the limit (0 = not) */
+    bool hot_released;         /* round 0 may end (the hot set is no longer held back) */
+    uint64_t prev_disk_dirty;  /* disk dirty bytes at the previous tick */
+    unsigned stalled_ticks;    /* ticks since the bulk copy in which they did not shrink */
 
     uint64_t tokens;     /* --max-bandwidth: RAM bytes allowed now */
     uint64_t nonzero;    /* non-zero pages counted so far */
@@ -138,8 +141,22 @@ static void decide(struct mig_source *m, struct loop *l, uint64_t now, bool time
     mig_collect(m);
     struct mig_stats *w = &m->w;
     w->in_flight = m->c.bytes_sent > m->peer_received ? m->c.bytes_sent - m->peer_received : 0;
-    if (timed)
+    if (timed) {
         measure(m, l, now);
+        /* Joint order: hold the hot set back while the disks need the link (once released,
+         * for good). */
+        if (m->ram_started && !l->hot_released) {
+            bool bulk_done = m->nmj == 0 || w->disks_past_bulk == m->nmj;
+            if (bulk_done && w->disk_dirty >= l->prev_disk_dirty)
+                l->stalled_ticks++;
+            else
+                l->stalled_ticks = 0;
+            l->hot_released = !mig_ctl_hold_hot(bulk_done, w->disk_dirty, w->throughput,
+                                                l->stalled_ticks);
+            ram_sender_hold_hot(m->ram, !l->hot_released);
+        }
+        l->prev_disk_dirty = w->disk_dirty;
+    }
     uint64_t disk_bytes = w->disk_bytes + w->disk_active_bytes;
     double disk_d = (double)(disk_bytes - l->bw_disk_bytes);
     double dt = (double)(now - l->bw_last) / 1e9;
@@ -311,6 +328,8 @@ bool mig_converge(struct mig_source *m)
                     return false;
                 }
                 m->ram_started = true;
+                /* Until the next tick decides, round 0 holds the hot set back. */
+                ram_sender_hold_hot(m->ram, m->nmj > 0);
                 m->w.ram_start_ms = (now - m->t0_ns) / 1000000u;
                 bm_info("migration: RAM pre-copy starts at %llu ms",
                         (unsigned long long)m->w.ram_start_ms);

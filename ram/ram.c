@@ -81,6 +81,7 @@ struct ram_sender {
     bool compress;
     struct bm_bitmap *todo; /* pages to send, indexed by gpa / page */
     struct bm_bitmap *deferred; /* the hot set, left for the end of round 0 */
+    bool hold_hot;          /* keep the hot set back even when round 0 reaches its end */
     uint64_t cursor;        /* next page of this pass */
     uint8_t *buf, *zbuf;
     size_t used, zcap;
@@ -156,7 +157,14 @@ int ram_sender_start(struct ram_sender *s, bool log_running)
 
 int ram_sender_harvest(struct ram_sender *s)
 {
-    return s->vm->ops->dirty_log_sync(s->vm, s->todo);
+    if (!s->deferred)
+        return s->vm->ops->dirty_log_sync(s->vm, s->todo);
+    /* Round 0 with a hot set: a page written now joins it, whether round 0 sent it already
+     * (it must go again) or has yet to reach it (sending it now would send it twice). */
+    int r = s->vm->ops->dirty_log_sync(s->vm, s->deferred);
+    if (r == 0)
+        r = bm_bitmap_subtract(s->todo, s->deferred);
+    return r;
 }
 
 static int flush_batch(struct ram_sender *s)
@@ -185,6 +193,10 @@ int ram_sender_step(struct ram_sender *s, uint64_t max_bytes)
     while (sent < max_bytes) {
         uint64_t p = bm_bitmap_next_set(s->todo, s->cursor);
         if (p == UINT64_MAX || p >= npages) {
+            if (s->deferred && s->hold_hot) {
+                s->cursor = npages; /* round 0 waits at its end */
+                break;
+            }
             s->cursor = 0;
             s->st.rounds++;
             if (s->deferred) {
@@ -216,6 +228,11 @@ int ram_sender_step(struct ram_sender *s, uint64_t max_bytes)
         }
     }
     return flush_batch(s);
+}
+
+void ram_sender_hold_hot(struct ram_sender *s, bool hold)
+{
+    s->hold_hot = hold;
 }
 
 void ram_sender_stats(struct ram_sender *s, struct ram_stats *st)

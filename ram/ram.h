@@ -56,13 +56,18 @@ uint64_t ram_count_nonzero(struct vm *vm);
 /* Start the dirty log (unless log_running: the caller started it earlier to watch the guest)
  * and mark every page for round 0. With log_running, the pages written since the log started
  * are the hot set: round 0 leaves them for the end (merged in when it wraps), since sending
- * them early would only send them twice. */
+ * them early would only send them twice. Until then every harvest adds the pages written
+ * meanwhile to the hot set. */
 int ram_sender_start(struct ram_sender *s, bool log_running);
 /* Move what the guest dirtied since the last harvest into the pages to send. */
 int ram_sender_harvest(struct ram_sender *s);
 /* Send up to max_bytes of pages. Returns 0, or -errno from the stream. Wraps to the start of
  * the bitmap when it reaches the end (that completes a round). */
 int ram_sender_step(struct ram_sender *s, uint64_t max_bytes);
+/* While hold is set, round 0 stops at its end with the hot set (see ram_sender_start) still
+ * unsent: the migration holds it while the disks' bulk copy has the link, so that the pages
+ * the guest rewrites fastest go when they can go fastest. */
+void ram_sender_hold_hot(struct ram_sender *s, bool hold);
 void ram_sender_stats(struct ram_sender *s, struct ram_stats *st);
 
 #endif

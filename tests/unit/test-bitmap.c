@@ -129,6 +129,15 @@ static void test_snapshot_and_clear(void **state)
     assert_int_equal(bm_bitmap_snapshot_and_clear(b, other), -EINVAL);
     assert_int_equal(bm_bitmap_merge(b, snap), 0);
     assert_int_equal(bm_bitmap_count(b), 11);
+    /* Subtract: b &= ~x, bits outside x untouched. */
+    struct bm_bitmap *x = bm_bitmap_new(1 << 20, 4096);
+    bm_bitmap_set_bits(x, 10, 100);
+    assert_int_equal(bm_bitmap_subtract(b, x), 0);
+    assert_int_equal(bm_bitmap_count(b), 6); /* 5..9 and 200 */
+    assert_true(bm_bitmap_test(b, 9) && !bm_bitmap_test(b, 10) && bm_bitmap_test(b, 200));
+    assert_int_equal(bm_bitmap_count(x), 100);
+    assert_int_equal(bm_bitmap_subtract(b, other), -EINVAL);
+    bm_bitmap_free(x);
     bm_bitmap_free(b);
     bm_bitmap_free(snap);
     bm_bitmap_free(other);

@@ -348,6 +348,24 @@ static void test_abort_unbounded(void **state)
 
 /* ---- auto-converge ---- */
 
+/* The hot set waits for the disks: during the bulk copy always; after it while more than
+ * HOLD_BACKLOG_MS of dirty blocks still drain, unless the drain stalls. */
+static void test_hold_hot(void **state)
+{
+    (void)state;
+    uint64_t thr = 100 * MiB; /* HOLD_BACKLOG_MS (100) of it: 10 MiB */
+    assert_true(mig_ctl_hold_hot(false, 0, thr, 0));
+    assert_true(mig_ctl_hold_hot(false, 0, thr, 99));
+    assert_true(mig_ctl_hold_hot(true, 11 * MiB, thr, 0));
+    assert_true(mig_ctl_hold_hot(true, 11 * MiB, thr, HOLD_STALLED_TICKS - 1));
+    assert_false(mig_ctl_hold_hot(true, 11 * MiB, thr, HOLD_STALLED_TICKS));
+    assert_false(mig_ctl_hold_hot(true, 10 * MiB, thr, 0));
+    assert_false(mig_ctl_hold_hot(true, 0, thr, 0));
+    /* No throughput measured yet: a backlog counts as one. */
+    assert_true(mig_ctl_hold_hot(true, 1, 0, 0));
+    assert_false(mig_ctl_hold_hot(true, 0, 0, 0));
+}
+
 static void test_throttle_first_passes(void **state)
 {
     (void)state;
@@ -404,6 +422,7 @@ int main(void)
         cmocka_unit_test(test_abort),
         cmocka_unit_test(test_abort_unbounded),
         cmocka_unit_test(test_switchover_settles),
+        cmocka_unit_test(test_hold_hot),
         cmocka_unit_test(test_throttle_first_passes),
         cmocka_unit_test(test_throttle_converging),
         cmocka_unit_test(test_throttle_steps),
