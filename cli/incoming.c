@@ -22,6 +22,7 @@ static void usage(FILE *f)
     fprintf(f,
             "Usage: blkmig incoming --listen ADDR:PORT [--nbd-port N]\n"
             "                       (--disk-dir DIR | --disk NAME=PATH ...) [--force]\n"
+            "                       [--max-ram SIZE] [--max-disk SIZE]\n"
             "                       --control SOCKET [--json] [--peer-timeout MS]\n"
             "                       [--accept-timeout S] [--log-level LEVEL]\n"
             "\n"
@@ -35,6 +36,8 @@ static void usage(FILE *f)
             "  --disk-dir DIR       create DIR/NAME.img for each disk the source announces\n"
             "  --disk NAME=PATH     the image for disk NAME (repeatable; wins over --disk-dir)\n"
             "  --force              overwrite existing images (refused otherwise)\n"
+            "  --max-ram SIZE       refuse a VM with more RAM than SIZE (e.g. 8G)\n"
+            "  --max-disk SIZE      refuse disks larger than SIZE in all (--disk-dir/--disk)\n"
             "  --control SOCKET     the VM's control socket once it runs here\n"
             "  --peer-timeout MS    silence that counts as a lost source (default 10000)\n"
             "  --accept-timeout S   give up if no source connects in time (default: wait)\n"
@@ -71,13 +74,15 @@ static void at_complete(void *opaque)
 int cmd_incoming(int argc, char **argv)
 {
     enum { O_LISTEN = 256, O_NBD, O_DIR, O_DISK, O_FORCE, O_CONTROL, O_JSON, O_PEER, O_ACCEPT,
-           O_LOG };
+           O_LOG, O_MAX_RAM, O_MAX_DISK };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
         {"nbd-port", required_argument, NULL, O_NBD},
         {"disk-dir", required_argument, NULL, O_DIR},
         {"disk", required_argument, NULL, O_DISK},
         {"force", no_argument, NULL, O_FORCE},
+        {"max-ram", required_argument, NULL, O_MAX_RAM},
+        {"max-disk", required_argument, NULL, O_MAX_DISK},
         {"control", required_argument, NULL, O_CONTROL},
         {"json", no_argument, NULL, O_JSON},
         {"peer-timeout", required_argument, NULL, O_PEER},
@@ -134,6 +139,18 @@ int cmd_incoming(int argc, char **argv)
         }
         case O_FORCE:
             o.force = true;
+            break;
+        case O_MAX_RAM:
+        case O_MAX_DISK:
+            if (bm_parse_size(optarg, &v) < 0 || v == 0) {
+                bm_error("--%s %s: a size such as 512M or 8G", c == O_MAX_RAM ? "max-ram" : "max-disk",
+                         optarg);
+                return 2;
+            }
+            if (c == O_MAX_RAM)
+                o.max_ram = v;
+            else
+                o.max_disk = v;
             break;
         case O_CONTROL:
             control = optarg;

@@ -223,6 +223,31 @@ static int serve_disks(struct dest *d, struct json_object *ack)
     return 0;
 }
 
+/* --max-ram and --max-disk: what this host agreed to take, checked before anything is made. */
+static int check_limits(struct dest *d, struct json_object *vmd, struct json_object *disks)
+{
+    struct json_object *jr, *e, *js;
+    if (d->o->max_ram && json_object_object_get_ex(vmd, "ram", &jr) &&
+        json_object_is_type(jr, json_type_int) &&
+        (uint64_t)json_object_get_int64(jr) > d->o->max_ram)
+        return failf(d, -EFBIG, "the VM has %lld bytes of RAM, more than --max-ram %llu",
+                     (long long)json_object_get_int64(jr), (unsigned long long)d->o->max_ram);
+    if (!d->o->max_disk || !d->with_disk || !json_object_is_type(disks, json_type_array))
+        return 0;
+    uint64_t total = 0;
+    for (size_t i = 0; i < json_object_array_length(disks); i++) {
+        e = json_object_array_get_idx(disks, i);
+        if (json_object_object_get_ex(e, "size", &js) && json_object_is_type(js, json_type_int) &&
+            json_object_get_int64(js) > 0)
+            total += (uint64_t)json_object_get_int64(js);
+    }
+    if (total > d->o->max_disk)
+        return failf(d, -EFBIG,
+                     "the VM's disks are %llu bytes in all, more than --max-disk %llu",
+                     (unsigned long long)total, (unsigned long long)d->o->max_disk);
+    return 0;
+}
+
 static int hello(struct dest *d)
 {
     uint32_t type, len;
@@ -244,7 +269,9 @@ static int hello(struct dest *d)
     struct json_object *wd, *vf;
     d->with_disk = json_object_object_get_ex(h, "with_disk", &wd) && json_object_get_boolean(wd);
     d->verify = json_object_object_get_ex(h, "verify", &vf) && json_object_get_boolean(vf);
-    r = open_disks(d, x);
+    r = check_limits(d, vmd, x);
+    if (r == 0)
+        r = open_disks(d, x);
     if (r == 0) {
         d->vm = d->o->factory(d->o->opaque, vmd, d->disks, d->ndisks, d->err, d->errlen);
         if (!d->vm)
@@ -342,6 +369,8 @@ static int receive(struct dest *d, struct json_object **complete)
                 return failf(d, -EPROTO, "a malformed COMPLETE from the source");
             if (!d->state)
                 return failf(d, -EPROTO, "COMPLETE before the VM state");
+            if (test_fault("dest-miss-ram-record"))
+                d->pages--; /* as if one record had not arrived */
             return 0;
         case MIG_ABORT: {
             struct json_object *o = mig_parse_json(pl, len), *x;
@@ -471,8 +500,18 @@ int mig_incoming_run(const struct mig_incoming_opts *o, struct mig_incoming_resu
         goto fail;
     }
     uint64_t digest_ms = 0;
-    struct json_object *want;
+    struct json_object *want, *rp;
     bool verified = false;
+    /* Every RAM record the source sent was applied here (frames carry checksums; this catches
+     * a frame lost or skipped as a whole). */
+    if (json_object_object_get_ex(complete, "ram_pages", &rp) &&
+        (!json_object_is_type(rp, json_type_int) ||
+         (uint64_t)json_object_get_int64(rp) != d.pages)) {
+        failf(&d, -EILSEQ, "the source sent %lld RAM records, %llu were applied here",
+              (long long)json_object_get_int64(rp), (unsigned long long)d.pages);
+        json_object_put(complete);
+        goto fail;
+    }
     if (json_object_object_get_ex(complete, "digests", &want)) {
         r = compare_digests(&d, want, &digest_ms);
         if (r < 0) {

@@ -81,6 +81,8 @@ struct mig_incoming_opts {
     const struct mig_disk_map *map;
     unsigned nmap;
     bool force;               /* overwrite existing images */
+    uint64_t max_ram;         /* refuse a VM with more RAM than this (0 = no limit) */
+    uint64_t max_disk;        /* refuse disks to create larger than this in all (0 = no limit) */
     unsigned peer_timeout_ms; /* default 10000 */
     unsigned accept_timeout_s; /* 0 = wait for ever */
     mig_vm_factory factory;

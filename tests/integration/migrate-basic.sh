@@ -3,7 +3,8 @@
 # loopback otherwise): idle and moderate guests with --with-disk --verify (completed, verified,
 # source gone, destination guest running and clean, downtime within the limit), shared storage
 # (no --with-disk, the destination opens the same image), and bad input (a bad URI, nobody
-# listening, an existing image without --force): the source keeps running, untouched.
+# listening, an existing image without --force, a VM over the destination's --max-ram or
+# --max-disk): the source keeps running, untouched.
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/migrate-lib.sh"
 
@@ -108,6 +109,28 @@ grep -qE 'migration failed.*File exists' "$DST_LOG" ||
 [ "$(stat -c %s "$DST_IMG")" -eq $((64 << 20)) ] || soft_fail "existing image: its size changed"
 [ ! -e "$DST_SOCK" ] || soft_fail "existing image: the destination opened its control socket"
 assert_guest_healthy "existing image (source)" "$SRC_SOCK" writes || true
+
+for lim in max-ram max-disk; do
+    log "bad input: a VM larger than the destination's --$lim 1M -> refused, nothing created"
+    rm -f "$DST_IMG"
+    mig_start_dest "--$lim" 1M
+    mig_migrate 60 --with-disk
+    log "  exit $MIG_RC after $MIG_MS ms: $(mig_report error)"
+    [ "$MIG_RC" -eq 1 ] || soft_fail "--$lim: migrate exited $MIG_RC, expected 1"
+    mig_report error | grep -qE "refused.*more than --$lim 1048576" ||
+        soft_fail "--$lim: the error does not say why: '$(mig_report error)'"
+    mig_wait "$DST_PID" 20
+    [ "$WAIT_RC" -eq 1 ] || soft_fail "--$lim: the destination exited $WAIT_RC, expected 1"
+    grep -qE "migration failed.*--$lim" "$DST_LOG" ||
+        soft_fail "--$lim: the destination's log lacks the reason: $(mig_tail "$DST_LOG")"
+    [ ! -e "$DST_IMG" ] || soft_fail "--$lim: the destination created $DST_IMG"
+    assert_guest_healthy "--$lim (source)" "$SRC_SOCK" writes || true
+done
+rc=0
+"$BLKMIG" incoming --listen 127.0.0.1:1 --disk-dir "$CASE_DIR" --control "$CASE_DIR/x.sock" \
+    --max-ram 0 >/dev/null 2>"$CASE_DIR/maxram.err" </dev/null || rc=$?
+[ "$rc" -eq 2 ] && grep -q 'max-ram 0: a size' "$CASE_DIR/maxram.err" ||
+    soft_fail "--max-ram 0: exit $rc, $(cat "$CASE_DIR/maxram.err")"
 mig_quit_vm "bad input: source" "$SRC_SOCK" "$SRC_PID"
 mig_check_logs
 

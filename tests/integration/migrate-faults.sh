@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Integration: `blkmig migrate` faults, each on a fresh source + destination pair: the
 # destination killed in the disk bulk phase and in the dirty rounds, dying on COMPLETE, refusing
-# a bad digest, hanging after COMPLETE (outcome unknown: the source stays paused until `cont`),
+# a bad digest or a RAM record count that does not match, hanging after COMPLETE (outcome unknown: the source stays paused until `cont`),
 # the source killed, the link cut (netns only), a corrupted stream frame (corrupt-proxy.py), a
 # stranger probing the NBD exports, and the destination interrupted (SIGINT/SIGTERM). Until RESUMED the source owns the VM: it must keep running
 # with a clean guest, and the destination must end (non-zero, with a reason) without running it.
@@ -120,6 +120,18 @@ if want_case d; then
     assert_failed_report "(d)" 1 'refused to resume.*verify'
     assert_dest_failed "(d)" 1 'migration failed: verify: guest RAM differs'
     source_survived "(d)"
+    mig_check_logs
+fi
+
+# ---- (d2) the destination counts fewer RAM records than the source sent (no --verify) ----
+if want_case d2; then
+    mig_case d2-dest-miss-ram-record
+    log "(d2) a RAM record missing at the destination (BLKMIG_TEST_FAULT=dest-miss-ram-record)"
+    MIG_DEST_ENV=BLKMIG_TEST_FAULT=dest-miss-ram-record start_pair
+    mig_migrate 120 --with-disk
+    assert_failed_report "(d2)" 1 'refused to resume.*RAM records'
+    assert_dest_failed "(d2)" 1 'migration failed: the source sent [0-9]+ RAM records, [0-9]+ were applied'
+    source_survived "(d2)"
     mig_check_logs
 fi
 
