@@ -109,8 +109,10 @@ def log(*a):
 class Console:
     """Reads a guest console (a unix socket QEMU serves, or a file blkmig appends to) and keeps
     (host time, line) for every line."""
+    all = []  # every console of this run, for the failure report
     def __init__(self, path, kind):
         self.lines, self.path, self.kind, self.stop = [], path, kind, False
+        Console.all.append(self)
         self.t = threading.Thread(target=self.run, daemon=True)
         self.t.start()
     def run(self):
@@ -246,11 +248,19 @@ def common_fields(st_d, line, warm):
                                               int(st0.get("ram_writes", 0))) / (t1 - t0))}
 
 def stop_all(procs, work=None):
+    failing = sys.exc_info()[0] is not None
     for p in procs:
         if p.poll() is None:
             p.kill()
             p.wait()
-    if work and sys.exc_info()[0] is not None:  # failing: show what the processes said
+        elif failing:  # it ended by itself: how (a guest's isa-debug-exit, a signal, ...)
+            log("%s (in %s) exited by itself with status %s" % (
+                os.path.basename(str(p.args[4])), p.args[3], p.returncode))
+    if failing:  # the guests' last words (status lines left out)
+        for c in Console.all:
+            last = [l for _, l in c.lines if "BMG status" not in l][-5:]
+            log("console %s, last lines: %s" % (os.path.basename(c.path), last))
+    if work and failing:  # failing: show what the processes said
         for n in sorted(os.listdir(work)):
             if n.endswith(".err"):
                 tail = open(os.path.join(work, n), errors="replace").read()[-1500:]
