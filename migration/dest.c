@@ -238,8 +238,10 @@ static int check_limits(struct dest *d, struct json_object *vmd, struct json_obj
     for (size_t i = 0; i < json_object_array_length(disks); i++) {
         e = json_object_array_get_idx(disks, i);
         if (json_object_object_get_ex(e, "size", &js) && json_object_is_type(js, json_type_int) &&
-            json_object_get_int64(js) > 0)
-            total += (uint64_t)json_object_get_int64(js);
+            json_object_get_int64(js) > 0) {
+            uint64_t size = (uint64_t)json_object_get_int64(js);
+            total = size > UINT64_MAX - total ? UINT64_MAX : total + size;
+        }
     }
     if (total > d->o->max_disk)
         return failf(d, -EFBIG,

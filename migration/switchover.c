@@ -123,8 +123,10 @@ void mig_switchover(struct mig_source *m)
     }
     m->paused = true;
 
-    /* Final RAM: everything dirtied up to the pause. */
+    /* Final RAM: everything dirtied up to the pause (a hot set still held back goes too:
+     * the loop below must be able to empty the sender). */
     t = mig_now_ns();
+    ram_sender_hold_hot(m->ram, false);
     ram_sender_harvest(m->ram);
     struct ram_stats rs;
     for (ram_sender_stats(m->ram, &rs); rs.dirty_pages > 0; ram_sender_stats(m->ram, &rs)) {
