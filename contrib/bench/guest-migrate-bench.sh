@@ -244,6 +244,8 @@ def common_fields(st_d, line, warm):
     return {"guest_max_gap_us": int(st_d.get("max_gap_us", 0)),
             "guest_check": line.split("BMG ", 1)[1],
             "guest_ok": "mismatches=0 errors=0" in line,
+            # disk requests the guest had to notify again (a completion slow or lost)
+            "guest_warnings": sum("BMG warn" in l for c in Console.all for _, l in c.lines),
             "ram_writes_per_s_before": round((int(st1.get("ram_writes", 0)) -
                                               int(st0.get("ram_writes", 0))) / (t1 - t0))}
 

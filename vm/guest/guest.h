@@ -98,10 +98,15 @@ struct vblk {
     uint64_t size; /* bytes */
     uint16_t qsize, avail_idx, used_seen;
     struct vq *vq;
+    uint64_t kick_ticks; /* TSC ticks without a completion before notifying again (0: never) */
+    uint64_t kicks;      /* notifications repeated so far */
 };
 /* 0, or -1 with a message on the console. */
 int vblk_init(struct vblk *d, uintptr_t base, unsigned slot);
-/* Synchronous read/write of len bytes (a multiple of 512) at off. 0 or -1. */
+/* Synchronous read/write of len bytes (a multiple of 512) at off. 0 or -1. A request that
+ * has not completed after kick_ticks is notified again, with a "BMG warn" line (a notification
+ * lost by a device, e.g. across a migration, would otherwise hang the guest for good; a
+ * device ignores one for a request it has already taken). */
 int vblk_rw(struct vblk *d, bool write, void *buf, uint32_t len, uint64_t off);
 
 /* main.c */

@@ -358,9 +358,11 @@ _Noreturn void guest_main(const struct boot_info *bi)
             : bi->tsc_from_pit ? "PIT"
                                : "cmdline",
             g.mem_rate, g.hot, g.disk_rate, g.io_min, g.io_max, g.run_s);
-    for (unsigned k = 0; k < g.ndisks; k++)
+    for (unsigned k = 0; k < g.ndisks; k++) {
         cprintf("BMG disk %u at 0x%lx: %lu bytes\n", k, (uint64_t)g.disks[k].v.base,
                 g.disks[k].v.size);
+        g.disks[k].v.kick_ticks = g.tsc_khz * 1000; /* a second without a completion */
+    }
 
     /* First-boot fill. */
     uint64_t fill = g.ram_fill / BM_FMT_SIZE;

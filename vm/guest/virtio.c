@@ -136,6 +136,8 @@ int vblk_init(struct vblk *d, uintptr_t base, unsigned slot)
     d->vq = q;
     d->avail_idx = 0;
     d->used_seen = 0;
+    d->kick_ticks = 0;
+    d->kicks = 0;
     return 0;
 }
 
@@ -159,8 +161,20 @@ int vblk_rw(struct vblk *d, bool write, void *buf, uint32_t len, uint64_t off)
     *(volatile uint16_t *)&q->avail.idx = d->avail_idx;
     __asm__ volatile("mfence" ::: "memory");
     mmio_w32(d->base + R_QUEUE_NOTIFY, 0);
-    while (*(volatile uint16_t *)&q->used.idx == d->used_seen)
+    uint64_t since = rdtsc();
+    unsigned waits = 0;
+    while (*(volatile uint16_t *)&q->used.idx == d->used_seen) {
         __asm__ volatile("pause" ::: "memory");
+        if (d->kick_ticks && rdtsc() - since >= d->kick_ticks) {
+            waits++;
+            d->kicks++;
+            cprintf("BMG warn disk at 0x%lx: no completion after %u waits (avail %u, used %u), "
+                    "notifying again\n",
+                    (uint64_t)d->base, waits, d->avail_idx, *(volatile uint16_t *)&q->used.idx);
+            mmio_w32(d->base + R_QUEUE_NOTIFY, 0);
+            since = rdtsc();
+        }
+    }
     d->used_seen++;
     barrier();
     return q->status == 0 ? 0 : -1;
