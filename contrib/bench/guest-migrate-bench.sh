@@ -23,7 +23,8 @@
 # host-clock gap does.
 # Knobs: RAM_M=512 RAM_FILL_M=128 DISK_M=1024 DISK_FILL_M=256 WORKLOAD (mem=32M/s,hot=64M,
 # disk=4M/s) WARM_S=5 RUN_S=90 STATUS_MS=10 SHAPED=0|1 RATE=1gbit MTU=1500 REPS=1
-# SIDES="blkmig qemu" ACCEL=auto|kvm|tcg NETNS_NAME=bmgm BLKMIG (binary; default a fresh
+# SIDES="blkmig qemu" ACCEL=auto|kvm|tcg NETNS_NAME=bmgm RAM_CHECK=1 (QEMU side: also compare
+# both VMs' RAM, page by page, at the switchover) BLKMIG (binary; default a fresh
 # optimised build). Needs root (namespaces). Last line: RESULT guest-migrate {json}.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -158,6 +159,10 @@ class Console:
             for t, l in self.lines:
                 if prefix in l:
                     return t, l
+            # A disk that answers nothing any more (the guest re-notifies once a second).
+            if sum("BMG warn" in l for _, l in self.lines) >= 5:
+                raise SystemExit("the guest's disk stopped completing requests (console %s): %s"
+                                 % (self.path, self.lines[-2:]))
             time.sleep(0.05)
         raise SystemExit("no '%s' on console %s in %d s: %s" % (prefix, self.path, timeout,
                                                                  self.lines[-3:]))
@@ -348,6 +353,26 @@ def run_qemu(a):
         # not libvirt's: its time is taken out of the guest's gap below.)
         t_v = time.time()
         same = sha(src_img) == sha(dst_img)
+        ram_diff = None
+        if os.environ.get("RAM_CHECK") == "1":  # and their RAM, page by page
+            dumps = [os.path.join(a.work, n) for n in ("src.ram", "dst.ram")]
+            for q, f in zip((qs, qd), dumps):
+                q.cmd("pmemsave", val=0, size=a.ram << 20, filename=f)
+            ram_diff, where = [], ""
+            with open(dumps[0], "rb") as fs, open(dumps[1], "rb") as fd:
+                for page in range(a.ram << 8):
+                    ps, pd = fs.read(4096), fd.read(4096)
+                    if ps != pd:
+                        if not ram_diff:  # which bytes of the first such page
+                            offs = [i for i in range(4096) if ps[i] != pd[i]]
+                            where = " (first page: %d bytes differ, offsets 0x%x-0x%x)" % (
+                                len(offs), offs[0], offs[-1])
+                        ram_diff.append(page)
+            for f in dumps:
+                os.unlink(f)
+            log("RAM at the switchover: %d pages differ%s%s" % (
+                len(ram_diff), (", first: " + " ".join("0x%x" % (p << 12) for p in ram_diff[:8]))
+                if ram_diff else "", where))
         verify_s = time.time() - t_v
         qd.cmd("nbd-server-stop")
         qd.cmd("cont")
@@ -370,7 +395,8 @@ def run_qemu(a):
                 "downtime_ms": m.get("downtime"),
                 "guest_gap_ms": round(gap, 1) if gap is not None else None,
                 "ram_bytes": m["ram"]["transferred"], "wire_bytes": w1 - w0,
-                "images_equal": same, **common_fields(st_d, line, warm)}
+                "images_equal": same, "ram_pages_differing": None if ram_diff is None
+                else len(ram_diff), **common_fields(st_d, line, warm)}
     finally:
         stop_all(procs, a.work)
 
