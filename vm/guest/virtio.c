@@ -165,7 +165,10 @@ int vblk_rw(struct vblk *d, bool write, void *buf, uint32_t len, uint64_t off)
     unsigned waits = 0;
     while (*(volatile uint16_t *)&q->used.idx == d->used_seen) {
         __asm__ volatile("pause" ::: "memory");
-        if (d->kick_ticks && rdtsc() - since >= d->kick_ticks) {
+        uint64_t now = rdtsc();
+        if (now < since) /* the TSC stepped back (a migration): start the wait again */
+            since = now;
+        if (d->kick_ticks && now - since >= d->kick_ticks) {
             waits++;
             d->kicks++;
             cprintf("BMG warn disk at 0x%lx: no completion after %u waits (avail %u, used %u), "
