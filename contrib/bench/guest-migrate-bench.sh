@@ -87,11 +87,17 @@ for rep in $(seq "$REPS"); do
         fi
         rm -f "$dA"/*.img "$dB"/*.img "$work"/*.sock
         echo "# rep $rep side $side" >&2
+        # In the background, by PID: if this script is stopped, cleanup() sends the driver
+        # SIGTERM and the driver ends the VMs it started before it exits.
         python3 "$drv" "$side" --blkmig "$BLKMIG" --guest "$GUEST" --ns-a "$A" --ns-b "$B" \
             --dir-a "$dA" --dir-b "$dB" --work "$work" --ram "$RAM_M" --disk "$DISK_M" \
             --append "$append" --warm "$WARM_S" --accel "$ACCEL" --rep "$rep" \
             --workload "$WORKLOAD,ram-fill=${RAM_FILL_M}M,disk-fill=${DISK_FILL_M}M" \
-            --run-s "$RUN_S" --status-ms "$STATUS_MS" >>"$work/runs.jsonl"
+            --run-s "$RUN_S" --status-ms "$STATUS_MS" >>"$work/runs.jsonl" &
+        drv_pid=$!
+        pids+=("$drv_pid")
+        wait "$drv_pid"
+        unset 'pids[-1]'
         tail -n 1 "$work/runs.jsonl" >&2
     done
 done
@@ -487,6 +493,9 @@ def report(a):
     print("RESULT guest-migrate " + json.dumps({"params": params, "sides": out, "runs": runs}))
 
 def main():
+    import signal
+    # SIGTERM (the script's cleanup) unwinds like an error: the runs' `finally` ends their VMs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("guest-migrate-bench: terminated"))
     if sys.argv[1] == "report":
         p = argparse.ArgumentParser()
         p.add_argument("runs")

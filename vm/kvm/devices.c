@@ -111,7 +111,6 @@ void kvm_handle_io(struct kvm_vmm *k, struct kvm_run *run)
 #define VIRTIO_F_VERSION_1 (1ull << 32)
 #define VIRTIO_BLK_F_FLUSH (1ull << 9)
 #define DEV_FEATURES       (VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH)
-#define QUEUE_MAX          256u
 
 struct vdesc {
     uint64_t addr;
@@ -135,7 +134,7 @@ static uint32_t blk_read(struct kvm_vblk *b, unsigned k, uint64_t off)
                : b->dev_feat_sel == 1 ? (uint32_t)(DEV_FEATURES >> 32)
                                       : 0;
     case 0x034:
-        return b->queue_sel == 0 ? QUEUE_MAX : 0;
+        return b->queue_sel == 0 ? KVM_QUEUE_MAX : 0;
     case 0x044:
         return b->queue_sel == 0 ? b->qready : 0;
     case 0x060:
@@ -166,12 +165,12 @@ static void blk_reset(struct kvm_vblk *b)
 /* One request chain from head; returns the bytes written into guest memory. */
 static uint32_t blk_request(struct kvm_vmm *k, struct kvm_vblk *b, uint16_t head)
 {
-    struct vdesc chain[QUEUE_MAX];
+    struct vdesc chain[KVM_QUEUE_MAX];
     unsigned n = 0;
     uint16_t i = head;
     for (;;) {
         struct vdesc *d = kvm_gpa(k, b->desc + (uint64_t)i * sizeof *d, sizeof *d);
-        if (!d || n == b->qnum || n == QUEUE_MAX)
+        if (!d || n == b->qnum || n == KVM_QUEUE_MAX)
             return 0; /* a broken chain: dropped (a real device would mark itself broken) */
         chain[n++] = *d;
         if (!(d->flags & 1))
@@ -287,7 +286,7 @@ static void blk_write(struct kvm_vmm *k, struct kvm_vblk *b, uint64_t off, uint3
         b->queue_sel = v;
         break;
     case 0x038:
-        if (b->queue_sel == 0 && v && v <= QUEUE_MAX && !(v & (v - 1)))
+        if (b->queue_sel == 0 && v && v <= KVM_QUEUE_MAX && !(v & (v - 1)))
             b->qnum = v;
         break;
     case 0x044:

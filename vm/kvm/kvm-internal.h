@@ -16,6 +16,7 @@
 #define KVM_MEMMAP_GPA     0x6100ull
 #define KVM_CMDLINE_GPA    0x7000ull
 #define KVM_CMDLINE_MAX    4096u
+#define KVM_QUEUE_MAX      256u /* virtio queue size offered (and accepted in loaded state) */
 #define KVM_GDT_GPA        0x5000ull
 
 /* virtio-mmio block device state (what save_state carries). */

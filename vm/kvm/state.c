@@ -308,7 +308,7 @@ int kvm_load(struct vm *vm, const void *buf, size_t len)
                     r = -EPROTO;
                 } else {
                     struct kvm_vblk *v = obj;
-                    if (v->qnum > 256 || (v->qnum & (v->qnum - 1))) {
+                    if (v->qnum > KVM_QUEUE_MAX || (v->qnum & (v->qnum - 1))) {
                         bm_error("kvm: loading state: disk %u: queue size %u", disk, v->qnum);
                         r = -EPROTO;
                         break;
