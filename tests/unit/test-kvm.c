@@ -240,6 +240,75 @@ static void test_virtio_refuses_legacy_driver(void **state)
     assert_int_equal(mmio_r(f, 0xe0000000u), 0xffffffffu);
 }
 
+/* Interrupt lines as the device sets them. */
+static unsigned irq_calls, irq_gsi;
+static bool irq_level;
+
+static void record_irq(struct kvm_vmm *k, unsigned gsi, bool level)
+{
+    (void)k;
+    irq_calls++;
+    irq_gsi = gsi;
+    irq_level = level;
+}
+
+static void test_virtio_irq(void **state)
+{
+    struct fx *f = *state;
+    f->k.set_irq = record_irq;
+    irq_calls = 0;
+    avail_idx = 0;
+    uint16_t *avail_flags = (uint16_t *)(void *)(f->k.ram + AVAIL);
+    assert_int_equal(handshake(f, 1), 15);
+    assert_int_equal(irq_calls, 0);
+
+    /* A driver that wants interrupts: a completion raises GSI 5 and sets InterruptStatus. */
+    *avail_flags = 0;
+    assert_int_equal(request(f, 4, 0, 0, 0), 0);
+    assert_int_equal(irq_calls, 1);
+    assert_int_equal(irq_gsi, KVM_VIRTIO_IRQ);
+    assert_true(irq_level);
+    assert_int_equal(mmio_r(f, VB + 0x060), 1);
+    /* A second completion before the ack: the line is already high, no new call. */
+    assert_int_equal(request(f, 4, 0, 0, 0), 0);
+    assert_int_equal(irq_calls, 1);
+    /* InterruptACK lowers it; acking a bit that is not set changes nothing. */
+    mmio_w(f, VB + 0x064, 1, 4);
+    assert_int_equal(irq_calls, 2);
+    assert_false(irq_level);
+    assert_int_equal(mmio_r(f, VB + 0x060), 0);
+    mmio_w(f, VB + 0x064, 1, 4);
+    assert_int_equal(irq_calls, 2);
+
+    /* VRING_AVAIL_F_NO_INTERRUPT (what the test guest sets: it polls): no interrupt. */
+    *avail_flags = 1;
+    assert_int_equal(request(f, 4, 0, 0, 0), 0);
+    assert_int_equal(irq_calls, 2);
+    assert_int_equal(mmio_r(f, VB + 0x060), 0);
+    /* A notification with nothing new available raises nothing either. */
+    *avail_flags = 0;
+    mmio_w(f, VB + 0x050, 0, 4);
+    assert_int_equal(irq_calls, 2);
+
+    /* A reset with the line high lowers it. */
+    assert_int_equal(request(f, 4, 0, 0, 0), 0);
+    assert_int_equal(irq_calls, 3);
+    assert_true(irq_level);
+    mmio_w(f, VB + 0x070, 0, 4);
+    assert_int_equal(irq_calls, 4);
+    assert_false(irq_level);
+
+    /* After a load (the destination's lines start low): a pending isr raises its line. */
+    f->k.blk[0].isr = 1;
+    f->k.irq_level[0] = true; /* whatever the previous owner of this VMM left */
+    kvm_devices_loaded(&f->k);
+    assert_int_equal(irq_calls, 5);
+    assert_true(irq_level);
+    f->k.blk[0].isr = 0;
+    kvm_devices_loaded(&f->k);
+    assert_int_equal(irq_calls, 5); /* reset to low, nothing to raise */
+}
+
 static char *slurp(FILE *fp)
 {
     fflush(fp);
@@ -429,6 +498,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_virtio_blk, setup, teardown),
         cmocka_unit_test_setup_teardown(test_virtio_refuses_legacy_driver, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_virtio_irq, setup, teardown),
         cmocka_unit_test_setup_teardown(test_console, setup, teardown),
         cmocka_unit_test_setup_teardown(test_load_guest, setup, teardown),
         cmocka_unit_test_setup_teardown(test_load_bad_files, setup, teardown),

@@ -4,7 +4,9 @@
  *    line at the written guest-physical address, +0x04 ends the run with a status);
  *  - virtio-mmio (version 2) block devices at KVM_VIRTIO_GPA + k * 0x1000, requests served
  *    synchronously at QueueNotify through bm_disk (so the dirty-block bitmap sees each write);
- *    what the device writes into guest RAM (read data, status, used ring) is marked dirty.
+ *    what the device writes into guest RAM (read data, status, used ring) is marked dirty;
+ *    its interrupt line (GSI KVM_VIRTIO_IRQ + k) is high while InterruptStatus is non-zero,
+ *    which a completion sets unless the driver asked for no interrupts (VRING_AVAIL_F_NO_INTERRUPT).
  * Console lines get a host timestamp; the guest's BMG status lines feed query(). */
 #include <config.h>
 
@@ -153,6 +155,27 @@ static uint32_t blk_read(struct kvm_vblk *b, unsigned k, uint64_t off)
     }
 }
 
+/* The line follows isr != 0: level-triggered, as QEMU's virtio-mmio; an edge-triggered
+ * IOAPIC pin sees the rising edge. */
+static void blk_update_irq(struct kvm_vmm *k, struct kvm_vblk *b)
+{
+    unsigned idx = (unsigned)(b - k->blk);
+    bool level = b->isr != 0;
+    if (level == k->irq_level[idx])
+        return;
+    k->irq_level[idx] = level;
+    if (k->set_irq)
+        k->set_irq(k, KVM_VIRTIO_IRQ + idx, level);
+}
+
+void kvm_devices_loaded(struct kvm_vmm *k)
+{
+    for (unsigned i = 0; i < k->vm.ndisks; i++) {
+        k->irq_level[i] = false;
+        blk_update_irq(k, &k->blk[i]);
+    }
+}
+
 static void blk_reset(struct kvm_vblk *b)
 {
     struct bm_disk *d = b->disk;
@@ -242,19 +265,22 @@ static void blk_notify(struct kvm_vmm *k, struct kvm_vblk *b)
 {
     if (!b->qready || !(b->status & 4) || b->qnum == 0)
         return;
-    volatile uint16_t *avail_idx = kvm_gpa(k, b->avail + 2, 2);
+    volatile uint16_t *avail_flags = kvm_gpa(k, b->avail, 4);
     uint8_t *used = kvm_gpa(k, b->used, 4 + 8ull * b->qnum + 2);
     uint16_t *ring = kvm_gpa(k, b->avail + 4, 2ull * b->qnum);
-    if (!avail_idx || !used || !ring) {
+    if (!avail_flags || !used || !ring) {
         b->status |= 0x40; /* DEVICE_NEEDS_RESET */
         return;
     }
+    volatile uint16_t *avail_idx = avail_flags + 1;
+    bool served = false;
     while (b->last_avail != *avail_idx) {
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
         uint16_t head = ring[b->last_avail % b->qnum];
         b->last_avail++;
         if (head >= b->qnum)
             continue;
+        served = true;
         uint32_t len = blk_request(k, b, head);
         uint32_t *elem = (uint32_t *)(void *)(used + 4 + 8u * (b->used_idx % b->qnum));
         elem[0] = head;
@@ -263,7 +289,12 @@ static void blk_notify(struct kvm_vmm *k, struct kvm_vblk *b)
         b->used_idx++;
         memcpy(used + 2, &b->used_idx, 2);
         kvm_mark_dirty(k, b->used, 4 + 8ull * b->qnum);
-        b->isr |= 1;
+    }
+    /* The driver's flags are read after the used index is published (virtio 1.1, 2.6.7.2). */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (served && !(*avail_flags & 1)) { /* VRING_AVAIL_F_NO_INTERRUPT */
+        b->isr |= 1;                     /* used buffer notification */
+        blk_update_irq(k, b);
     }
 }
 
@@ -299,10 +330,12 @@ static void blk_write(struct kvm_vmm *k, struct kvm_vblk *b, uint64_t off, uint3
         break;
     case 0x064:
         b->isr &= ~v;
+        blk_update_irq(k, b);
         break;
     case 0x070:
         if (v == 0) {
             blk_reset(b);
+            blk_update_irq(k, b);
         } else {
             /* FEATURES_OK only for features we offer, VERSION_1 included. */
             if ((v & 8) && !(b->status & 8) &&

@@ -65,6 +65,12 @@ struct kvm_vmm {
 
     /* Devices (touched by the vCPU thread, or by the controlling thread while paused). */
     struct kvm_vblk blk[VM_MAX_DISKS];
+    /* Each disk's interrupt line as last set (it follows isr != 0; not saved: a loaded VM
+     * starts with its lines low and kvm_devices_loaded raises those whose isr is set). */
+    bool irq_level[VM_MAX_DISKS];
+    /* Sets an interrupt line of the in-kernel irqchip (kvm.c: KVM_IRQ_LINE; the unit tests
+     * record the calls). NULL: no interrupts. */
+    void (*set_irq)(struct kvm_vmm *k, unsigned gsi, bool level);
     FILE *console;
     bool console_owned;
     char serial_line[512];
@@ -99,6 +105,8 @@ int kvm_setup_cpuid(struct kvm_vmm *k, struct kvm_vcpu *c, char *err, size_t err
 void kvm_handle_io(struct kvm_vmm *k, struct kvm_run *run);
 void kvm_handle_mmio(struct kvm_vmm *k, struct kvm_run *run);
 void kvm_console_line(struct kvm_vmm *k, const char *line);
+/* After load_state: set each disk's interrupt line from its loaded isr. */
+void kvm_devices_loaded(struct kvm_vmm *k);
 
 /* state.c */
 int kvm_save(struct vm *vm, void **buf, size_t *len);

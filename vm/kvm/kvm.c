@@ -152,6 +152,15 @@ static void kvm_dirty_stop(struct vm *vm)
         k->logging = false;
 }
 
+/* ---- interrupts ---- */
+
+static void kvm_irq_line(struct kvm_vmm *k, unsigned gsi, bool level)
+{
+    struct kvm_irq_level l = {.irq = gsi, .level = level};
+    if (ioctl(k->vm_fd, KVM_IRQ_LINE, &l) < 0)
+        bm_warn("kvm: KVM_IRQ_LINE %u=%d: %s", gsi, level, strerror(errno));
+}
+
 /* ---- vCPUs ---- */
 
 static void kick_handler(int sig)
@@ -543,6 +552,7 @@ int kvm_create(const struct kvm_config *cfg, const struct vm_disk *disks, unsign
     k->exit_status = -1;
     k->fn = fn;
     k->opaque = opaque;
+    k->set_irq = kvm_irq_line;
     pthread_mutex_init(&k->mu, NULL);
     pthread_cond_init(&k->cv, NULL);
     k->console = stderr;

@@ -18,7 +18,7 @@
 #define KVM_CONSOLE_GPA 0xd0000000ull /* the MMIO console page */
 #define KVM_VIRTIO_GPA  0xd0001000ull /* virtio-mmio window k at + k * 0x1000 */
 #define KVM_VIRTIO_SIZE 0x200u
-#define KVM_VIRTIO_IRQ  5u /* + k (announced; the guest polls) */
+#define KVM_VIRTIO_IRQ  5u /* + k: GSI of disk k (level: high while its isr is set) */
 #define KVM_MAX_DISKS 8u
 
 struct kvm_config {

@@ -345,6 +345,7 @@ int kvm_load(struct vm *vm, const void *buf, size_t len)
                  k->nvcpus, disk, vm->ndisks);
         return -EPROTO;
     }
+    kvm_devices_loaded(k);
     k->loaded = true;
     return 0;
 }
