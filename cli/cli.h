@@ -19,5 +19,6 @@ int cmd_run(int argc, char **argv);
 int cmd_incoming(int argc, char **argv);
 int cmd_migrate(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
+int cmd_guest_check(int argc, char **argv);
 
 #endif

@@ -18,6 +18,7 @@ static const struct {
     {"mirror", cmd_mirror, "live-mirror a disk in use to any NBD target"},
     {"nbd-serve", cmd_nbd_serve, "serve disk images over NBD (fast, multi-connection)"},
     {"control", cmd_control, "send a command to a running job's control socket"},
+    {"guest-check", cmd_guest_check, "check the test guest's RAM dump and disks by content"},
 };
 
 static void usage(FILE *f)

@@ -109,4 +109,31 @@ static inline uint64_t bm_wl_pick(int pattern, uint64_t n, uint64_t hot, uint64_
     return bm_wl_rand(rng) % hot;
 }
 
+/* The test guest's layout record (vm/guest, docs/guest.md): at a fixed guest-physical address
+ * (the first page of its image), so that a host can check a paused guest's RAM and disks by
+ * content (vm/guestcheck.c) under blkmig's VMM or from a QEMU memory dump. Little-endian
+ * u64s. The guest writes `magic` last, once the rest holds. */
+#define BM_LAYOUT_GPA       0x100000ull
+#define BM_LAYOUT_MAGIC     0x315459414c474d42ull /* "BMGLAYT1" */
+#define BM_LAYOUT_MAX_DISKS 8u
+
+struct bm_guest_layout {
+    uint64_t magic;
+    uint64_t size;     /* sizeof(struct bm_guest_layout) */
+    uint64_t page_gen; /* address of the pages' generations: u32 per page */
+    uint64_t area;     /* address of workload page 0 */
+    uint64_t npages;
+    uint64_t ndisks;
+    struct {
+        uint64_t gen;     /* address of the blocks' generations: u32 per 4 KiB block */
+        uint64_t nblocks; /* 4 KiB blocks */
+        uint64_t mmio;    /* the device's virtio-mmio window (which disk it is) */
+    } disk[BM_LAYOUT_MAX_DISKS];
+    /* What the guest is changing right now: a pause can fall between writing a page or blocks
+     * and recording their new generation. 1 + the page (0 = none); 1 + the disk (0 = none)
+     * with the blocks [busy_first, busy_first + busy_count) of its write. */
+    uint64_t busy_page;
+    uint64_t busy_disk, busy_first, busy_count;
+};
+
 #endif

@@ -5,7 +5,9 @@
 # synthetic guest's workload), fills RAM and disk, runs the workload with heartbeats and
 # self-checks, then checks every page and block it wrote and exits through isa-debug-exit.
 # The host then reads the disk image and checks, block by block, that what the guest wrote is
-# there (index, magic, the generated body); a bad command line fails cleanly with a message.
+# there (index, magic, the generated body). `blkmig guest-check` checks a stopped guest from a
+# RAM dump and the image, and finds corruption planted in copies of them; a bad command line
+# fails cleanly with a message.
 . "$(dirname "$0")/../lib.sh"
 
 need_cmd qemu-system-x86_64 qemu-system-x86
@@ -100,6 +102,119 @@ for b in range(len(data) // 4096):
 assert written >= 2048, "only %d guest blocks on the image" % written
 print("image: %d guest blocks, %d bodies recomputed and equal" % (written, checked), file=sys.stderr)
 PY
+
+# The host's check by content (blkmig guest-check, vm/guestcheck.c) of a guest stopped in the
+# middle of its workload: a RAM dump (QMP pmemsave) and the disk image hold, page by page and
+# block by block, what the guest's tables (found through its layout record) say; a corrupted
+# page or block in them is found and named.
+log "host-side check of a stopped guest: RAM dump (pmemsave) and disk image"
+truncate -s 0 "$img" && truncate -s 64M "$img"
+: >"$TMP/console.log"
+start_bg qemu-system-x86_64 -M microvm,acpi=off -accel tcg -m 160M -nodefaults \
+    -no-user-config -display none -serial "file:$TMP/console.log" \
+    -qmp "unix:$TMP/qmp.sock,server=on,wait=off" \
+    -kernel "$ELF" -append "blkmig.workload=mem=8M/s,hot=16M,disk=4M/s,io=4K-64K,ram-fill=16M,disk-fill=4M,seed=3 blkmig.status_ms=250" \
+    -global virtio-mmio.force-legacy=false \
+    -drive "id=vda,file=$img,format=raw,if=none" -device virtio-blk-device,drive=vda \
+    -device isa-debug-exit,iobase=0xf4,iosize=4 2>"$TMP/qemu.err"
+QPID=$BG_PID
+wait_unix "$TMP/qmp.sock" 30
+deadline=$((SECONDS + 120))
+until [ "$(grep -c '^BMG status' "$TMP/console.log" 2>/dev/null)" -ge 6 ]; do
+    kill -0 "$QPID" 2>/dev/null || { cat "$TMP/qemu.err" "$TMP/console.log" >&2; fail "QEMU exited"; }
+    [ $SECONDS -lt $deadline ] || fail "the guest did not run its workload for 1.5 s within 120 s"
+    sleep 0.2
+done
+# qmp CMD [ARGS-JSON]...: run QMP commands in order on one connection; fail on an error.
+qmp() {
+    "$PY3" - "$TMP/qmp.sock" "$@" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+json.loads(f.readline())
+def call(cmd, args=None):
+    f.write(json.dumps({"execute": cmd, **({"arguments": args} if args else {})}) + "\n")
+    f.flush()
+    while True:
+        r = json.loads(f.readline())
+        if "return" in r:
+            return
+        if "error" in r:
+            sys.exit("QMP %s: %s" % (cmd, r["error"]))
+call("qmp_capabilities")
+a = sys.argv[2:]
+for i, c in enumerate(a):
+    if not c.startswith("{"):
+        call(c, json.loads(a[i + 1]) if i + 1 < len(a) and a[i + 1].startswith("{") else None)
+PY
+}
+qmp stop pmemsave "{\"val\": 0, \"size\": $((160 << 20)), \"filename\": \"$TMP/ram.dump\"}" ||
+    fail "QMP stop/pmemsave failed"
+set +e
+"$BLKMIG" guest-check --json "$TMP/ram.dump" "$img" >"$TMP/gc.json" 2>"$TMP/gc.err"
+rc=$?
+set -e
+cat "$TMP/gc.json" "$TMP/gc.err" >&2
+[ $rc -eq 0 ] || fail "blkmig guest-check of the stopped guest: exit $rc"
+"$PY3" - "$TMP/gc.json" <<'PY' || fail "the host-side check did not cover the guest's data"
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["mismatches"] == 0 and r["first_mismatches"] == [], r
+assert r["guest_disks"] == 1 and r["disks_checked"] == 1, r
+assert r["pages"] > 30000, r            # ~38000 workload pages in 160 MiB
+assert r["blocks"] >= 1024, r           # at least the 4 MiB fill
+assert r["skipped"] <= 1 + 16, r        # at most the page and the write in progress
+PY
+# Corrupt a copy of the dump and of the image: one byte in a written page's body, one in a
+# written block's body; both named, exit 1.
+"$PY3" - "$TMP/ram.dump" "$img" "$TMP/ram.bad" "$TMP/vda.bad" <<'PY' || fail "could not prepare the corrupted copies"
+import shutil, struct, sys
+ram = bytearray(open(sys.argv[1], "rb").read())
+magic, size, page_gen, area, npages, ndisks = struct.unpack_from("<6Q", ram, 0x100000)
+assert magic == 0x315459414c474d42, hex(magic)
+disk_gen = struct.unpack_from("<Q", ram, 0x100000 + 48)[0]
+page = next(i for i in range(npages) if struct.unpack_from("<I", ram, page_gen + 4 * i)[0] > 0)
+ram[area + page * 4096 + 100] ^= 0x10
+open(sys.argv[3], "wb").write(ram)
+shutil.copyfile(sys.argv[2], sys.argv[4])
+block = next(b for b in range(5, 16384) if struct.unpack_from("<I", ram, disk_gen + 4 * b)[0] > 0)
+with open(sys.argv[4], "r+b") as f:
+    f.seek(block * 4096 + 2000)
+    c = f.read(1)
+    f.seek(block * 4096 + 2000)
+    f.write(bytes([c[0] ^ 0x01]))
+print("corrupted page %d and block %d" % (page, block), file=sys.stderr)
+PY
+# The guest keeps running after the check (the copies above were taken while it was stopped).
+qmp cont || fail "QMP cont failed"
+set +e
+"$BLKMIG" guest-check "$TMP/ram.bad" "$TMP/vda.bad" >"$TMP/gc.out" 2>&1
+rc=$?
+set -e
+cat "$TMP/gc.out" >&2
+[ $rc -eq 1 ] || fail "guest-check of corrupted copies: exit $rc, expected 1"
+grep -q '^mismatch: RAM page .*checksum mismatch' "$TMP/gc.out" || fail "the corrupted page was not named"
+grep -q '^mismatch: disk 0 block .*checksum mismatch' "$TMP/gc.out" || fail "the corrupted block was not named"
+grep -q ' 2 mismatches$' "$TMP/gc.out" || fail "not exactly the two corruptions found"
+# Not the test guest's RAM: a clear error, exit 2.
+head -c 2M /dev/zero >"$TMP/zero.dump"
+set +e
+"$BLKMIG" guest-check "$TMP/zero.dump" >"$TMP/gc.out" 2>&1
+rc=$?
+set -e
+[ $rc -eq 2 ] && grep -q 'no layout record' "$TMP/gc.out" || fail "a dump without the guest: exit $rc ($(cat "$TMP/gc.out"))"
+# Still running after cont: a new status line arrives.
+n=$(grep -c '^BMG status' "$TMP/console.log")
+deadline=$((SECONDS + 60))
+until [ "$(grep -c '^BMG status' "$TMP/console.log")" -gt "$n" ]; do
+    [ $SECONDS -lt $deadline ] || fail "the guest did not run on after cont"
+    sleep 0.2
+done
+! grep -q '^BMG error' "$TMP/console.log" || fail "the guest reported data errors"
+qmp quit || true
+wait_pid "$QPID" 30
+rm -f "$TMP/ram.dump" "$TMP/ram.bad" "$TMP/vda.bad" "$TMP/zero.dump"
 
 log "a bad command line fails cleanly"
 run_guest "blkmig.workload=mem=8M/s,bogus=1"

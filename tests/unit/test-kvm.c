@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "common/bitmap.h"
+#include "vm/blockfmt.h"
 #include "vm/kvm/kvm-internal.h"
 
 #define RAM (32u << 20)
@@ -391,10 +392,12 @@ static void test_load_guest(void **state)
     uint64_t entry = 0;
     char err[256] = "";
     assert_int_equal(kvm_load_guest(&f->k, &entry, err, sizeof err), 0);
-    assert_int_equal(entry, 0x100000);
-    /* The image is in RAM at 1 MiB: the first bytes are the entry code (cli; cld). */
-    assert_int_equal(f->k.ram[0x100000], 0xfa);
-    assert_int_equal(f->k.ram[0x100001], 0xfc);
+    /* The image is in RAM at 1 MiB: first the layout record's page (still empty: the guest
+     * fills it), then the entry code (cli; cld). */
+    assert_int_equal(entry, BM_LAYOUT_GPA + 0x1000);
+    assert_true(bm_fmt_all_zero(f->k.ram + BM_LAYOUT_GPA));
+    assert_int_equal(f->k.ram[entry], 0xfa);
+    assert_int_equal(f->k.ram[entry + 1], 0xfc);
     const char *cmd = (const char *)f->k.ram + KVM_CMDLINE_GPA;
     assert_non_null(strstr(cmd, "blkmig.console=0xd0000000"));
     assert_non_null(strstr(cmd, "virtio_mmio.device=512@0xd0001000:5"));

@@ -39,6 +39,9 @@ static struct {
     uint64_t rng, mem_seq;
 } g;
 
+/* The layout record a host reads (vm/blockfmt.h): the first page of the image (guest.ld). */
+struct bm_guest_layout guest_layout __attribute__((section(".layout"), aligned(4096)));
+
 static uint8_t iobuf[65536] __attribute__((aligned(4096)));
 static uint8_t rbuf[4096] __attribute__((aligned(4096)));
 
@@ -207,8 +210,12 @@ static uint64_t pick(enum pattern pat, uint64_t n, uint64_t hot, uint64_t *seq)
 static void write_page(uint64_t i)
 {
     uint32_t gen = g.page_gen[i] + 1;
+    guest_layout.busy_page = i + 1;
+    barrier();
     bm_fmt_format(g.area + i * BM_FMT_SIZE, BM_FMT_PAGE_MAGIC, i, gen);
     g.page_gen[i] = gen;
+    barrier();
+    guest_layout.busy_page = 0;
     g.ram_writes++;
 }
 
@@ -227,12 +234,20 @@ static int write_blocks(struct disk *d, uint64_t first, uint32_t n)
     for (uint32_t i = 0; i < n; i++)
         bm_fmt_format(iobuf + (size_t)i * BM_FMT_SIZE, BM_FMT_BLOCK_MAGIC, first + i,
                       d->gen[first + i] + 1);
+    guest_layout.busy_first = first;
+    guest_layout.busy_count = n;
+    barrier();
+    guest_layout.busy_disk = (uint64_t)(d - g.disks) + 1;
+    barrier();
     if (vblk_rw(&d->v, true, iobuf, n * BM_FMT_SIZE, first * BM_FMT_SIZE) < 0) {
+        /* The blocks may hold either generation now: they stay marked busy. */
         error("disk write at block", first, d->gen[first] + 1, "I/O error");
         return -1;
     }
     for (uint32_t i = 0; i < n; i++)
         d->gen[first + i]++;
+    barrier();
+    guest_layout.busy_disk = 0;
     g.disk_writes += n;
     return 0;
 }
@@ -306,6 +321,20 @@ static void layout(const struct boot_info *bi, const uint64_t *dev_base, unsigne
     g.area = p;
     if ((uint64_t)(uintptr_t)(g.area + g.npages * BM_FMT_SIZE) > hi)
         g.npages = (hi - (uint64_t)(uintptr_t)g.area) / BM_FMT_SIZE;
+
+    struct bm_guest_layout *l = &guest_layout;
+    l->size = sizeof *l;
+    l->page_gen = (uint64_t)(uintptr_t)g.page_gen;
+    l->area = (uint64_t)(uintptr_t)g.area;
+    l->npages = g.npages;
+    l->ndisks = g.ndisks;
+    for (unsigned k = 0; k < g.ndisks; k++) {
+        l->disk[k].gen = (uint64_t)(uintptr_t)g.disks[k].gen;
+        l->disk[k].nblocks = g.disks[k].nblocks;
+        l->disk[k].mmio = (uint64_t)g.disks[k].v.base;
+    }
+    barrier();
+    l->magic = BM_LAYOUT_MAGIC;
 }
 
 /* Every page and every block the guest wrote, by content. Returns the mismatches. */
