@@ -113,8 +113,8 @@ int cmd_guest_check(int argc, char **argv)
         bm_warn("%u disk images given, the guest has %u disks: the rest were not checked", ndisks,
                 res.ndisks);
     else if (ndisks < res.ndisks)
-        bm_warn("the guest has %u disks, %u images given: disks %u.. were not checked",
-                res.ndisks, ndisks, ndisks);
+        bm_warn("the guest has %u disks, %u images given: disks %u.. were not checked", res.ndisks,
+                ndisks, ndisks);
     rc = res.mismatches ? 1 : 0;
     if (json) {
         struct json_object *o = json_object_new_object();
@@ -123,9 +123,9 @@ int cmd_guest_check(int argc, char **argv)
         json_object_object_add(o, "skipped", json_object_new_int64((int64_t)res.skipped));
         json_object_object_add(o, "mismatches", json_object_new_int64((int64_t)res.mismatches));
         json_object_object_add(o, "guest_disks", json_object_new_int((int)res.ndisks));
-        json_object_object_add(o, "disks_checked",
-                               json_object_new_int((int)(ndisks < res.ndisks ? ndisks
-                                                                             : res.ndisks)));
+        json_object_object_add(
+            o, "disks_checked",
+            json_object_new_int((int)(ndisks < res.ndisks ? ndisks : res.ndisks)));
         struct json_object *a = json_object_new_array();
         for (unsigned i = 0; i < res.nreports; i++)
             json_object_array_add(a, json_object_new_string(res.report[i]));

@@ -78,8 +78,7 @@ static int check_layout(const struct bm_guest_layout *l, uint64_t ram_size, char
         if (l->disk[k].nblocks > (UINT64_MAX >> 13) ||
             !in_ram(ram_size, l->disk[k].gen, 4 * l->disk[k].nblocks))
             return bad_layout(err, errlen,
-                              "disk %u: %" PRIu64 " generations at 0x%" PRIx64
-                              " do not fit in RAM",
+                              "disk %u: %" PRIu64 " generations at 0x%" PRIx64 " do not fit in RAM",
                               k, l->disk[k].nblocks, l->disk[k].gen);
     return 0;
 }
@@ -120,8 +119,8 @@ static int check_disk(const uint8_t *ram, const struct bm_guest_layout *l, unsig
                 else if (gen == 0)
                     c->skipped++; /* the image's own bytes, not the guest's yet */
                 else
-                    report(c, "disk %u block %" PRIu64 " (generation %u or %u, being written)",
-                           k, b, gen, gen + 1);
+                    report(c, "disk %u block %" PRIu64 " (generation %u or %u, being written)", k,
+                           b, gen, gen + 1);
                 continue;
             }
             if (gen == 0)
@@ -164,8 +163,7 @@ int bm_guest_check(const uint8_t *ram, uint64_t ram_size, struct bm_disk *const 
         }
         uint32_t gen = gen_at(ram, l.page_gen, i);
         out->pages++;
-        const char *why =
-            bm_fmt_verify(ram + l.area + i * BM_FMT_SIZE, BM_FMT_PAGE_MAGIC, i, gen);
+        const char *why = bm_fmt_verify(ram + l.area + i * BM_FMT_SIZE, BM_FMT_PAGE_MAGIC, i, gen);
         if (why)
             report(out, "RAM page %" PRIu64 " at 0x%" PRIx64 " (generation %u): %s", i,
                    l.area + i * BM_FMT_SIZE, gen, why);

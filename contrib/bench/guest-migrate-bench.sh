@@ -24,7 +24,8 @@
 # Knobs: RAM_M=512 RAM_FILL_M=128 DISK_M=1024 DISK_FILL_M=256 WORKLOAD (mem=32M/s,hot=64M,
 # disk=4M/s) WARM_S=5 RUN_S=90 STATUS_MS=10 SHAPED=0|1 RATE=1gbit MTU=1500 REPS=1
 # SIDES="blkmig qemu" ACCEL=auto|kvm|tcg NETNS_NAME=bmgm RAM_CHECK=1 (QEMU side: also compare
-# both VMs' RAM, page by page, at the switchover) BLKMIG (binary; default a fresh
+# both VMs' RAM, page by page, at the switchover, and check each VM's RAM dump and image by
+# content with blkmig guest-check) BLKMIG (binary; default a fresh
 # optimised build). Needs root (namespaces). Last line: RESULT guest-migrate {json}.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -359,7 +360,7 @@ def run_qemu(a):
         # not libvirt's: its time is taken out of the guest's gap below.)
         t_v = time.time()
         same = sha(src_img) == sha(dst_img)
-        ram_diff = None
+        ram_diff = guest_check = None
         if os.environ.get("RAM_CHECK") == "1":  # and their RAM, page by page
             dumps = [os.path.join(a.work, n) for n in ("src.ram", "dst.ram")]
             for q, f in zip((qs, qd), dumps):
@@ -374,6 +375,19 @@ def run_qemu(a):
                             where = " (first page: %d bytes differ, offsets 0x%x-0x%x)" % (
                                 len(offs), offs[0], offs[-1])
                         ram_diff.append(page)
+            # And each side by content: every page and block against the guest's own tables
+            # (blkmig guest-check, from the layout record the guest keeps in RAM).
+            content = []
+            for f, img in zip(dumps, (src_img, dst_img)):
+                r = subprocess.run([a.blkmig, "guest-check", "--json", f, img],
+                                   capture_output=True, text=True)
+                try:
+                    content.append(json.loads(r.stdout)["mismatches"])
+                except (ValueError, KeyError):
+                    content.append("exit %d: %s" % (r.returncode, r.stderr.strip()[-200:]))
+            log("content check (blkmig guest-check) at the switchover: source %s, destination "
+                "%s mismatches" % tuple(content))
+            guest_check = {"src": content[0], "dst": content[1]}
             for f in dumps:
                 os.unlink(f)
             log("RAM at the switchover: %d pages differ%s%s" % (
@@ -402,7 +416,8 @@ def run_qemu(a):
                 "guest_gap_ms": round(gap, 1) if gap is not None else None,
                 "ram_bytes": m["ram"]["transferred"], "wire_bytes": w1 - w0,
                 "images_equal": same, "ram_pages_differing": None if ram_diff is None
-                else len(ram_diff), **common_fields(st_d, line, warm)}
+                else len(ram_diff), "guest_check_mismatches": guest_check,
+                **common_fields(st_d, line, warm)}
     finally:
         stop_all(procs, a.work)
 

@@ -491,9 +491,60 @@ static void test_load_state_malformed(void **state)
     struct kvm_vblk v = {.qnum = 1000};
     put_section(b, &n, 64 /* T_VBLK */, &v, sizeof v);
     assert_int_equal(kvm_load(&f->k.vm, b, n), -EPROTO);
+    /* A TSC section whose length is not a header and whole vCPU entries; one for 2 vCPUs in a
+     * VM of 1; one that says 2 vCPUs but holds 1. */
+    struct {
+        uint64_t khz, realtime;
+        uint32_t nvcpus, flags;
+        uint64_t v[4];
+    } t = {.khz = 1000000, .nvcpus = 1};
+    n = 8;
+    put_section(b, &n, 35 /* T_TSC */, &t, 24 + 16 + 5);
+    assert_int_equal(kvm_load(&f->k.vm, b, n), -EPROTO);
+    n = 8;
+    put_section(b, &n, 35, &t, 24 + 32);
+    assert_int_equal(kvm_load(&f->k.vm, b, n), -EPROTO);
+    t.nvcpus = 2;
+    n = 8;
+    put_section(b, &n, 35, &t, 24 + 16);
+    assert_int_equal(kvm_load(&f->k.vm, b, n), -EPROTO);
     close(f->k.vcpus[0].fd);
     f->k.vcpus[0].fd = -1;
     f->k.nvcpus = 0;
+}
+
+/* The guest's TSC across hosts: guest TSC = host TSC + offset must go on from the source's,
+ * plus the time that passed, whatever the two hosts' TSCs read. */
+static void test_tsc_carry(void **state)
+{
+    (void)state;
+    const uint64_t khz = 3000000; /* 3 GHz */
+    const uint64_t clk_src = 5000000000ull, ofs_src = 123456789;
+    const uint64_t tsc_src = 10000000000000ull; /* the source host's TSC when saved */
+    uint64_t guest_src = tsc_src + ofs_src;
+    /* 2 s later, on the same host: the offset does not change. */
+    uint64_t tsc_dst = tsc_src + 6000000000ull;
+    assert_int_equal(
+        kvm_tsc_offset_after(ofs_src, clk_src, clk_src + 2000000000ull, tsc_src, tsc_dst, khz),
+        ofs_src);
+    /* On a host whose TSC is far behind (booted later) or ahead: the guest's TSC reads the
+     * source's plus 2 s either way. */
+    const int64_t skews[] = {-9000000000000ll, 7000000000000ll, 0};
+    for (unsigned i = 0; i < 3; i++) {
+        tsc_dst = tsc_src + (uint64_t)skews[i] + 6000000000ull;
+        uint64_t ofs = kvm_tsc_offset_after(ofs_src, clk_src, clk_src + 2000000000ull, tsc_src,
+                                            tsc_dst, khz);
+        assert_int_equal(tsc_dst + ofs, guest_src + 6000000000ull);
+    }
+    /* A kvmclock read that comes out earlier (a clock step): the arithmetic is signed. */
+    tsc_dst = tsc_src - 3000000ull;
+    uint64_t ofs = kvm_tsc_offset_after(ofs_src, clk_src, clk_src - 1000000ull, tsc_src, tsc_dst,
+                                        khz);
+    assert_int_equal(tsc_dst + ofs, guest_src - 3000000ull);
+    /* Without offsets: the value to write is the source's advanced by the host time. */
+    assert_int_equal(kvm_tsc_value_after(guest_src, 1000, 1000 + 1500000000ull, 2000000),
+                     guest_src + 3000000000ull);
+    assert_int_equal(kvm_tsc_value_after(guest_src, 5000, 4000, 2000000), guest_src);
 }
 
 int main(void)
@@ -506,6 +557,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_load_guest, setup, teardown),
         cmocka_unit_test_setup_teardown(test_load_bad_files, setup, teardown),
         cmocka_unit_test_setup_teardown(test_load_state_malformed, setup, teardown),
+        cmocka_unit_test(test_tsc_carry),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

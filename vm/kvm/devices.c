@@ -6,7 +6,7 @@
  *    synchronously at QueueNotify through bm_disk (so the dirty-block bitmap sees each write);
  *    what the device writes into guest RAM (read data, status, used ring) is marked dirty;
  *    its interrupt line (GSI KVM_VIRTIO_IRQ + k) is high while InterruptStatus is non-zero,
- *    which a completion sets unless the driver asked for no interrupts (VRING_AVAIL_F_NO_INTERRUPT).
+ *    which a completion sets unless the driver asked for none (VRING_AVAIL_F_NO_INTERRUPT).
  * Console lines get a host timestamp; the guest's BMG status lines feed query(). */
 #include <config.h>
 

@@ -109,6 +109,13 @@ void kvm_console_line(struct kvm_vmm *k, const char *line);
 void kvm_devices_loaded(struct kvm_vmm *k);
 
 /* state.c */
+/* The TSC offset that makes a vCPU's TSC go on across hosts: the guest TSC at kvmclock 0
+ * stays the same (Documentation/virt/kvm/devices/vcpu.rst, KVM_VCPU_TSC_OFFSET). */
+uint64_t kvm_tsc_offset_after(uint64_t ofs_src, uint64_t kvmclock_src, uint64_t kvmclock_dst,
+                              uint64_t tsc_src, uint64_t tsc_dst, uint64_t khz);
+/* Without offsets: the TSC value to write, the source's advanced by the host time since. */
+uint64_t kvm_tsc_value_after(uint64_t tsc_src, uint64_t realtime_src, uint64_t realtime_dst,
+                             uint64_t khz);
 int kvm_save(struct vm *vm, void **buf, size_t *len);
 int kvm_load(struct vm *vm, const void *buf, size_t len);
 

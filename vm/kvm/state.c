@@ -7,6 +7,7 @@
 #include <config.h>
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -29,13 +30,13 @@ enum tag {
     T_IRQCHIP = 32,
     T_PIT2,
     T_CLOCK,
+    T_TSC,
     T_VBLK = 64,
     T_SERIAL,
 };
 
 /* The MSRs that carry guest state worth keeping (the rest are derived or constant). Not the
- * TSC: the guest's TSC keeps following the host's (kvm_pvm cannot set it anyway), so on one
- * host the guest sees the real length of a pause; see docs/vmm.md. */
+ * TSC: that travels in its own section (T_TSC) and is set after kvmclock; see docs/vmm.md. */
 static const uint32_t msr_list[] = {
     0x174,      /* SYSENTER_CS */
     0x175,      /* SYSENTER_ESP */
@@ -50,6 +51,38 @@ static const uint32_t msr_list[] = {
     0x1a0,      /* MISC_ENABLE */
 };
 #define NMSRS (sizeof msr_list / sizeof msr_list[0])
+
+/* T_TSC: the guest's TSC (docs/vmm.md "TSC"): a header, then one entry per vCPU. */
+struct tsc_hdr {
+    uint64_t khz;         /* the guest's TSC rate */
+    uint64_t realtime_ns; /* host CLOCK_REALTIME when the state was taken */
+    uint32_t nvcpus;
+    uint32_t flags; /* TSC_OFFSETS: every entry's offset was read */
+};
+struct tsc_vcpu {
+    uint64_t offset;    /* KVM_VCPU_TSC_OFFSET: guest TSC = host TSC + offset */
+    uint64_t guest_tsc; /* the guest's TSC (MSR IA32_TSC) */
+};
+#define TSC_OFFSETS  1u
+#define MSR_IA32_TSC 0x10u
+
+uint64_t kvm_tsc_offset_after(uint64_t ofs_src, uint64_t kvmclock_src, uint64_t kvmclock_dst,
+                              uint64_t tsc_src, uint64_t tsc_dst, uint64_t khz)
+{
+    /* ofs_src - (kvmclock_src - kvmclock_dst) * freq + (tsc_src - tsc_dst), modulo 2^64: the
+     * guest TSC at kvmclock 0 stays where it was (Documentation/virt/kvm/devices/vcpu.rst). */
+    __int128 dns = (__int128)(int64_t)(kvmclock_dst - kvmclock_src);
+    uint64_t ticks = (uint64_t)(int64_t)(dns * (__int128)khz / 1000000);
+    return ofs_src + ticks + (tsc_src - tsc_dst);
+}
+
+uint64_t kvm_tsc_value_after(uint64_t tsc_src, uint64_t realtime_src, uint64_t realtime_dst,
+                             uint64_t khz)
+{
+    if (realtime_dst <= realtime_src)
+        return tsc_src; /* a clock that went back counts as no time */
+    return tsc_src + (uint64_t)((unsigned __int128)(realtime_dst - realtime_src) * khz / 1000000);
+}
 
 struct buf {
     uint8_t *p;
@@ -159,6 +192,31 @@ int kvm_save(struct vm *vm, void **out, size_t *outlen)
     struct kvm_clock_data clock = {0};
     GET(k->vm_fd, KVM_GET_CLOCK, &clock, "CLOCK");
     put(&b, T_CLOCK, &clock, sizeof clock);
+    {
+        struct {
+            struct tsc_hdr h;
+            struct tsc_vcpu v[KVM_MAX_VCPUS];
+        } t = {
+            .h = {.realtime_ns = (clock.flags & KVM_CLOCK_REALTIME) ? clock.realtime : kvm_now_ns(),
+                  .nvcpus = k->nvcpus,
+                  .flags = TSC_OFFSETS}};
+        int khz = k->nvcpus ? ioctl(k->vcpus[0].fd, KVM_GET_TSC_KHZ, 0) : 0;
+        t.h.khz = khz > 0 ? (uint64_t)khz : 0;
+        for (unsigned i = 0; i < k->nvcpus; i++) {
+            struct kvm_device_attr a = {.group = KVM_VCPU_TSC_CTRL,
+                                        .attr = KVM_VCPU_TSC_OFFSET,
+                                        .addr = (uint64_t)(uintptr_t)&t.v[i].offset};
+            if (ioctl(k->vcpus[i].fd, KVM_GET_DEVICE_ATTR, &a) < 0)
+                t.h.flags &= ~TSC_OFFSETS; /* before Linux 5.16, or not this KVM */
+            struct {
+                struct kvm_msrs h;
+                struct kvm_msr_entry e;
+            } m = {.h = {.nmsrs = 1}, .e = {.index = MSR_IA32_TSC}};
+            if (ioctl(k->vcpus[i].fd, KVM_GET_MSRS, &m) == 1)
+                t.v[i].guest_tsc = m.e.data;
+        }
+        put(&b, T_TSC, &t, (uint32_t)(sizeof t.h + k->nvcpus * sizeof t.v[0]));
+    }
     for (unsigned d = 0; d < vm->ndisks; d++) {
         struct kvm_vblk v = k->blk[d];
         v.disk = NULL;
@@ -204,6 +262,10 @@ static bool sized(uint32_t tag, uint32_t len)
         return len == sizeof(struct kvm_pit_state2);
     case T_CLOCK:
         return len == sizeof(struct kvm_clock_data);
+    case T_TSC:
+        return len >= sizeof(struct tsc_hdr) &&
+               (len - sizeof(struct tsc_hdr)) % sizeof(struct tsc_vcpu) == 0 &&
+               (len - sizeof(struct tsc_hdr)) / sizeof(struct tsc_vcpu) <= KVM_MAX_VCPUS;
     case T_VBLK:
         return len == sizeof(struct kvm_vblk);
     case T_MSRS:
@@ -217,6 +279,62 @@ static bool sized(uint32_t tag, uint32_t len)
     }
 }
 
+/* Set the guest's TSC so that it goes on from the source's, counting the time the VM was
+ * stopped (docs/vmm.md "TSC"): by KVM_VCPU_TSC_OFFSET with the kvmclock/host-TSC pair where
+ * both ends have them (Linux 5.16+), else by writing IA32_TSC advanced by the host's
+ * CLOCK_REALTIME. Where neither takes (kvm_pvm), the guest's TSC is this host's: a warning,
+ * not a failure (the guest runs on; a TSC-timed guest sees a jump). */
+static int load_tsc(struct kvm_vmm *k, const struct kvm_clock_data *src, bool have_clock,
+                    const void *obj, uint32_t len)
+{
+    struct tsc_hdr h;
+    memcpy(&h, obj, sizeof h);
+    if (h.nvcpus != k->nvcpus || len != sizeof h + h.nvcpus * sizeof(struct tsc_vcpu)) {
+        bm_error("kvm: loading state: TSC of %u vCPUs for %u", h.nvcpus, k->nvcpus);
+        return -EPROTO;
+    }
+    if (h.khz) {
+        int khz = ioctl(k->vcpus[0].fd, KVM_GET_TSC_KHZ, 0);
+        for (unsigned i = 0; khz > 0 && (uint64_t)khz != h.khz && i < k->nvcpus; i++)
+            if (ioctl(k->vcpus[i].fd, KVM_SET_TSC_KHZ, (unsigned long)h.khz) < 0)
+                bm_warn("kvm: the guest's TSC ran at %" PRIu64 " kHz, this host's at %d kHz, "
+                        "and KVM cannot scale it: %s",
+                        h.khz, khz, strerror(errno));
+    }
+    struct kvm_clock_data now = {0};
+    const uint32_t both = KVM_CLOCK_REALTIME | KVM_CLOCK_HOST_TSC;
+    bool by_offset = (h.flags & TSC_OFFSETS) && have_clock && (src->flags & both) == both &&
+                     h.khz && ioctl(k->vm_fd, KVM_GET_CLOCK, &now) == 0 &&
+                     (now.flags & KVM_CLOCK_HOST_TSC);
+    const uint8_t *p = (const uint8_t *)obj + sizeof h;
+    for (unsigned i = 0; i < k->nvcpus; i++) {
+        struct tsc_vcpu v;
+        memcpy(&v, p + i * sizeof v, sizeof v);
+        int fd = k->vcpus[i].fd;
+        if (by_offset) {
+            uint64_t ofs = kvm_tsc_offset_after(v.offset, src->clock, now.clock, src->host_tsc,
+                                                now.host_tsc, h.khz);
+            struct kvm_device_attr a = {.group = KVM_VCPU_TSC_CTRL,
+                                        .attr = KVM_VCPU_TSC_OFFSET,
+                                        .addr = (uint64_t)(uintptr_t)&ofs};
+            if (ioctl(fd, KVM_SET_DEVICE_ATTR, &a) == 0)
+                continue;
+            bm_debug("kvm: setting the TSC offset: %s", strerror(errno));
+        }
+        struct {
+            struct kvm_msrs h;
+            struct kvm_msr_entry e;
+        } m = {.h = {.nmsrs = 1},
+               .e = {.index = MSR_IA32_TSC,
+                     .data = kvm_tsc_value_after(v.guest_tsc, h.realtime_ns, kvm_now_ns(), h.khz)}};
+        if (!h.khz || ioctl(fd, KVM_SET_MSRS, &m) != 1)
+            bm_warn("kvm: the guest's TSC could not be carried over (vCPU %u): it follows this "
+                    "host's from here",
+                    i);
+    }
+    return 0;
+}
+
 int kvm_load(struct vm *vm, const void *buf, size_t len)
 {
     struct kvm_vmm *k = K(vm);
@@ -227,7 +345,8 @@ int kvm_load(struct vm *vm, const void *buf, size_t len)
     }
     p += 8;
     unsigned vcpu = 0, disk = 0;
-    bool seen_events = false;
+    bool seen_events = false, have_clock = false;
+    struct kvm_clock_data clock_src = {0};
     while (p < end) {
         uint32_t tag, l;
         if (end - p < 8)
@@ -297,11 +416,21 @@ int kvm_load(struct vm *vm, const void *buf, size_t len)
                 req = KVM_SET_PIT2, what = "PIT2", fd = k->vm_fd;
                 break;
             case T_CLOCK: {
+                /* kvmclock goes on from the source's value advanced by the time since
+                 * (KVM_CLOCK_REALTIME), or from the value itself where that is refused. */
                 struct kvm_clock_data *c = obj;
+                clock_src = *c;
+                have_clock = true;
+                c->flags &= KVM_CLOCK_REALTIME;
+                if (c->flags && ioctl(k->vm_fd, KVM_SET_CLOCK, c) == 0)
+                    break;
                 c->flags = 0;
                 req = KVM_SET_CLOCK, what = "CLOCK", fd = k->vm_fd;
                 break;
             }
+            case T_TSC:
+                r = load_tsc(k, &clock_src, have_clock, obj, l);
+                break;
             case T_VBLK:
                 if (disk >= vm->ndisks) {
                     bm_error("kvm: loading state: more disks than this VM has");
