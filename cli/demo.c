@@ -24,6 +24,7 @@
 #include "common/control.h"
 #include "common/log.h"
 #include "common/parse.h"
+#include "vm/kvm/kvm.h"
 
 extern char **environ;
 
@@ -31,6 +32,8 @@ struct demo {
     char self[PATH_MAX];
     char dir[64], ns[2][32];
     bool netns, keep;
+    bool kvm;          /* the KVM micro-VM with the test guest, not the synthetic guest */
+    const char *guest; /* --guest ELF (NULL: the installed test guest) */
     const char *addr_src, *addr_dst;
     pid_t src, dst;
 };
@@ -40,12 +43,17 @@ static void usage(FILE *f)
     fprintf(f,
             "Usage: blkmig demo [--ram SIZE] [--disk-size SIZE] [--disk-fill SIZE]\n"
             "                   [--workload SPEC] [--rate RATE] [--loopback] [--keep] [--json]\n"
+            "                   [--kvm [--guest ELF]]\n"
             "\n"
             "Make two local hosts (network namespaces joined by veth when run as root, plain\n"
             "loopback otherwise), start `blkmig incoming` on one and a synthetic guest with a\n"
             "disk on the other, migrate it live with --with-disk --verify, check the guest on\n"
             "the destination, print the report, and clean everything up.\n"
             "\n"
+            "  --kvm             migrate the KVM micro-VM running the test guest instead of the\n"
+            "                    synthetic guest (needs /dev/kvm; RAM up to 3G, a multiple of 2M;\n"
+            "                    the consoles go to the kept folder's *-console.log)\n"
+            "  --guest ELF       the guest for --kvm (default: the installed test guest)\n"
             "  --ram SIZE        guest RAM (default 512M; half of it filled at boot)\n"
             "  --disk-size SIZE  the guest's disk (default 2G)\n"
             "  --disk-fill SIZE  data written to the disk at boot (default 1G)\n"
@@ -276,15 +284,34 @@ static int demo_main(struct demo *d, const char *ram, const char *disk_size,
     printf("blkmig demo: two hosts: %s (source, %s) and %s (destination, %s); files in %s\n",
            d->netns ? d->ns[0] : "loopback", d->addr_src, d->netns ? d->ns[1] : "loopback",
            d->addr_dst, d->dir);
+    if (d->kvm) { /* where `blkmig incoming` puts the console of the VM it receives */
+        char dcon[128];
+        snprintf(dcon, sizeof dcon, "%s/destination-console.log", d->dir);
+        setenv("BLKMIG_CONSOLE", dcon, 1);
+    }
     d->dst = start_self(d, 1, dlog,
                         (char *[]){"incoming", "--listen", listen, "--disk-dir", ddir,
                                    "--control", dst_sock, NULL});
-    printf("blkmig demo: booting the guest: %s RAM, disk %s (%s written), workload %s\n", ram,
-           disk_size, disk_fill, workload);
+    printf("blkmig demo: booting the %s: %s RAM, disk %s (%s written), workload %s\n",
+           d->kvm ? "test guest in the KVM micro-VM" : "synthetic guest", ram, disk_size,
+           disk_fill, workload);
     fflush(stdout);
-    d->src = start_self(d, 0, slog,
-                        (char *[]){"run", "--ram", (char *)ram, "--disk", disk, "--workload", wl,
-                                   "--control", src_sock, NULL});
+    char scon[128];
+    snprintf(scon, sizeof scon, "%s/source-console.log", d->dir);
+    char *rargv[16] = {"run", "--ram", (char *)ram, "--disk", disk, "--workload", wl,
+                       "--control", src_sock};
+    int ra = 9;
+    if (d->kvm) {
+        rargv[ra++] = "--kvm";
+        rargv[ra++] = "--console";
+        rargv[ra++] = scon;
+        if (d->guest) {
+            rargv[ra++] = "--guest";
+            rargv[ra++] = (char *)d->guest;
+        }
+    }
+    rargv[ra] = NULL;
+    d->src = start_self(d, 0, slog, rargv);
     if (d->src < 0 || d->dst < 0 || !wait_socket(src_sock, d->src)) {
         bm_error("the source VM did not start");
         dump_log("source", slog);
@@ -336,7 +363,7 @@ static int demo_main(struct demo *d, const char *ram, const char *disk_size,
 
 int cmd_demo(int argc, char **argv)
 {
-    enum { O_RAM = 256, O_DSIZE, O_DFILL, O_WL, O_RATE, O_LOOP, O_KEEP, O_JSON };
+    enum { O_RAM = 256, O_DSIZE, O_DFILL, O_WL, O_RATE, O_LOOP, O_KEEP, O_JSON, O_KVM, O_GUEST };
     static const struct option opts[] = {
         {"ram", required_argument, NULL, O_RAM},
         {"disk-size", required_argument, NULL, O_DSIZE},
@@ -346,6 +373,8 @@ int cmd_demo(int argc, char **argv)
         {"loopback", no_argument, NULL, O_LOOP},
         {"keep", no_argument, NULL, O_KEEP},
         {"json", no_argument, NULL, O_JSON},
+        {"kvm", no_argument, NULL, O_KVM},
+        {"guest", required_argument, NULL, O_GUEST},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -395,6 +424,12 @@ int cmd_demo(int argc, char **argv)
         case O_JSON:
             json = true;
             break;
+        case O_KVM:
+            d.kvm = true;
+            break;
+        case O_GUEST:
+            d.guest = optarg;
+            break;
         default:
             usage(stderr);
             return 2;
@@ -403,6 +438,30 @@ int cmd_demo(int argc, char **argv)
     if (optind != argc) {
         bm_error("unexpected argument '%s'", argv[optind]);
         return 2;
+    }
+    if (d.guest && !d.kvm) {
+        bm_error("--guest needs --kvm");
+        return 2;
+    }
+    if (d.kvm) {
+        /* Say now, not after the hosts are made, what stops the KVM guest here. */
+        char why[256];
+        if (bm_parse_size(ram, &v) < 0 || v > KVM_MAX_RAM || v % (2u << 20)) {
+            bm_error("--kvm: --ram %s: the micro-VM takes up to 3G, a multiple of 2M", ram);
+            return 2;
+        }
+        if (kvm_probe(why, sizeof why) < 0) {
+            bm_error("--kvm: %s (without KVM, leave out --kvm: the synthetic guest)", why);
+            return 1;
+        }
+        if (!d.guest && !kvm_default_guest()) {
+            bm_error("--kvm: no test guest installed (blkmig-guest.elf); give --guest ELF");
+            return 1;
+        }
+        if (d.guest && access(d.guest, R_OK) != 0) {
+            bm_error("--guest %s: %s", d.guest, strerror(errno));
+            return 1;
+        }
     }
     ssize_t n = readlink("/proc/self/exe", d.self, sizeof d.self - 1);
     if (n <= 0) {

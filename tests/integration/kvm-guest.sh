@@ -5,11 +5,26 @@
 # cont pause and resume it. Then live migration --with-disk --verify between two hosts
 # (namespaces when root), idle and moderate: completed and verified, the guest runs on the
 # destination with clean self-checks, the source exits. A destination killed during the bulk
-# copy leaves the KVM guest running on the source, clean.
+# copy leaves the KVM guest running on the source, clean. Then `blkmig demo --kvm`, end to end.
+# Without /dev/kvm it checks that run --kvm and demo --kvm refuse with the reason, then skips.
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/migrate-lib.sh"
 
-[ -c /dev/kvm ] || skip "no /dev/kvm on this machine (the KVM micro-VM cannot run)"
+if [ ! -c /dev/kvm ]; then
+    # Without KVM, asking for it fails at once with the reason (and leaves nothing behind).
+    set +e
+    "$BLKMIG" run --kvm --ram 64M --control "$TMP/vm.sock" >"$TMP/run.out" 2>&1
+    rc_run=$?
+    "$BLKMIG" demo --kvm --loopback >"$TMP/demo.out" 2>&1
+    rc_demo=$?
+    set -e
+    [ $rc_run -eq 1 ] && grep -q '/dev/kvm' "$TMP/run.out" ||
+        fail "run --kvm without /dev/kvm: exit $rc_run: $(cat "$TMP/run.out")"
+    [ $rc_demo -eq 1 ] && grep -q '/dev/kvm.*leave out --kvm' "$TMP/demo.out" ||
+        fail "demo --kvm without /dev/kvm: exit $rc_demo: $(cat "$TMP/demo.out")"
+    [ ! -e "$TMP/vm.sock" ] || fail "run --kvm without /dev/kvm left its control socket"
+    skip "no /dev/kvm on this machine (the KVM micro-VM cannot run; run --kvm and demo --kvm refuse with the reason)"
+fi
 { exec 9<>/dev/kvm; } 2>/dev/null || skip "/dev/kvm is not usable by $(id -un)"
 exec 9>&-
 ELF=$top_builddir/vm/guest/blkmig-guest.elf
@@ -96,6 +111,17 @@ mig_migrate_wait 120
 assert_guest_healthy "fault (source)" "$SRC_SOCK" writes || true
 mig_quit_vm "fault: source" "$SRC_SOCK" "$SRC_PID"
 mig_check_logs
+
+# ---- the demo with the KVM guest: the whole job, end to end ----
+log "blkmig demo --kvm"
+set +e
+timeout 300 "$BLKMIG" demo --kvm --guest "$ELF" --ram 256M --disk-size 512M --disk-fill 64M \
+    >"$TMP/demo.out" 2>&1
+rc=$?
+set -e
+tail -n 5 "$TMP/demo.out" >&2
+[ $rc -eq 0 ] && grep -q '^blkmig demo: success' "$TMP/demo.out" ||
+    soft_fail "demo --kvm: exit $rc: $(tail -n 8 "$TMP/demo.out")"
 
 log "done in $((SECONDS - t_start)) s ($MIG_MODE)"
 finish_test
