@@ -57,13 +57,14 @@ struct tsc_hdr {
     uint64_t khz;         /* the guest's TSC rate */
     uint64_t realtime_ns; /* host CLOCK_REALTIME when the state was taken */
     uint32_t nvcpus;
-    uint32_t flags; /* TSC_OFFSETS: every entry's offset was read */
+    uint32_t flags; /* TSC_OFFSETS, TSC_VALUES: every entry's offset, TSC was read */
 };
 struct tsc_vcpu {
     uint64_t offset;    /* KVM_VCPU_TSC_OFFSET: guest TSC = host TSC + offset */
     uint64_t guest_tsc; /* the guest's TSC (MSR IA32_TSC) */
 };
 #define TSC_OFFSETS  1u
+#define TSC_VALUES   2u
 #define MSR_IA32_TSC 0x10u
 
 uint64_t kvm_tsc_offset_after(uint64_t ofs_src, uint64_t kvmclock_src, uint64_t kvmclock_dst,
@@ -199,7 +200,7 @@ int kvm_save(struct vm *vm, void **out, size_t *outlen)
         } t = {
             .h = {.realtime_ns = (clock.flags & KVM_CLOCK_REALTIME) ? clock.realtime : kvm_now_ns(),
                   .nvcpus = k->nvcpus,
-                  .flags = TSC_OFFSETS}};
+                  .flags = TSC_OFFSETS | TSC_VALUES}};
         int khz = k->nvcpus ? ioctl(k->vcpus[0].fd, KVM_GET_TSC_KHZ, 0) : 0;
         t.h.khz = khz > 0 ? (uint64_t)khz : 0;
         for (unsigned i = 0; i < k->nvcpus; i++) {
@@ -214,6 +215,8 @@ int kvm_save(struct vm *vm, void **out, size_t *outlen)
             } m = {.h = {.nmsrs = 1}, .e = {.index = MSR_IA32_TSC}};
             if (ioctl(k->vcpus[i].fd, KVM_GET_MSRS, &m) == 1)
                 t.v[i].guest_tsc = m.e.data;
+            else
+                t.h.flags &= ~TSC_VALUES;
         }
         put(&b, T_TSC, &t, (uint32_t)(sizeof t.h + k->nvcpus * sizeof t.v[0]));
     }
@@ -327,7 +330,7 @@ static int load_tsc(struct kvm_vmm *k, const struct kvm_clock_data *src, bool ha
         } m = {.h = {.nmsrs = 1},
                .e = {.index = MSR_IA32_TSC,
                      .data = kvm_tsc_value_after(v.guest_tsc, h.realtime_ns, kvm_now_ns(), h.khz)}};
-        if (!h.khz || ioctl(fd, KVM_SET_MSRS, &m) != 1)
+        if (!h.khz || !(h.flags & TSC_VALUES) || ioctl(fd, KVM_SET_MSRS, &m) != 1)
             bm_warn("kvm: the guest's TSC could not be carried over (vCPU %u): it follows this "
                     "host's from here",
                     i);
