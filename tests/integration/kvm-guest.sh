@@ -5,7 +5,8 @@
 # cont pause and resume it. Then live migration --with-disk --verify between two hosts
 # (namespaces when root), idle and moderate: completed and verified, the guest runs on the
 # destination with clean self-checks, the source exits. A destination killed during the bulk
-# copy leaves the KVM guest running on the source, clean. Then `blkmig demo --kvm`, end to end.
+# copy leaves the KVM guest running on the source, clean; then migrate-faults.sh's cases with
+# the KVM guest (MIG_GUEST=kvm), and `blkmig demo --kvm`, end to end.
 # Without /dev/kvm it checks that run --kvm and demo --kvm refuse with the reason, then skips.
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/migrate-lib.sh"
@@ -30,6 +31,7 @@ exec 9>&-
 ELF=$top_builddir/vm/guest/blkmig-guest.elf
 [ -f "$ELF" ] || skip "no test guest at $ELF (x86-64 builds only)"
 export BLKMIG_GUEST=$ELF
+MIG_GUEST=kvm # mig_start_source: --kvm, console in $CASE_DIR/src-console.log
 
 LIMIT_MS=300
 if [ "$MIG_SANITIZED" = 1 ]; then MARGIN_MS=${MARGIN_MS:-700}; else MARGIN_MS=${MARGIN_MS:-200}; fi
@@ -45,14 +47,14 @@ t_start=$SECONDS
 # ---- boot, status lines, stop/cont ----
 mig_case boot
 log "boot: blkmig run --kvm with $MODERATE"
-mig_start_source "$MODERATE" --kvm --console "$CASE_DIR/console.log"
+mig_start_source "$MODERATE"
 deadline=$((SECONDS + 30))
-until grep -q 'BMG status' "$CASE_DIR/console.log" 2>/dev/null; do
-    [ $SECONDS -lt $deadline ] || fail "no status line from the guest in 30 s: $(mig_tail "$CASE_DIR/console.log" 5) $(mig_tail "$SRC_LOG" 5)"
+until grep -q 'BMG status' "$CASE_DIR/src-console.log" 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || fail "no status line from the guest in 30 s: $(mig_tail "$CASE_DIR/src-console.log" 5) $(mig_tail "$SRC_LOG" 5)"
     sleep 0.2
 done
-grep -Eq '^\[ *[0-9]+\.[0-9]{6}\] BMG boot .*disks=1 .*\(cmdline\)' "$CASE_DIR/console.log" ||
-    soft_fail "boot: no timestamped boot line with one disk and the TSC rate from the command line: $(mig_tail "$CASE_DIR/console.log" 5)"
+grep -Eq '^\[ *[0-9]+\.[0-9]{6}\] BMG boot .*disks=1 .*\(cmdline\)' "$CASE_DIR/src-console.log" ||
+    soft_fail "boot: no timestamped boot line with one disk and the TSC rate from the command line: $(mig_tail "$CASE_DIR/src-console.log" 5)"
 assert_guest_healthy "boot" "$SRC_SOCK" writes || true
 timeout 30 "$BLKMIG" control "$SRC_SOCK" stop >/dev/null || soft_fail "stop failed"
 vm_status "$SRC_SOCK" || true
@@ -73,8 +75,8 @@ for scen in idle moderate; do
     [ $scen = moderate ] && wl=$MODERATE
     mig_case "$scen"
     log "$scen ($wl): migrate --with-disk --verify"
-    mig_start_source "$wl" --kvm --console "$CASE_DIR/src-console.log"
-    MIG_DEST_ENV="BLKMIG_CONSOLE=$CASE_DIR/dst-console.log" mig_start_dest
+    mig_start_source "$wl"
+    mig_start_dest
     sleep 1
     mig_migrate 180 --with-disk --verify
     log "  $scen: exit $MIG_RC after $MIG_MS ms: $(mig_summary)"
@@ -99,8 +101,7 @@ done
 # ---- the destination killed during the bulk copy ----
 mig_case fault
 log "fault: the destination killed during the bulk copy -> the guest keeps running on the source"
-MIG_DISK=1G MIG_FILL=ram-fill=64M,disk-fill=768M mig_start_source "$MODERATE" --kvm \
-    --console "$CASE_DIR/src-console.log"
+MIG_DISK=1G MIG_FILL=ram-fill=64M,disk-fill=768M mig_start_source "$MODERATE"
 mig_start_dest
 mig_migrate_bg --with-disk --verify --max-bandwidth 50M
 wait_phase "$SRC_SOCK" disk-bulk 30 || soft_fail "fault: never saw the disk-bulk phase ($LAST_PHASE)"
@@ -111,6 +112,20 @@ mig_migrate_wait 120
 assert_guest_healthy "fault (source)" "$SRC_SOCK" writes || true
 mig_quit_vm "fault: source" "$SRC_SOCK" "$SRC_PID"
 mig_check_logs
+
+# ---- the migration faults, with the KVM guest ----
+# migrate-faults.sh's cases (the destination killed in the bulk copy and in the dirty rounds,
+# dying on COMPLETE, refusing a bad digest, hanging after COMPLETE; the source killed), each
+# on a fresh pair, with MIG_GUEST=kvm: the source's guest keeps running, clean.
+KVM_FAULT_CASES=${KVM_FAULT_CASES:-a b c d e f}
+log "faults with the KVM guest: migrate-faults.sh cases $KVM_FAULT_CASES"
+set +e
+MIG_GUEST=kvm MIG_CASES="$KVM_FAULT_CASES" bash "$top_srcdir/tests/integration/migrate-faults.sh" \
+    >"$TMP/faults.log" 2>&1
+rc=$?
+set -e
+grep -E '^# migrate-faults: \(|FAIL|soft' "$TMP/faults.log" >&2 || true
+[ $rc -eq 0 ] || soft_fail "migrate-faults.sh with the KVM guest: exit $rc: $(tail -n 8 "$TMP/faults.log")"
 
 # ---- the demo with the KVM guest: the whole job, end to end ----
 log "blkmig demo --kvm"

@@ -11,7 +11,9 @@
 MODERATE=mem=32M/s,hot=64M,disk=8M/s
 SLOW_BW=20M # --max-bandwidth that keeps the 256 MiB disk bulk going for several seconds
 
-# MIG_CASES="a e h" runs only those cases (default: all).
+# MIG_CASES="a e h" runs only those cases (default: all). MIG_GUEST=kvm runs them with the KVM
+# micro-VM and the test guest (kvm-guest.sh does; it needs /dev/kvm).
+[ "$MIG_GUEST" != kvm ] || [ -c /dev/kvm ] || skip "MIG_GUEST=kvm but no /dev/kvm here"
 want_case() { [ -z "${MIG_CASES:-}" ] || [[ " $MIG_CASES " == *" $1 "* ]]; }
 
 mig_hosts_up

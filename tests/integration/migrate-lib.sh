@@ -29,6 +29,9 @@ MIG_PIDS=()       # PIDs this test started and has not reaped yet
 
 # Defaults for the guest (tests scale them as they need).
 MIG_RAM=${MIG_RAM:-256M}
+# The guest `blkmig run` boots: synthetic (default) or kvm (the KVM micro-VM with the test
+# guest, its console in $CASE_DIR/src-console.log; the destination's in dst-console.log).
+MIG_GUEST=${MIG_GUEST:-synthetic}
 MIG_DISK=${MIG_DISK:-512M}
 MIG_FILL=${MIG_FILL:-ram-fill=128M,disk-fill=256M}
 
@@ -160,7 +163,9 @@ mig_start_source() {
     SRC_SOCK=$CASE_DIR/src.sock
     SRC_LOG=$CASE_DIR/src.log
     SRC_IMG=$CASE_DIR/a/vda.img
-    "${IN_A[@]}" "$BLKMIG" run --ram "$MIG_RAM" --disk "vda=$SRC_IMG,size=$MIG_DISK" \
+    local guest=(--synthetic)
+    [ "$MIG_GUEST" != kvm ] || guest=(--kvm --console "$CASE_DIR/src-console.log")
+    "${IN_A[@]}" "$BLKMIG" run "${guest[@]}" --ram "$MIG_RAM" --disk "vda=$SRC_IMG,size=$MIG_DISK" \
         --workload "$wl${MIG_FILL:+,$MIG_FILL}" --control "$SRC_SOCK" --log-level info "$@" \
         </dev/null >"$CASE_DIR/src.out" 2>"$SRC_LOG" &
     SRC_PID=$!
@@ -188,7 +193,7 @@ mig_start_dest() {
     mig_free_ports
     DST_URI=tcp:$DEST_ADDR:$DST_PORT
     # shellcheck disable=SC2086 # MIG_DEST_ENV is a list of VAR=VALUE words
-    env ${MIG_DEST_ENV:-} "${IN_B[@]}" "$BLKMIG" incoming --listen "$DEST_ADDR:$DST_PORT" \
+    env BLKMIG_CONSOLE="$CASE_DIR/dst-console.log" ${MIG_DEST_ENV:-} "${IN_B[@]}" "$BLKMIG" incoming --listen "$DEST_ADDR:$DST_PORT" \
         --nbd-port "$DST_NBD_PORT" --disk-dir "$DST_DIR" --control "$DST_SOCK" --log-level info \
         "$@" </dev/null >"$CASE_DIR/dst.out" 2>"$DST_LOG" &
     DST_PID=$!
