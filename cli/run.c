@@ -46,7 +46,8 @@ static void usage(FILE *f)
             "  --console FILE         --kvm: append the guest's console there, one host-\n"
             "                         timestamped line per guest line (default: stderr)\n"
             "Commands on the socket: query-status, migrate, query-migrate, migrate-cancel,\n"
-            "stop, cont, guest-check, quit. 'blkmig migrate' drives a migration.\n",
+            "stop, cont, guest-check, x-state-roundtrip (testing), quit. 'blkmig migrate' drives\n"
+            "a migration.\n",
             VM_MAX_DISKS);
 }
 

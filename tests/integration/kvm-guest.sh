@@ -2,7 +2,8 @@
 # Integration: the KVM micro-VM (`blkmig run --kvm`) with the test guest (vm/guest). Needs a
 # usable /dev/kvm (skips with 77 otherwise). Boot: the guest's status lines reach the console
 # file with host timestamps, its heartbeat and RAM/disk writes advance, 0 data errors; stop and
-# cont pause and resume it. Then live migration --with-disk --verify between two hosts
+# cont pause and resume it; its whole state saved and loaded back in one process
+# (x-state-roundtrip) leaves it running, clean. Then live migration --with-disk --verify between two hosts
 # (namespaces when root), idle and moderate: completed and verified, the guest runs on the
 # destination with clean self-checks, the source exits. A destination killed during the bulk
 # copy leaves the KVM guest running on the source, clean; then migrate-faults.sh's cases with
@@ -66,6 +67,7 @@ vm_status "$SRC_SOCK" || true
 timeout 30 "$BLKMIG" control "$SRC_SOCK" cont >/dev/null || soft_fail "cont failed"
 sleep 0.5
 assert_guest_healthy "after cont" "$SRC_SOCK" writes || true
+state_roundtrip "boot" "$SRC_SOCK" || true # vCPU, VM and device state, in one process
 mig_quit_vm "boot" "$SRC_SOCK" "$SRC_PID"
 mig_check_logs
 

@@ -89,6 +89,9 @@ MIG_URI=
 mig_kill "$bh_pid" TERM
 assert_guest_healthy "black hole (source)" "$SRC_SOCK" writes || true
 
+log "the source's state saved and loaded back into it (x-state-roundtrip): the guest runs on, clean"
+state_roundtrip "round trip" "$SRC_SOCK" || true
+
 log "bad input: the destination's --disk-dir already holds vda.img (no --force) -> refused, file untouched"
 mig_start_dest
 truncate -s 64M "$DST_IMG"

@@ -352,6 +352,20 @@ wait_phase() {
 # true), its guest counts no errors, its heartbeat advances over 0.5 s (with "writes": so do its
 # RAM and disk write counters: nothing holds the guest's writes), and its full self-check
 # (guest-check) finds 0 mismatches. Reports failures with soft_fail; false if any.
+# state_roundtrip LABEL SOCK: x-state-roundtrip (the VM's whole state saved and loaded back into
+# it, in one process), then the guest must run on, clean. False on failure (soft_fail).
+state_roundtrip() {
+    local label=$1 sock=$2 out bytes
+    out=$(timeout 60 "$BLKMIG" control "$sock" x-state-roundtrip 2>>"$TMP/control.err") || {
+        soft_fail "$label: x-state-roundtrip failed: $out"
+        return 1
+    }
+    bytes=$("$PY3" -c 'import json,sys; print(json.loads(sys.argv[1])["return"]["bytes"])' "$out" 2>/dev/null)
+    [ "${bytes:-0}" -gt 0 ] 2>/dev/null || { soft_fail "$label: x-state-roundtrip answered '$out'"; return 1; }
+    log "  $label: state saved and loaded back in one process ($bytes bytes)"
+    assert_guest_healthy "$label: after the state round trip" "$sock" writes
+}
+
 assert_guest_healthy() {
     local label=$1 sock=$2 writes=${3:-} hb0 rw0 dw0 bad ok=0
     if ! vm_status "$sock"; then
