@@ -298,11 +298,13 @@ static int demo_main(struct demo *d, const char *ram, const char *disk_size,
     fflush(stdout);
     char scon[128];
     snprintf(scon, sizeof scon, "%s/source-console.log", d->dir);
-    char *rargv[16] = {"run", "--ram", (char *)ram, "--disk", disk, "--workload", wl,
+    char *rargv[16] = {"run",      d->kvm ? "--kvm" : "--synthetic",
+                       "--ram",    (char *)ram,
+                       "--disk",   disk,
+                       "--workload", wl,
                        "--control", src_sock};
-    int ra = 9;
+    int ra = 10;
     if (d->kvm) {
-        rargv[ra++] = "--kvm";
         rargv[ra++] = "--console";
         rargv[ra++] = scon;
         if (d->guest) {

@@ -71,7 +71,7 @@ one_run() {
         --control "$dsock" 2>"$work/dst.log" &
     local dpid=$!
     pids+=("$dpid")
-    ip netns exec "$A" "$BLKMIG" run --ram "${RAM_M}M" \
+    ip netns exec "$A" "$BLKMIG" run --synthetic --ram "${RAM_M}M" \
         --disk "vda=$dA/vda.img,size=${DISK_M}M" --workload "$wl" --control "$ssock" \
         2>"$work/src.log" &
     local spid=$!
