@@ -171,6 +171,16 @@ mig_start_source() {
     SRC_PID=$!
     mig_track "$SRC_PID"
     _mig_wait_start "$SRC_PID" "$SRC_SOCK" "$SRC_LOG" "" 60 "$CASE: blkmig run"
+    if [ "$MIG_GUEST" = kvm ]; then
+        # The test guest fills its RAM and disk after it boots, then prints status lines: a
+        # migration started before that would not see the data (nor a disk bulk phase).
+        local deadline=$((SECONDS + 300))
+        until grep -q 'BMG status' "$CASE_DIR/src-console.log" 2>/dev/null; do
+            kill -0 "$SRC_PID" 2>/dev/null || fail "$CASE: blkmig run --kvm exited: $(mig_tail "$SRC_LOG")"
+            [ $SECONDS -lt $deadline ] || fail "$CASE: the KVM guest did not finish its fill in 300 s: $(mig_tail "$CASE_DIR/src-console.log")"
+            sleep 0.2
+        done
+    fi
 }
 
 # mig_free_ports: DST_PORT and DST_NBD_PORT, two different free TCP ports.
