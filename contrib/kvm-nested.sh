@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# kvm-nested.sh: run a command on a machine with a working /dev/kvm when this one has none.
+# It boots a Debian 12 kernel under QEMU with TCG and a CPU that has AMD SVM (QEMU emulates it,
+# nested paging included), loads kvm-amd there, and runs COMMAND in a chroot of this machine's
+# own filesystem (shared read-only over virtio-9p, with writes kept in the VM's RAM), as root,
+# with /dev/kvm. Everything the nested guest does is emulated, so it is slow (expect 10x or
+# more), but it is real KVM: the ioctls, the dirty log, the vCPU state. The kernel and busybox
+# come from Debian's packages (apt-get download, cached in $BLKMIG_NESTED_CACHE, default
+# /var/cache/blkmig-nested). Exit status: COMMAND's; 77 if this cannot be set up here (no
+# qemu-system-x86_64, no packages); 124 on timeout.
+#
+# Usage: contrib/kvm-nested.sh [--mem MIB] [--cpus N] [--timeout S] [--env VAR=VALUE]... [--] COMMAND...
+#   e.g. contrib/kvm-nested.sh -- tests/integration/kvm-guest.sh
+# COMMAND runs in the current directory (it must be on this machine's filesystem).
+set -euo pipefail
+MEM=6144 CPUS=2 TIMEOUT=3600
+ENVS=()
+while [ $# -gt 0 ]; do
+    case $1 in
+    --mem) MEM=$2; shift 2 ;;
+    --cpus) CPUS=$2; shift 2 ;;
+    --timeout) TIMEOUT=$2; shift 2 ;;
+    --env) ENVS+=("$2"); shift 2 ;;
+    --) shift; break ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) break ;;
+    esac
+done
+[ $# -gt 0 ] || { echo "kvm-nested: no command (see --help)" >&2; exit 2; }
+[ "$(id -u)" -eq 0 ] || { echo "kvm-nested: needs root (apt-get download, 9p passthrough)" >&2; exit 77; }
+command -v qemu-system-x86_64 >/dev/null || { echo "kvm-nested: qemu-system-x86_64 missing (qemu-system-x86)" >&2; exit 77; }
+
+CACHE=${BLKMIG_NESTED_CACHE:-/var/cache/blkmig-nested}
+mkdir -p "$CACHE"
+# The kernel: the package linux-image-amd64 points at (its Depends), downloaded and unpacked once.
+if [ ! -f "$CACHE/ready" ]; then
+    kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+    [ -n "$kpkg" ] || { echo "kvm-nested: cannot tell which kernel package linux-image-amd64 needs" >&2; exit 77; }
+    rm -rf "$CACHE"/{deb,k,bb} && mkdir -p "$CACHE/deb"
+    (cd "$CACHE/deb" && apt-get download "$kpkg" busybox-static >/dev/null 2>&1) ||
+        { echo "kvm-nested: apt-get download $kpkg busybox-static failed (apt-get update first?)" >&2; exit 77; }
+    dpkg-deb -x "$CACHE"/deb/linux-image-*.deb "$CACHE/k"
+    dpkg-deb -x "$CACHE"/deb/busybox-static*.deb "$CACHE/bb"
+    rm -rf "$CACHE/deb"
+    touch "$CACHE/ready"
+fi
+KV=$(ls "$CACHE/k/lib/modules" | head -1)
+MODDIR=$CACHE/k/lib/modules/$KV/kernel
+BB=$CACHE/bb/bin/busybox
+
+WORK=$(mktemp -d /tmp/kvm-nested.XXXXXX)
+QPID=
+cleanup() {
+    [ -z "$QPID" ] || kill "$QPID" 2>/dev/null || true
+    [ -z "$QPID" ] || wait "$QPID" 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# The modules, each after those it depends on (their "depends=" field).
+mkdir -p "$WORK/root/"{bin,proc,sys,dev,host,new,mods,mnt}
+ORDER=()
+add_mod() {
+    local m=$1 f d
+    for x in "${ORDER[@]:-}"; do [ "$x" != "$m" ] || return 0; done
+    f=$(find "$MODDIR" -name "$m.ko" -o -name "$m.ko.xz" | head -1)
+    [ -n "$f" ] || { echo "kvm-nested: module $m not in $KV" >&2; exit 77; }
+    for d in $(strings "$f" | sed -n 's/^depends=//p' | tr ',' ' '); do add_mod "$d"; done
+    case $f in *.xz) xz -dc "$f" >"$WORK/root/mods/$m.ko" ;; *) cp "$f" "$WORK/root/mods/$m.ko" ;; esac
+    ORDER+=("$m")
+}
+for m in kvm-amd 9p 9pnet_virtio virtio_pci overlay veth sch_tbf; do add_mod "$m"; done
+cp "$BB" "$WORK/root/bin/busybox"
+printf '%s\n' "${ORDER[@]}" >"$WORK/root/modules"
+{
+    printf 'cd %q\n' "$PWD"
+    for e in "${ENVS[@]:-}"; do [ -z "$e" ] || printf 'export %q\n' "$e"; done
+    printf 'exec'
+    printf ' %q' "$@"
+    printf '\n'
+} >"$WORK/root/cmd"
+cat >"$WORK/root/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+for m in $(cat /modules); do insmod /mods/$m.ko 2>/dev/null || echo "kvm-nested: insmod $m failed"; done
+[ -c /dev/kvm ] || echo "kvm-nested: no /dev/kvm in the VM"
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288 hostroot /host ||
+    { echo "kvm-nested: cannot mount the host's filesystem"; poweroff -f; }
+mount -t tmpfs -o size=90% ram /mnt
+mkdir -p /mnt/upper /mnt/work
+mount -t overlay -o lowerdir=/host,upperdir=/mnt/upper,workdir=/mnt/work overlay /new ||
+    { echo "kvm-nested: overlay mount failed"; poweroff -f; }
+for d in proc sys dev; do mount --bind /$d /new/$d; done
+mount -t tmpfs run /new/run
+mount -t devpts devpts /new/dev/pts 2>/dev/null
+ip link set lo up
+cp /cmd /new/run/kvm-nested.cmd
+echo "kvm-nested: running in the VM ($(uname -r), $(nproc) vCPUs)"
+chroot /new /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    HOME=/root TERM=dumb /bin/bash /run/kvm-nested.cmd </dev/null
+echo "kvm-nested: exit $?"
+poweroff -f
+INIT
+chmod +x "$WORK/root/init"
+(cd "$WORK/root" && find . | "$BB" cpio -o -H newc 2>/dev/null | gzip -1 >"$WORK/initrd.gz")
+
+echo "kvm-nested: booting $KV under QEMU TCG (-cpu max: SVM with nested paging), $MEM MiB, $CPUS vCPUs" >&2
+timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp "$CPUS" -m "$MEM" \
+    -kernel "$CACHE/k/boot/vmlinuz-$KV" -initrd "$WORK/initrd.gz" \
+    -append "console=ttyS0 quiet panic=-1 mitigations=off" \
+    -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+    -nographic -no-reboot -nodefaults -serial stdio </dev/null >"$WORK/console" 2>&1 &
+QPID=$!
+# Show the command's output as it comes (the console, less QEMU's terminal escapes).
+tail -n +1 -f --pid "$QPID" "$WORK/console" 2>/dev/null | sed -u 's/\x1b\[[0-9;?]*[a-zA-Z]//g; s/\r$//' &
+TPID=$!
+rc=0
+wait "$QPID" || rc=$?
+QPID=
+wait "$TPID" 2>/dev/null || true
+[ $rc -ne 124 ] || { echo "kvm-nested: timed out after $TIMEOUT s" >&2; exit 124; }
+st=$(sed -n 's/.*kvm-nested: exit \([0-9]*\).*/\1/p' "$WORK/console" | tail -1)
+[ -n "$st" ] || { echo "kvm-nested: the command did not finish in the VM (QEMU exit $rc)" >&2; exit 1; }
+exit "$st"
