@@ -13,7 +13,7 @@
 #   e.g. contrib/kvm-nested.sh -- tests/integration/kvm-guest.sh
 # COMMAND runs in the current directory (it must be on this machine's filesystem).
 set -euo pipefail
-MEM=6144 CPUS=2 TIMEOUT=3600
+MEM=6144 CPUS=1 TIMEOUT=3600
 ENVS=()
 while [ $# -gt 0 ]; do
     case $1 in
