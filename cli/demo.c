@@ -33,6 +33,7 @@ struct demo {
     char dir[64], ns[2][32];
     bool netns, keep;
     bool kvm;          /* the KVM micro-VM with the test guest, not the synthetic guest */
+    bool kvm_auto;     /* ... chosen by default (where it can run), not by --kvm */
     const char *guest; /* --guest ELF (NULL: the installed test guest) */
     const char *addr_src, *addr_dst;
     pid_t src, dst;
@@ -43,17 +44,19 @@ static void usage(FILE *f)
     fprintf(f,
             "Usage: blkmig demo [--ram SIZE] [--disk-size SIZE] [--disk-fill SIZE]\n"
             "                   [--workload SPEC] [--rate RATE] [--loopback] [--keep] [--json]\n"
-            "                   [--kvm [--guest ELF]]\n"
+            "                   [--kvm [--guest ELF] | --synthetic]\n"
             "\n"
             "Make two local hosts (network namespaces joined by veth when run as root, plain\n"
-            "loopback otherwise), start `blkmig incoming` on one and a synthetic guest with a\n"
+            "loopback otherwise), start `blkmig incoming` on one and a guest with a\n"
             "disk on the other, migrate it live with --with-disk --verify, check the guest on\n"
             "the destination, print the report, and clean everything up.\n"
             "\n"
-            "  --kvm             migrate the KVM micro-VM running the test guest instead of the\n"
-            "                    synthetic guest (needs /dev/kvm; RAM up to 3G, a multiple of 2M;\n"
-            "                    the consoles go to the kept folder's *-console.log)\n"
-            "  --guest ELF       the guest for --kvm (default: the installed test guest)\n"
+            "The guest is the test guest in the KVM micro-VM where KVM works (falling back to\n"
+            "the synthetic guest, with a warning, if it does not start), else the synthetic guest.\n"
+            "  --kvm             the KVM micro-VM, or fail (needs /dev/kvm; RAM up to 3G, a\n"
+            "                    multiple of 2M; the consoles go to the folder's *-console.log)\n"
+            "  --synthetic       the synthetic guest even where KVM works\n"
+            "  --guest ELF       the guest for the micro-VM (default: the installed test guest)\n"
             "  --ram SIZE        guest RAM (default 512M; half of it filled at boot)\n"
             "  --disk-size SIZE  the guest's disk (default 2G)\n"
             "  --disk-fill SIZE  data written to the disk at boot (default 1G)\n"
@@ -252,6 +255,65 @@ static int free_port_pair(void)
     return -1;
 }
 
+/* Boot the guest on the source and wait for its first heartbeat (the test guest reports them
+ * once its first-boot fill is done). A KVM guest chosen by default that does not get there is
+ * replaced by the synthetic guest, with a warning; one asked for with --kvm is a failure. */
+static int start_source(struct demo *d, const char *ram, const char *disk_size,
+                        const char *disk_fill, const char *workload, char *wl, char *disk,
+                        const char *img, const char *src_sock, const char *slog)
+{
+    for (;;) {
+        printf("blkmig demo: booting the %s: %s RAM, disk %s (%s written), workload %s\n",
+               d->kvm ? "test guest in the KVM micro-VM" : "synthetic guest", ram, disk_size,
+               disk_fill, workload);
+        fflush(stdout);
+        char scon[128];
+        snprintf(scon, sizeof scon, "%s/source-console.log", d->dir);
+        char *rargv[16] = {"run",        d->kvm ? "--kvm" : "--synthetic",
+                           "--ram",      (char *)ram,
+                           "--disk",     disk,
+                           "--workload", wl,
+                           "--control",  (char *)src_sock};
+        int ra = 10;
+        if (d->kvm) {
+            rargv[ra++] = "--console";
+            rargv[ra++] = scon;
+            if (d->guest) {
+                rargv[ra++] = "--guest";
+                rargv[ra++] = (char *)d->guest;
+            }
+        }
+        rargv[ra] = NULL;
+        d->src = start_self(d, 0, slog, rargv);
+        int64_t hb = 0;
+        if (d->src > 0 && wait_socket(src_sock, d->src)) {
+            for (int i = 0; i < 1200; i++) {
+                if ((hb = query_i(src_sock, "query-status", "guest", "hb_count")) > 0)
+                    return 0;
+                if (waitpid(d->src, NULL, WNOHANG) == d->src) {
+                    d->src = 0;
+                    break;
+                }
+                struct timespec poll = {0, 100000000};
+                nanosleep(&poll, NULL);
+            }
+        }
+        bm_error("the %s did not start its workload (within 120 s)",
+                 d->kvm ? "KVM guest" : "synthetic guest");
+        dump_log("source", slog);
+        if (d->kvm)
+            dump_log("source console (last lines above are the guest's)", scon);
+        stop_child(&d->src);
+        if (!d->kvm || !d->kvm_auto)
+            return -1;
+        bm_warn("falling back to the synthetic guest (--kvm insists on the KVM guest, "
+                "--synthetic skips it)");
+        d->kvm = false;
+        unlink(img);
+        unlink(src_sock);
+    }
+}
+
 static int demo_main(struct demo *d, const char *ram, const char *disk_size,
                      const char *disk_fill, const char *workload, bool json)
 {
@@ -292,50 +354,12 @@ static int demo_main(struct demo *d, const char *ram, const char *disk_size,
     d->dst = start_self(d, 1, dlog,
                         (char *[]){"incoming", "--listen", listen, "--disk-dir", ddir,
                                    "--control", dst_sock, NULL});
-    printf("blkmig demo: booting the %s: %s RAM, disk %s (%s written), workload %s\n",
-           d->kvm ? "test guest in the KVM micro-VM" : "synthetic guest", ram, disk_size,
-           disk_fill, workload);
-    fflush(stdout);
-    char scon[128];
-    snprintf(scon, sizeof scon, "%s/source-console.log", d->dir);
-    char *rargv[16] = {"run",      d->kvm ? "--kvm" : "--synthetic",
-                       "--ram",    (char *)ram,
-                       "--disk",   disk,
-                       "--workload", wl,
-                       "--control", src_sock};
-    int ra = 10;
-    if (d->kvm) {
-        rargv[ra++] = "--console";
-        rargv[ra++] = scon;
-        if (d->guest) {
-            rargv[ra++] = "--guest";
-            rargv[ra++] = (char *)d->guest;
-        }
-    }
-    rargv[ra] = NULL;
-    d->src = start_self(d, 0, slog, rargv);
-    if (d->src < 0 || d->dst < 0 || !wait_socket(src_sock, d->src)) {
-        bm_error("the source VM did not start");
-        dump_log("source", slog);
+    if (d->dst < 0) {
+        bm_error("the destination did not start");
         return 1;
     }
-    /* Let the workload run a second after the guest's first heartbeat: the test guest (--kvm)
-     * reports heartbeats only once its first-boot fill is done. */
-    int64_t hb = 0;
-    for (int i = 0; i < 1200 && (hb = query_i(src_sock, "query-status", "guest", "hb_count")) <= 0;
-         i++) {
-        if (waitpid(d->src, NULL, WNOHANG) == d->src) {
-            d->src = 0;
-            break;
-        }
-        struct timespec poll = {0, 100000000};
-        nanosleep(&poll, NULL);
-    }
-    if (hb <= 0) {
-        bm_error("the guest did not start its workload within 120 s");
-        dump_log("source", slog);
+    if (start_source(d, ram, disk_size, disk_fill, workload, wl, disk, img, src_sock, slog) < 0)
         return 1;
-    }
     struct timespec warm = {1, 0};
     nanosleep(&warm, NULL);
     printf("blkmig demo: guest running (%lld heartbeats so far); migrating with its disk\n",
@@ -391,7 +415,19 @@ static int demo_main(struct demo *d, const char *ram, const char *disk_size,
 
 int cmd_demo(int argc, char **argv)
 {
-    enum { O_RAM = 256, O_DSIZE, O_DFILL, O_WL, O_RATE, O_LOOP, O_KEEP, O_JSON, O_KVM, O_GUEST };
+    enum {
+        O_RAM = 256,
+        O_DSIZE,
+        O_DFILL,
+        O_WL,
+        O_RATE,
+        O_LOOP,
+        O_KEEP,
+        O_JSON,
+        O_KVM,
+        O_SYNTH,
+        O_GUEST
+    };
     static const struct option opts[] = {
         {"ram", required_argument, NULL, O_RAM},
         {"disk-size", required_argument, NULL, O_DSIZE},
@@ -402,6 +438,7 @@ int cmd_demo(int argc, char **argv)
         {"keep", no_argument, NULL, O_KEEP},
         {"json", no_argument, NULL, O_JSON},
         {"kvm", no_argument, NULL, O_KVM},
+        {"synthetic", no_argument, NULL, O_SYNTH},
         {"guest", required_argument, NULL, O_GUEST},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -410,7 +447,7 @@ int cmd_demo(int argc, char **argv)
     const char *ram = "512M", *dsize = "2G", *dfill = "1G",
                *wl = "mem=32M/s,hot=128M,disk=8M/s";
     char *rate = NULL;
-    bool loop = false, json = false;
+    bool loop = false, json = false, synthetic = false;
     struct demo d = {0};
     uint64_t v;
     int c;
@@ -455,6 +492,9 @@ int cmd_demo(int argc, char **argv)
         case O_KVM:
             d.kvm = true;
             break;
+        case O_SYNTH:
+            synthetic = true;
+            break;
         case O_GUEST:
             d.guest = optarg;
             break;
@@ -467,27 +507,29 @@ int cmd_demo(int argc, char **argv)
         bm_error("unexpected argument '%s'", argv[optind]);
         return 2;
     }
-    if (d.guest && !d.kvm) {
-        bm_error("--guest needs --kvm");
+    if (synthetic && (d.kvm || d.guest)) {
+        bm_error("--synthetic with %s", d.kvm ? "--kvm" : "--guest");
         return 2;
     }
+    char why[256] = "";
+    uint64_t ramv = 0;
+    bm_parse_size(ram, &ramv);
     if (d.kvm) {
         /* Say now, not after the hosts are made, what stops the KVM guest here. */
-        char why[256];
-        if (bm_parse_size(ram, &v) < 0 || v > KVM_MAX_RAM || v % (2u << 20)) {
+        if (ramv > KVM_MAX_RAM || ramv % (2u << 20)) {
             bm_error("--kvm: --ram %s: the micro-VM takes up to 3G, a multiple of 2M", ram);
             return 2;
         }
-        if (kvm_probe(why, sizeof why) < 0) {
+        if (kvm_fits(ramv, 1, d.guest, why, sizeof why) < 0) {
             bm_error("--kvm: %s (without KVM, leave out --kvm: the synthetic guest)", why);
             return 1;
         }
-        if (!d.guest && !kvm_default_guest()) {
-            bm_error("--kvm: no test guest installed (blkmig-guest.elf); give --guest ELF");
-            return 1;
-        }
-        if (d.guest && access(d.guest, R_OK) != 0) {
-            bm_error("--guest %s: %s", d.guest, strerror(errno));
+    } else if (!synthetic) {
+        /* The default: the KVM micro-VM where it can run this VM, else the synthetic guest. */
+        if (kvm_fits(ramv, 1, d.guest, why, sizeof why) == 0) {
+            d.kvm = d.kvm_auto = true;
+        } else if (d.guest) {
+            bm_error("--guest %s: the KVM micro-VM cannot run here: %s", d.guest, why);
             return 1;
         }
     }
@@ -519,6 +561,8 @@ int cmd_demo(int argc, char **argv)
     /* Signals: clean up rather than leave namespaces and processes behind. */
     signal(SIGINT, SIG_IGN);
     signal(SIGTERM, SIG_IGN);
+    if (!d.kvm && !synthetic)
+        printf("blkmig demo: the synthetic guest (not the KVM micro-VM: %s)\n", why);
     int rc = demo_main(&d, ram, dsize, dfill, wl, json);
     stop_child(&d.src);
     stop_child(&d.dst);

@@ -1,4 +1,5 @@
-/* run.c: `blkmig run`, start a VM (the synthetic guest) with its disks and a control socket. */
+/* run.c: `blkmig run`, start a VM (the KVM micro-VM where KVM works, else the synthetic guest)
+ * with its disks and a control socket. */
 #include <config.h>
 
 #include <errno.h>
@@ -23,11 +24,12 @@ static void usage(FILE *f)
             "                  [--disk NAME=PATH[,size=SIZE]]... [--workload SPEC]\n"
             "                  --control SOCKET [--json] [--log-level LEVEL]\n"
             "\n"
-            "Run a VM in this process until it quits or migrates away. The default VM is the\n"
-            "synthetic guest: its \"vCPU\" dirties RAM, its device writes the disks, and it checks\n"
-            "every page and block it wrote, continuously, and keeps a 1 ms heartbeat. --kvm runs\n"
-            "the same workload in a KVM micro-VM: the test guest (a PVH ELF) on one vCPU with\n"
-            "virtio-mmio disks.\n"
+            "Run a VM in this process until it quits or migrates away. Where KVM works (and the\n"
+            "VM fits: RAM 16M..3G in 2M steps, at most 8 disks) the VM is the KVM micro-VM\n"
+            "running the test guest (a PVH ELF) on one vCPU with virtio-mmio disks; elsewhere\n"
+            "it is the synthetic guest: its \"vCPU\" dirties RAM, its device writes the disks.\n"
+            "Both run the same workload, check every page and block they wrote, continuously,\n"
+            "and keep a heartbeat. --kvm or --synthetic chooses.\n"
             "\n"
             "  --ram SIZE             guest RAM (e.g. 1G)\n"
             "  --disk NAME=PATH[,size=SIZE]\n"
@@ -39,9 +41,9 @@ static void usage(FILE *f)
             "                         seed=N\n"
             "  --control SOCKET       the control socket (JSON lines; see blkmig-run(1))\n"
             "  --json                 print events on stdout as JSON lines\n"
-            "  --synthetic            the synthetic guest (the default)\n"
-            "  --kvm                  the KVM micro-VM (needs /dev/kvm; RAM up to 3G, a\n"
-            "                         multiple of 2M; at most 8 disks)\n"
+            "  --synthetic            the synthetic guest (the default without KVM)\n"
+            "  --kvm                  the KVM micro-VM (the default where it can run; needs\n"
+            "                         /dev/kvm; RAM up to 3G, a multiple of 2M; at most 8 disks)\n"
             "  --guest ELF            the guest for --kvm (default: the installed test guest)\n"
             "  --console FILE         --kvm: append the guest's console there, one host-\n"
             "                         timestamped line per guest line (default: stderr)\n"
@@ -145,7 +147,7 @@ int cmd_run(int argc, char **argv)
     uint64_t ram = 0;
     const char *control = NULL, *disk_args[VM_MAX_DISKS], *guest = NULL, *console = NULL,
                *workload = NULL;
-    bool kvm = false;
+    enum { AUTO, SYNTH, KVM } kind = AUTO;
     unsigned ndisk_args = 0;
     bool json = false;
     struct synth_workload w;
@@ -186,10 +188,10 @@ int cmd_run(int argc, char **argv)
             json = true;
             break;
         case O_SYNTH:
-            kvm = false;
+            kind = SYNTH;
             break;
         case O_KVM:
-            kvm = true;
+            kind = KVM;
             break;
         case O_GUEST:
             guest = optarg;
@@ -214,6 +216,22 @@ int cmd_run(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    if (kind == SYNTH && (guest || console)) {
+        bm_error("--guest and --console are for the KVM micro-VM, not --synthetic");
+        return 2;
+    }
+    if (kind == AUTO) {
+        /* The KVM micro-VM where it can run this VM; the synthetic guest otherwise. */
+        char why[256];
+        if (guest || console || kvm_fits(ram, ndisk_args, guest, why, sizeof why) == 0) {
+            kind = KVM;
+            bm_info("the KVM micro-VM with the test guest (the default where KVM works)");
+        } else {
+            kind = SYNTH;
+            bm_info("the synthetic guest: %s", why);
+        }
+    }
+    bool kvm = kind == KVM;
     struct vm_disk disks[VM_MAX_DISKS];
     struct bm_disk *bd[VM_MAX_DISKS];
     unsigned nd = 0;

@@ -72,6 +72,28 @@ int kvm_probe(char *why, size_t len)
     return r;
 }
 
+int kvm_fits(uint64_t ram, unsigned ndisks, const char *guest, char *why, size_t len)
+{
+    if (ram < (16u << 20) || ram > KVM_MAX_RAM || ram % (2u << 20)) {
+        snprintf(why, len, "the micro-VM takes 16M to 3G of RAM, a multiple of 2M");
+        return -EINVAL;
+    }
+    if (ndisks > KVM_MAX_DISKS) {
+        snprintf(why, len, "the micro-VM takes at most %u disks", KVM_MAX_DISKS);
+        return -EINVAL;
+    }
+    if (!guest && !(guest = kvm_default_guest())) {
+        snprintf(why, len, "no test guest installed (blkmig-guest.elf)");
+        return -ENOENT;
+    }
+    if (access(guest, R_OK) != 0) {
+        int e = errno;
+        snprintf(why, len, "%s: %s", guest, strerror(e));
+        return -e;
+    }
+    return kvm_probe(why, len);
+}
+
 const char *kvm_default_guest(void)
 {
     static char path[4096];

@@ -36,6 +36,11 @@ int kvm_probe(char *why, size_t len);
 /* The test guest installed with blkmig (or next to the binary in a build tree), or NULL. */
 const char *kvm_default_guest(void);
 
+/* Whether the micro-VM can run this VM here (what makes it the default guest of run and demo):
+ * KVM usable, a guest ELF (guest, or the installed test guest), RAM 16M..3G in 2M multiples, at
+ * most KVM_MAX_DISKS disks. 0, or -errno with the reason in why. */
+int kvm_fits(uint64_t ram, unsigned ndisks, const char *guest, char *why, size_t len);
+
 typedef void (*kvm_event_fn)(void *opaque, const char *event, struct json_object *data);
 
 /* Create the VM with these disks (kept open by the caller until destroy). boot = true loads
