@@ -20,7 +20,8 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "Usage: blkmig run [--synthetic | --kvm [--guest ELF] [--console FILE]] --ram SIZE\n"
+            "Usage: blkmig run [--synthetic | --kvm [--guest ELF] [--console FILE] [--append WORDS]]\n"
+            "                  --ram SIZE\n"
             "                  [--disk NAME=PATH[,size=SIZE]]... [--workload SPEC]\n"
             "                  --control SOCKET [--json] [--log-level LEVEL]\n"
             "\n"
@@ -47,6 +48,8 @@ static void usage(FILE *f)
             "  --guest ELF            the guest for --kvm (default: the installed test guest)\n"
             "  --console FILE         --kvm: append the guest's console there, one host-\n"
             "                         timestamped line per guest line (default: stderr)\n"
+            "  --append WORDS         --kvm: words added at the end of the guest's command line\n"
+            "                         (e.g. 'blkmig.run=60 blkmig.status_ms=10'; see docs/guest.md)\n"
             "Commands on the socket: query-status, migrate, query-migrate, migrate-cancel,\n"
             "stop, cont, guest-check, x-state-roundtrip (testing), quit. 'blkmig migrate' drives\n"
             "a migration.\n",
@@ -127,6 +130,7 @@ int cmd_run(int argc, char **argv)
         O_KVM,
         O_GUEST,
         O_CONSOLE,
+        OPT_APPEND,
         O_LOG
     };
     static const struct option opts[] = {
@@ -139,6 +143,7 @@ int cmd_run(int argc, char **argv)
         {"kvm", no_argument, NULL, O_KVM},
         {"guest", required_argument, NULL, O_GUEST},
         {"console", required_argument, NULL, O_CONSOLE},
+        {"append", required_argument, NULL, OPT_APPEND},
         {"log-level", required_argument, NULL, O_LOG},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -146,7 +151,7 @@ int cmd_run(int argc, char **argv)
     bm_log_set_prefix("blkmig run");
     uint64_t ram = 0;
     const char *control = NULL, *disk_args[VM_MAX_DISKS], *guest = NULL, *console = NULL,
-               *workload = NULL;
+               *workload = NULL, *append = NULL;
     enum { AUTO, SYNTH, KVM } kind = AUTO;
     unsigned ndisk_args = 0;
     bool json = false;
@@ -199,6 +204,9 @@ int cmd_run(int argc, char **argv)
         case O_CONSOLE:
             console = optarg;
             break;
+        case OPT_APPEND:
+            append = optarg;
+            break;
         case O_LOG:
             if (cli_set_log_level(optarg) < 0)
                 return 2;
@@ -216,14 +224,18 @@ int cmd_run(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    if (kind == SYNTH && (guest || console)) {
-        bm_error("--guest and --console are for the KVM micro-VM, not --synthetic");
+    if (kind == SYNTH && (guest || console || append)) {
+        bm_error("--guest, --console and --append are for the KVM micro-VM, not --synthetic");
+        return 2;
+    }
+    if (append && (strlen(append) > 1024 || strpbrk(append, "\n\r"))) {
+        bm_error("--append: at most 1024 characters on one line");
         return 2;
     }
     if (kind == AUTO) {
         /* The KVM micro-VM where it can run this VM; the synthetic guest otherwise. */
         char why[256];
-        if (guest || console || kvm_fits(ram, ndisk_args, guest, why, sizeof why) == 0) {
+        if (guest || console || append || kvm_fits(ram, ndisk_args, guest, why, sizeof why) == 0) {
             kind = KVM;
             bm_info("the KVM micro-VM with the test guest (the default where KVM works)");
         } else {
@@ -252,6 +264,7 @@ int cmd_run(int argc, char **argv)
         struct kvm_config kc = {.ram = ram,
                                 .guest = guest ? guest : kvm_default_guest(),
                                 .workload = workload,
+                                .extra_cmdline = append,
                                 .console = console};
         if (kvm_probe(err, sizeof err) < 0) {
             bm_error("--kvm: %s", err);

@@ -430,7 +430,9 @@ def run_blkmig(a):
     src = subprocess.Popen(["ip", "netns", "exec", a.ns_a, a.blkmig, "run", "--kvm", "--guest",
                             a.guest, "--ram", "%dM" % a.ram, "--disk", "vda=%s/vda.img,size=%dM"
                             % (a.dir_a, a.disk), "--workload", a.workload, "--console",
-                            sock("src-console.log"), "--control", sock("src.sock")],
+                            sock("src-console.log"), "--control", sock("src.sock"),
+                            "--append", "blkmig.run=%d blkmig.status_ms=%d" % (a.run_s,
+                                                                              a.status_ms)],
                            env=env, stderr=open(sock("src.err"), "w"))
     procs = [src, dst]
     try:
