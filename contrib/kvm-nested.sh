@@ -106,6 +106,7 @@ INIT
 chmod +x "$WORK/root/init"
 (cd "$WORK/root" && find . | "$BB" cpio -o -H newc 2>/dev/null | gzip -1 >"$WORK/initrd.gz")
 
+: >"$WORK/console" # before tail follows it
 echo "kvm-nested: booting $KV under QEMU TCG (-cpu max: SVM with nested paging), $MEM MiB, $CPUS vCPUs" >&2
 timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp "$CPUS" -m "$MEM" \
     -kernel "$CACHE/k/boot/vmlinuz-$KV" -initrd "$WORK/initrd.gz" \
