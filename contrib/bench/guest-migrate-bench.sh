@@ -430,6 +430,9 @@ def run_qemu(a):
 def run_blkmig(a):
     sock = lambda n: os.path.join(a.work, n)
     env = dict(os.environ, BLKMIG_CONSOLE=sock("dst-console.log"), BLKMIG_GUEST=a.guest)
+    for n in ("src-console.log", "dst-console.log"):  # blkmig appends: not the last run's lines
+        if os.path.exists(sock(n)):
+            os.unlink(sock(n))
     dst = subprocess.Popen(["ip", "netns", "exec", a.ns_b, a.blkmig, "incoming", "--listen",
                             ADDR_B + ":7700", "--disk-dir", a.dir_b, "--force", "--control",
                             sock("dst.sock")], env=env, stderr=open(sock("dst.err"), "w"))
