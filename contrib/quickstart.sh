@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # contrib/quickstart.sh: install what is missing, build blkmig, and run the main job: a live
-# migration --with-disk of the built-in (synthetic) guest between two local hosts, with progress
+# migration --with-disk of the built-in guest (the test guest in the KVM micro-VM where KVM works,
+# else the synthetic guest) between two local hosts, with progress
 # and a report (`blkmig demo`). As root the hosts are two network namespaces joined by veth;
 # otherwise plain loopback. Extra arguments go to `blkmig demo` (e.g. --rate 1gbit, --ram 1G).
 set -euo pipefail

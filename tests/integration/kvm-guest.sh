@@ -33,6 +33,7 @@ if [ ! -c /dev/kvm ]; then
     # runs Debian's kernel with kvm-amd and this machine's filesystem (contrib/kvm-nested.sh;
     # 77 from it = it cannot be set up here). KVM_NESTED=0 skips instead.
     [ "${KVM_NESTED:-1}" != 0 ] || skip "no /dev/kvm on this machine (KVM_NESTED=0: not trying a nested VM)"
+    [ "${KVM_NESTED:-1}" != inside ] || skip "no /dev/kvm in the nested VM either (kvm-amd did not load)"
     log "running this test in a nested VM with KVM (contrib/kvm-nested.sh; slow: everything is emulated)"
     "$top_srcdir/contrib/kvm-nested.sh" --timeout 1500 \
         --env "top_srcdir=$top_srcdir" --env "top_builddir=$top_builddir" --env "BLKMIG=$BLKMIG" \
