@@ -72,16 +72,25 @@ int kvm_probe(char *why, size_t len)
     return r;
 }
 
-int kvm_fits(uint64_t ram, unsigned ndisks, const char *guest, char *why, size_t len)
+/* The VM's shape the micro-VM takes: 0, or -EINVAL with the reason in why. */
+static int check_shape(uint64_t ram, unsigned ndisks, char *why, size_t len)
 {
     if (ram < (16u << 20) || ram > KVM_MAX_RAM || ram % (2u << 20)) {
-        snprintf(why, len, "the micro-VM takes 16M to 3G of RAM, a multiple of 2M");
+        snprintf(why, len, "kvm: RAM must be 16 MiB to 3 GiB, a multiple of 2 MiB");
         return -EINVAL;
     }
     if (ndisks > KVM_MAX_DISKS) {
-        snprintf(why, len, "the micro-VM takes at most %u disks", KVM_MAX_DISKS);
+        snprintf(why, len, "kvm: at most %u disks", KVM_MAX_DISKS);
         return -EINVAL;
     }
+    return 0;
+}
+
+int kvm_fits(uint64_t ram, unsigned ndisks, const char *guest, char *why, size_t len)
+{
+    int r = check_shape(ram, ndisks, why, len);
+    if (r < 0)
+        return r;
     if (!guest && !(guest = kvm_default_guest())) {
         snprintf(why, len, "no test guest installed (blkmig-guest.elf)");
         return -ENOENT;
@@ -576,14 +585,9 @@ static int create_vcpu(struct kvm_vmm *k, unsigned i, char *err, size_t errlen)
 int kvm_create(const struct kvm_config *cfg, const struct vm_disk *disks, unsigned ndisks,
                bool boot, kvm_event_fn fn, void *opaque, struct vm **out, char *err, size_t errlen)
 {
-    if (cfg->ram < (16u << 20) || cfg->ram > KVM_MAX_RAM || cfg->ram % (2u << 20)) {
-        snprintf(err, errlen, "kvm: RAM must be 16 MiB to 3 GiB, a multiple of 2 MiB");
-        return -EINVAL;
-    }
-    if (ndisks > KVM_MAX_DISKS) {
-        snprintf(err, errlen, "kvm: at most %u disks", KVM_MAX_DISKS);
-        return -EINVAL;
-    }
+    int r = check_shape(cfg->ram, ndisks, err, errlen);
+    if (r < 0)
+        return r;
     struct kvm_vmm *k = calloc(1, sizeof *k);
     if (!k) {
         snprintf(err, errlen, "out of memory");
@@ -610,7 +614,6 @@ int kvm_create(const struct kvm_config *cfg, const struct vm_disk *disks, unsign
     k->cfg.guest = k->guest_path;
     k->cfg.workload = k->workload;
     k->cfg.extra_cmdline = k->extra;
-    int r;
     if (cfg->console) {
         k->console = fopen(cfg->console, "ae");
         if (!k->console) {
