@@ -215,7 +215,8 @@ static struct json_object *do_migrate(struct vmproc *p, struct json_object *args
 
 /* x-state-roundtrip (a testing command): save the paused VM's whole state and load it back
  * into the same VM, as a migration's destination would, then let it run on if it ran. The
- * guest must not notice (its checks stay clean); the state's size is returned. */
+ * guest must not notice (its checks stay clean); the state's size is returned. If the load
+ * fails the VM stays paused. */
 static struct json_object *state_roundtrip(struct vmproc *p, const char **cls, char *desc,
                                            size_t dlen)
 {
@@ -225,17 +226,22 @@ static struct json_object *state_roundtrip(struct vmproc *p, const char **cls, c
     void *buf = NULL;
     size_t len = 0;
     int r = p->vm->ops->save_state(p->vm, &buf, &len);
-    const char *what = "saving";
-    if (r == 0) {
-        what = "loading";
+    bool loading = r == 0;
+    if (loading)
         r = p->vm->ops->load_state(p->vm, buf, len);
-    }
     free(buf);
-    if (was_running)
+    /* A load that failed may have set part of the state: that VM must not run on as if
+     * nothing happened. It stays paused (a STOP event says so); a failed save changed nothing. */
+    bool loaded_badly = r < 0 && loading;
+    if (was_running && !loaded_badly)
         vm_resume(p->vm);
+    else if (was_running)
+        emit(p, "STOP", NULL);
     if (r < 0) {
         *cls = "Failed";
-        snprintf(desc, dlen, "%s the VM's state: %s", what, strerror(-r));
+        snprintf(desc, dlen, "%s the VM's state: %s%s", loading ? "loading" : "saving",
+                 strerror(-r),
+                 loaded_badly ? " (the VM is left paused: its state may be partly loaded)" : "");
         return NULL;
     }
     struct json_object *o = json_object_new_object();
