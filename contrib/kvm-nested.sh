@@ -9,11 +9,13 @@
 # /var/cache/blkmig-nested). Exit status: COMMAND's; 77 if this cannot be set up here (no
 # qemu-system-x86_64, no packages); 124 on timeout.
 #
-# Usage: contrib/kvm-nested.sh [--mem MIB] [--cpus N] [--timeout S] [--env VAR=VALUE]... [--] COMMAND...
+# Usage: contrib/kvm-nested.sh [--mem MIB] [--cpus N] [--timeout S] [--env VAR=VALUE]...
+#                              [--out DIR] [--] COMMAND...
 #   e.g. contrib/kvm-nested.sh -- tests/integration/kvm-guest.sh
-# COMMAND runs in the current directory (it must be on this machine's filesystem).
+# COMMAND runs in the current directory (it must be on this machine's filesystem). --out DIR
+# (created if missing) is shared writable at the same path: what COMMAND writes there stays.
 set -euo pipefail
-MEM=6144 CPUS=1 TIMEOUT=3600
+MEM=6144 CPUS=1 TIMEOUT=3600 OUT=
 ENVS=()
 while [ $# -gt 0 ]; do
     case $1 in
@@ -21,8 +23,9 @@ while [ $# -gt 0 ]; do
     --cpus) CPUS=$2; shift 2 ;;
     --timeout) TIMEOUT=$2; shift 2 ;;
     --env) ENVS+=("$2"); shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) break ;;
     esac
 done
@@ -73,6 +76,12 @@ add_mod() {
 for m in kvm-amd 9p 9pnet_virtio virtio_pci overlay veth sch_tbf; do add_mod "$m"; done
 cp "$BB" "$WORK/root/bin/busybox"
 printf '%s\n' "${ORDER[@]}" >"$WORK/root/modules"
+OUTFS=()
+if [ -n "$OUT" ]; then
+    mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
+    echo "$OUT" >"$WORK/root/outdir"
+    OUTFS=(-virtfs "local,path=$OUT,mount_tag=out,security_model=none")
+fi
 {
     printf 'cd %q\n' "$PWD"
     for e in "${ENVS[@]:-}"; do [ -z "$e" ] || printf 'export %q\n' "$e"; done
@@ -95,6 +104,11 @@ mount -t overlay -o lowerdir=/host,upperdir=/mnt/upper,workdir=/mnt/work overlay
 for d in proc sys dev; do mount --bind /$d /new/$d; done
 mount -t tmpfs run /new/run
 mount -t devpts devpts /new/dev/pts 2>/dev/null
+if [ -s /outdir ]; then
+    o=$(cat /outdir)
+    mkdir -p "/new$o" && mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 out "/new$o" ||
+        echo "kvm-nested: cannot mount the output directory $o"
+fi
 ip link set lo up
 cp /cmd /new/run/kvm-nested.cmd
 echo "kvm-nested: running in the VM ($(uname -r), $(nproc) vCPUs)"
@@ -112,6 +126,7 @@ timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp "$CP
     -kernel "$CACHE/k/boot/vmlinuz-$KV" -initrd "$WORK/initrd.gz" \
     -append "console=ttyS0 quiet panic=-1 mitigations=off" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+    "${OUTFS[@]}" \
     -nographic -no-reboot -nodefaults -serial stdio </dev/null >"$WORK/console" 2>&1 &
 QPID=$!
 # Show the command's output as it comes (the console, less QEMU's terminal escapes).
