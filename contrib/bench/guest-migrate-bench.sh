@@ -26,7 +26,10 @@
 # SIDES="blkmig qemu" ACCEL=auto|kvm|tcg NETNS_NAME=bmgm RAM_CHECK=1 (QEMU side: also compare
 # both VMs' RAM, page by page, at the switchover, and check each VM's RAM dump and image by
 # content with blkmig guest-check) BLKMIG (binary; default a fresh
-# optimised build). Needs root (namespaces). Last line: RESULT guest-migrate {json}.
+# optimised build) MIG_ARGS (more `blkmig migrate` options, e.g. "--order disk-first")
+# LOG_DIR (keep each blkmig run's migrate --json output, consoles and logs there) LOG_LEVEL
+# (blkmig run/incoming --log-level, e.g. info) PERF=1 (with LOG_DIR: perf record -a -g of the
+# whole machine from the start of each migration to its pause, as SIDE-REP-perf.data). Needs root (namespaces). Last line: RESULT guest-migrate {json}.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 . "$top/contrib/deps.sh"
@@ -325,6 +328,7 @@ def run_qemu(a):
         qd.cmd("migrate-incoming", uri="tcp:%s:7700" % ADDR_B)
         # Source: mirror the disk into it, wait for READY, then migrate RAM.
         w0 = wire_bytes(a.ns_b)
+        perf = perf_start(a)
         t_start = time.time()
         qs.cmd("blockdev-add", driver="nbd", **{"node-name": "mig-vda"},
                server={"type": "inet", "host": ADDR_B, "port": "10809"}, export="vda")
@@ -362,6 +366,7 @@ def run_qemu(a):
         while (qd.cmd("query-migrate").get("status") != "completed" or
                qd.cmd("query-status")["status"] != "paused"):
             time.sleep(0.01)
+        perf = perf_stop(perf)
         # Both paused: the destination's image must equal the source's. (This check is ours,
         # not libvirt's: its time is taken out of the guest's gap below.)
         t_v = time.time()
@@ -427,21 +432,51 @@ def run_qemu(a):
     finally:
         stop_all(procs, a.work)
 
+def perf_start(a):
+    """With PERF=1 and LOG_DIR, profile the whole machine (perf record -a -g) from here."""
+    d = os.environ.get("LOG_DIR")
+    if os.environ.get("PERF") != "1" or not d:
+        return None
+    os.makedirs(d, exist_ok=True)
+    p = subprocess.Popen(["perf", "record", "-a", "-g", "-F", "499", "-q", "-o",
+                          os.path.join(d, "%s-%d-perf.data" % (a.side, a.rep))],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    PERF_PROCS.append(p)
+    time.sleep(1)
+    return p
+
+def perf_stop(p):
+    if p and p.poll() is None:
+        p.send_signal(2)
+        p.wait()
+    return None
+
+PERF_PROCS = []  # ended in main() whatever happens
+
+def keep(a, name, text):
+    """With LOG_DIR set, keep a run's output there as SIDE-REP-NAME."""
+    d = os.environ.get("LOG_DIR")
+    if d:
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "%s-%d-%s" % (a.side, a.rep, name)), "w") as f:
+            f.write(text)
+
 def run_blkmig(a):
     sock = lambda n: os.path.join(a.work, n)
     env = dict(os.environ, BLKMIG_CONSOLE=sock("dst-console.log"), BLKMIG_GUEST=a.guest)
     for n in ("src-console.log", "dst-console.log"):  # blkmig appends: not the last run's lines
         if os.path.exists(sock(n)):
             os.unlink(sock(n))
+    lv = ["--log-level", os.environ["LOG_LEVEL"]] if os.environ.get("LOG_LEVEL") else []
     dst = subprocess.Popen(["ip", "netns", "exec", a.ns_b, a.blkmig, "incoming", "--listen",
                             ADDR_B + ":7700", "--disk-dir", a.dir_b, "--force", "--control",
-                            sock("dst.sock")], env=env, stderr=open(sock("dst.err"), "w"))
+                            sock("dst.sock")] + lv, env=env, stderr=open(sock("dst.err"), "w"))
     src = subprocess.Popen(["ip", "netns", "exec", a.ns_a, a.blkmig, "run", "--kvm", "--guest",
                             a.guest, "--ram", "%dM" % a.ram, "--disk", "vda=%s/vda.img,size=%dM"
                             % (a.dir_a, a.disk), "--workload", a.workload, "--console",
                             sock("src-console.log"), "--control", sock("src.sock"),
                             "--append", "blkmig.run=%d blkmig.status_ms=%d" % (a.run_s,
-                                                                              a.status_ms)],
+                                                                              a.status_ms)] + lv,
                            env=env, stderr=open(sock("src.err"), "w"))
     procs = [src, dst]
     try:
@@ -449,10 +484,22 @@ def run_blkmig(a):
         warm = warm_up(csrc, a.warm)
         w0 = wire_bytes(a.ns_b)
         t_start = time.time()
-        out = subprocess.run([a.blkmig, "migrate", "--with-disk", "--verify", "--json",
-                              "--no-progress", sock("src.sock"), "tcp:%s:7700" % ADDR_B],
-                             capture_output=True, text=True)
+        perf = perf_start(a)
+        mp = subprocess.Popen([a.blkmig, "migrate", "--with-disk", "--verify", "--json",
+                               "--no-progress"] + os.environ.get("MIG_ARGS", "").split() +
+                              [sock("src.sock"), "tcp:%s:7700" % ADDR_B],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lines = []
+        for l in mp.stdout:  # the profile ends at the pause (before the --verify digests)
+            lines.append(l)
+            if perf and '"status":"switchover"' in l:
+                perf = perf_stop(perf)
+        err_text = mp.stderr.read()
+        mp.wait()
+        perf_stop(perf)
+        out = subprocess.CompletedProcess(mp.args, mp.returncode, "".join(lines), err_text)
         t_end = time.time()
+        keep(a, "migrate.jsonl", out.stdout)
         w1 = wire_bytes(a.ns_b)
         rep = {}
         for l in out.stdout.splitlines():
@@ -485,6 +532,9 @@ def run_blkmig(a):
                 "images_equal": rep.get("verified"), **common_fields(st_d, line, warm)}
     finally:
         stop_all(procs, a.work)
+        for n in ("src-console.log", "dst-console.log", "src.err", "dst.err"):
+            if os.path.exists(sock(n)):
+                keep(a, n, open(sock(n), errors="replace").read())
 
 def report(a):
     runs = [json.loads(l) for l in open(a.runs)]
@@ -551,6 +601,9 @@ def main():
         traceback.print_exc()
         row = {"side": a.side, "rep": a.rep, "accel": a.accel if a.side == "qemu" else "kvm",
                "status": "failed", "error": "%s: %s" % (type(e).__name__, e)}
+    finally:
+        for p in PERF_PROCS:
+            perf_stop(p)
     print(json.dumps(row), flush=True)
 
 main()
