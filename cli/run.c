@@ -20,7 +20,8 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "Usage: blkmig run [--synthetic | --kvm [--guest ELF] [--console FILE] [--append WORDS]]\n"
+            "Usage: blkmig run [--synthetic | --kvm [--guest ELF] [--console FILE|unix:PATH]\n"
+            "                  [--append WORDS]]\n"
             "                  --ram SIZE\n"
             "                  [--disk NAME=PATH[,size=SIZE]]... [--workload SPEC]\n"
             "                  --control SOCKET [--json] [--log-level LEVEL]\n"
@@ -47,7 +48,8 @@ static void usage(FILE *f)
             "                         /dev/kvm; RAM up to 3G, a multiple of 2M; at most 8 disks)\n"
             "  --guest ELF            the guest for --kvm (default: the installed test guest)\n"
             "  --console FILE         --kvm: append the guest's console there, one host-\n"
-            "                         timestamped line per guest line (default: stderr)\n"
+            "                         timestamped line per guest line (default: stderr);\n"
+            "                         unix:PATH sends them to the unix socket listening there\n"
             "  --append WORDS         --kvm: words added at the end of the guest's command line\n"
             "                         (e.g. 'blkmig.run=60 blkmig.status_ms=10'; see docs/guest.md)\n"
             "Commands on the socket: query-status, migrate, query-migrate, migrate-cancel,\n"

@@ -3,7 +3,8 @@
 # usable /dev/kvm (or in a nested VM that has one, below). Boot: the guest's status lines reach the console
 # file with host timestamps, its heartbeat and RAM/disk writes advance, 0 data errors; stop and
 # cont pause and resume it; its whole state saved and loaded back in one process
-# (x-state-roundtrip) leaves it running, clean. Then live migration --with-disk --verify between two hosts
+# (x-state-roundtrip) leaves it running, clean. --console unix:PATH sends the timestamped lines
+# to a socket the test listens on (and one nobody listens on is refused). Then live migration --with-disk --verify between two hosts
 # (namespaces when root), idle and moderate: completed and verified, the guest runs on the
 # destination with clean self-checks, the source exits. A destination killed during the bulk
 # copy leaves the KVM guest running on the source, clean; then migrate-faults.sh's cases with
@@ -91,6 +92,47 @@ sleep 0.5
 assert_guest_healthy "after cont" "$SRC_SOCK" writes || true
 state_roundtrip "boot" "$SRC_SOCK" || true # vCPU, VM and device state, in one process
 mig_quit_vm "boot" "$SRC_SOCK" "$SRC_PID"
+mig_check_logs
+
+# ---- the console on a unix socket (--console unix:PATH) ----
+mig_case console-socket
+log "console-socket: blkmig run --kvm --console unix:PATH, and a socket nobody listens on"
+"$PY3" - "$CASE_DIR/con.sock" "$CASE_DIR/con.out" <<'PY' &
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1]); s.listen(1); s.settimeout(120)
+c, _ = s.accept()
+with open(sys.argv[2], "wb") as f:
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        f.write(d); f.flush()
+PY
+con_pid=$!
+mig_track "$con_pid"
+wait_unix "$CASE_DIR/con.sock"
+"$BLKMIG" run --kvm --ram 32M --workload mem=1M/s --console "unix:$CASE_DIR/con.sock" \
+    --append blkmig.status_ms=100 --control "$CASE_DIR/con-vm.sock" </dev/null \
+    >"$CASE_DIR/con-vm.out" 2>"$CASE_DIR/con-vm.log" &
+con_vm=$!
+mig_track "$con_vm"
+deadline=$((SECONDS + 60))
+until grep -q 'BMG status' "$CASE_DIR/con.out" 2>/dev/null; do
+    kill -0 "$con_vm" 2>/dev/null || fail "console-socket: blkmig run exited: $(mig_tail "$CASE_DIR/con-vm.log")"
+    [ $SECONDS -lt $deadline ] || fail "console-socket: no status line on the socket in 60 s: $(mig_tail "$CASE_DIR/con-vm.log")"
+    sleep 0.2
+done
+grep -Eq '^\[ *[0-9]+\.[0-9]{6}\] BMG boot ' "$CASE_DIR/con.out" ||
+    soft_fail "console-socket: no timestamped boot line on the socket: $(mig_tail "$CASE_DIR/con.out" 3)"
+mig_quit_vm "console-socket" "$CASE_DIR/con-vm.sock" "$con_vm"
+mig_wait "$con_pid" 20
+[ "$WAIT_RC" -eq 0 ] || soft_fail "console-socket: the listener did not see the end of the stream (exit $WAIT_RC)"
+rc=0
+"$BLKMIG" run --kvm --ram 32M --console "unix:$CASE_DIR/nobody.sock" \
+    --control "$CASE_DIR/con-vm2.sock" </dev/null >/dev/null 2>"$CASE_DIR/con-vm2.log" || rc=$?
+[ $rc -ne 0 ] && grep -q "console" "$CASE_DIR/con-vm2.log" ||
+    soft_fail "console-socket: a socket nobody listens on: exit $rc, $(mig_tail "$CASE_DIR/con-vm2.log" 2)"
 mig_check_logs
 
 # ---- live migration, idle and moderate ----

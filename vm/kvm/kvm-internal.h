@@ -73,6 +73,7 @@ struct kvm_vmm {
     void (*set_irq)(struct kvm_vmm *k, unsigned gsi, bool level);
     FILE *console;
     bool console_owned;
+    int console_fd; /* --console unix:PATH (else -1: lines go to console) */
     char serial_line[512];
     size_t serial_len;
     uint64_t boot_ns;

@@ -11,6 +11,8 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -127,6 +129,26 @@ const char *kvm_default_guest(void)
 }
 
 /* ---- memory and the dirty log ---- */
+
+/* --console unix:PATH: a stream connection to a listening unix socket (the reader's, as with
+ * QEMU's `-chardev socket,server=off`). Returns the socket or -errno. */
+static int open_console_socket(const char *path)
+{
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof a.sun_path)
+        return -ENAMETOOLONG;
+    memcpy(a.sun_path, path, strlen(path) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    shutdown(fd, SHUT_RD);
+    return fd;
+}
 
 /* Guest RAM: anonymous, 2 MiB aligned and madvised for transparent huge pages. The alignment
  * is what lets KVM map the guest with 2 MiB NPT/EPT entries (a huge page on the host backs a
@@ -553,6 +575,8 @@ static void kvm_destroy(struct vm *vm)
         munmap(k->ram, k->ram_size);
     if (k->console_owned)
         fclose(k->console);
+    if (k->console_fd >= 0)
+        close(k->console_fd);
     bm_bitmap_free(k->vmm_dirty);
     free(k->log_buf);
     free(k->guest_path);
@@ -629,6 +653,7 @@ int kvm_create(const struct kvm_config *cfg, const struct vm_disk *disks, unsign
     pthread_mutex_init(&k->mu, NULL);
     pthread_cond_init(&k->cv, NULL);
     k->console = stderr;
+    k->console_fd = -1;
     k->boot_ns = kvm_now_ns();
     if (!k->cfg.status_ms)
         k->cfg.status_ms = 100; /* the first line after a resume carries its gap */
@@ -638,7 +663,13 @@ int kvm_create(const struct kvm_config *cfg, const struct vm_disk *disks, unsign
     k->cfg.guest = k->guest_path;
     k->cfg.workload = k->workload;
     k->cfg.extra_cmdline = k->extra;
-    if (cfg->console) {
+    if (cfg->console && strncmp(cfg->console, "unix:", 5) == 0) {
+        if ((k->console_fd = open_console_socket(cfg->console + 5)) < 0) {
+            errno = -k->console_fd;
+            r = sys_fail(err, errlen, "connecting the console to its unix socket");
+            goto fail;
+        }
+    } else if (cfg->console) {
         k->console = fopen(cfg->console, "ae");
         if (!k->console) {
             r = sys_fail(err, errlen, "opening the console file");
