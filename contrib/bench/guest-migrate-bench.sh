@@ -118,14 +118,46 @@ def log(*a):
     print("guest-migrate-bench:", *a, file=sys.stderr, flush=True)
 
 class Console:
-    """Reads a guest console (a unix socket QEMU serves, or a file blkmig appends to) and keeps
-    (host time, line) for every line."""
+    """Reads a guest console (a unix socket QEMU serves, "socket"; one this script listens on
+    and blkmig connects to, "listen"; or a file, "file") and keeps (host time, line) for
+    every line. Readers block for data (a file is polled): on a one-CPU machine polling
+    readers took a tenth of the CPU from the migration they measure."""
     all = []  # every console of this run, for the failure report
     def __init__(self, path, kind):
         self.lines, self.path, self.kind, self.stop = [], path, kind, False
+        self.cv = threading.Condition()
         Console.all.append(self)
+        if kind == "listen":  # listening before the VM that connects to it starts
+            if os.path.exists(path):
+                os.unlink(path)
+            self.ls = socket.socket(socket.AF_UNIX)
+            self.ls.bind(path)
+            self.ls.listen(1)
+            self.ls.settimeout(0.5)
         self.t = threading.Thread(target=self.run, daemon=True)
         self.t.start()
+    def add(self, now, l):
+        with self.cv:
+            self.lines.append((now, l))
+            self.cv.notify_all()
+    def recv_lines(self, s, strip_cr):
+        buf = b""
+        s.settimeout(0.5)
+        while not self.stop:
+            try:
+                d = s.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not d:
+                break
+            now = time.time()
+            buf += d
+            while b"\n" in buf:
+                l, buf = buf.split(b"\n", 1)
+                l = l.decode(errors="replace")
+                self.add(now, l.rstrip("\r") if strip_cr else l)
     def run(self):
         # A line's host time is when this thread reads it: keep the reader prompt on a busy
         # machine (real-time priority for this thread only; never for what it would start).
@@ -142,19 +174,15 @@ class Console:
                     time.sleep(0.05)
             else:
                 return
-            s.settimeout(0.2)
+            self.recv_lines(s, True)
+        elif self.kind == "listen":
             while not self.stop:
                 try:
-                    d = s.recv(65536)
+                    s, _ = self.ls.accept()
                 except socket.timeout:
                     continue
-                if not d:
-                    break
-                now = time.time()
-                buf += d
-                while b"\n" in buf:
-                    l, buf = buf.split(b"\n", 1)
-                    self.lines.append((now, l.decode(errors="replace").rstrip("\r")))
+                self.recv_lines(s, False)
+                s.close()
         else:
             while not os.path.exists(self.path) and not self.stop:
                 time.sleep(0.01)
@@ -168,18 +196,24 @@ class Console:
                 buf += d
                 while b"\n" in buf:
                     l, buf = buf.split(b"\n", 1)
-                    self.lines.append((now, l.decode(errors="replace")))
+                    self.add(now, l.decode(errors="replace"))
     def wait_for(self, prefix, timeout):
-        end = time.time() + timeout
+        end, i, warns = time.time() + timeout, 0, 0
         while time.time() < end:
-            for t, l in self.lines:
+            with self.cv:
+                n = len(self.lines)
+                if i == n:
+                    self.cv.wait(min(0.5, max(0.0, end - time.time())))
+                    n = len(self.lines)
+            for t, l in self.lines[i:n]:
                 if prefix in l:
                     return t, l
+                warns += "BMG warn" in l
+            i = n
             # A disk that answers nothing any more (the guest re-notifies once a second).
-            if sum("BMG warn" in l for _, l in self.lines) >= 5:
+            if warns >= 5:
                 raise SystemExit("the guest's disk stopped completing requests (console %s): %s"
                                  % (self.path, self.lines[-2:]))
-            time.sleep(0.05)
         raise SystemExit("no '%s' on console %s in %d s: %s" % (prefix, self.path, timeout,
                                                                  self.lines[-3:]))
     def status(self):
@@ -200,7 +234,7 @@ class QMP:
         else:
             raise SystemExit("no QMP socket at " + path)
         self.f = self.s.makefile("rb")
-        self.events, self.answers = [], queue.Queue()
+        self.events, self.answers, self.cv = [], queue.Queue(), threading.Condition()
         json.loads(self.f.readline())
         threading.Thread(target=self.reader, daemon=True).start()
         self.cmd("qmp_capabilities")
@@ -209,7 +243,9 @@ class QMP:
             for line in self.f:
                 r = json.loads(line)
                 if "event" in r:
-                    self.events.append((time.time(), r))
+                    with self.cv:
+                        self.events.append((time.time(), r))
+                        self.cv.notify_all()
                 else:
                     self.answers.put(r)
         except OSError:
@@ -228,11 +264,12 @@ class QMP:
     def wait_event(self, names, timeout):
         names = names.split("|")
         end = time.time() + timeout
-        while time.time() < end:
-            for t, e in self.events:
-                if e["event"] in names:
-                    return t, e
-            time.sleep(0.005)
+        with self.cv:  # woken by each event (no polling: see Console)
+            while time.time() < end:
+                for t, e in self.events:
+                    if e["event"] in names:
+                        return t, e
+                self.cv.wait(min(0.5, max(0.0, end - time.time())))
         raise SystemExit("no QMP event %s in %d s" % ("|".join(names), timeout))
 
 def wire_bytes(ns):
@@ -268,7 +305,10 @@ def common_fields(st_d, line, warm):
             # disk requests the guest had to notify again (a completion slow or lost)
             "guest_warnings": sum("BMG warn" in l for c in Console.all for _, l in c.lines),
             "ram_writes_per_s_before": round((int(st1.get("ram_writes", 0)) -
-                                              int(st0.get("ram_writes", 0))) / (t1 - t0))}
+                                              int(st0.get("ram_writes", 0))) / (t1 - t0)),
+            # the guest's disk writes (requests) a second: how fast its VMM completes them
+            "disk_writes_per_s_before": round((int(st1.get("disk_writes", 0)) -
+                                               int(st0.get("disk_writes", 0))) / (t1 - t0), 1)}
 
 def stop_all(procs, work=None):
     failing = sys.exc_info()[0] is not None
@@ -292,7 +332,14 @@ def stop_all(procs, work=None):
 
 def warm_up(console, seconds):
     """Wait for the guest's first-boot fill, then measure its write rate for a while."""
-    console.wait_for("BMG ready", 600)
+    t_ready, _ = console.wait_for("BMG ready", 600)
+    # The first status line after the fill: an earlier one (or none) would count the fill.
+    end = time.time() + 60
+    with console.cv:
+        while not any(t > t_ready and "BMG status" in l for t, l in console.lines):
+            if time.time() > end:
+                raise SystemExit("no status line after 'BMG ready' in 60 s on " + console.path)
+            console.cv.wait(0.5)
     st0, t0 = console.status(), time.time()
     time.sleep(seconds)
     return st0, t0, console.status(), time.time()
@@ -318,8 +365,8 @@ def run_qemu(a):
     src = qemu(a.ns_a, src_img, sock("src.qmp"), sock("src.con"), [])
     dst = qemu(a.ns_b, dst_img, sock("dst.qmp"), sock("dst.con"), ["-incoming", "defer", "-S"])
     procs = [src, dst]
+    csrc, cdst = Console(sock("src.con"), "socket"), Console(sock("dst.con"), "socket")
     try:
-        csrc, cdst = Console(sock("src.con"), "socket"), Console(sock("dst.con"), "socket")
         qs, qd = QMP(sock("src.qmp")), QMP(sock("dst.qmp"))
         warm = warm_up(csrc, a.warm)
         # Destination: NBD export of its empty image; incoming migration.
@@ -431,6 +478,8 @@ def run_qemu(a):
                 **common_fields(st_d, line, warm)}
     finally:
         stop_all(procs, a.work)
+        for n, c in (("src-console.log", csrc), ("dst-console.log", cdst)):
+            keep(a, n, "".join("%.6f %s\n" % (t, l) for t, l in c.lines))
 
 def perf_start(a):
     """With PERF=1 and LOG_DIR, profile the whole machine (perf record -a -g) from here."""
@@ -463,10 +512,9 @@ def keep(a, name, text):
 
 def run_blkmig(a):
     sock = lambda n: os.path.join(a.work, n)
-    env = dict(os.environ, BLKMIG_CONSOLE=sock("dst-console.log"), BLKMIG_GUEST=a.guest)
-    for n in ("src-console.log", "dst-console.log"):  # blkmig appends: not the last run's lines
-        if os.path.exists(sock(n)):
-            os.unlink(sock(n))
+    # The consoles: sockets this script listens on and each VM connects to (unix:PATH).
+    csrc, cdst = Console(sock("src.con"), "listen"), Console(sock("dst.con"), "listen")
+    env = dict(os.environ, BLKMIG_CONSOLE="unix:" + sock("dst.con"), BLKMIG_GUEST=a.guest)
     lv = ["--log-level", os.environ["LOG_LEVEL"]] if os.environ.get("LOG_LEVEL") else []
     dst = subprocess.Popen(["ip", "netns", "exec", a.ns_b, a.blkmig, "incoming", "--listen",
                             ADDR_B + ":7700", "--disk-dir", a.dir_b, "--force", "--control",
@@ -474,13 +522,12 @@ def run_blkmig(a):
     src = subprocess.Popen(["ip", "netns", "exec", a.ns_a, a.blkmig, "run", "--kvm", "--guest",
                             a.guest, "--ram", "%dM" % a.ram, "--disk", "vda=%s/vda.img,size=%dM"
                             % (a.dir_a, a.disk), "--workload", a.workload, "--console",
-                            sock("src-console.log"), "--control", sock("src.sock"),
+                            "unix:" + sock("src.con"), "--control", sock("src.sock"),
                             "--append", "blkmig.run=%d blkmig.status_ms=%d" % (a.run_s,
                                                                               a.status_ms)] + lv,
                            env=env, stderr=open(sock("src.err"), "w"))
     procs = [src, dst]
     try:
-        csrc, cdst = Console(sock("src-console.log"), "file"), Console(sock("dst-console.log"), "file")
         warm = warm_up(csrc, a.warm)
         w0 = wire_bytes(a.ns_b)
         t_start = time.time()
@@ -532,7 +579,9 @@ def run_blkmig(a):
                 "images_equal": rep.get("verified"), **common_fields(st_d, line, warm)}
     finally:
         stop_all(procs, a.work)
-        for n in ("src-console.log", "dst-console.log", "src.err", "dst.err"):
+        for n, c in (("src-console.log", csrc), ("dst-console.log", cdst)):
+            keep(a, n, "".join("%.6f %s\n" % (t, l) for t, l in c.lines))
+        for n in ("src.err", "dst.err"):
             if os.path.exists(sock(n)):
                 keep(a, n, open(sock(n), errors="replace").read())
 
@@ -545,8 +594,8 @@ def report(a):
             continue
         rows.setdefault(r["side"], {"runs": []})["runs"].append(r)
     out = {}
-    print("| side | accel | total s | downtime ms (own figure) | guest gap ms (host clock) | guest max TSC gap ms | RAM MiB | on the wire MiB | images equal | guest self-check |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---|---|")
+    print("| side | accel | total s | downtime ms (own figure) | guest gap ms (host clock) | guest max TSC gap ms | RAM MiB | on the wire MiB | guest RAM / disk writes per s before | images equal | guest self-check |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for side, v in rows.items():
         if "skipped" in v:
             print("| %s | - | skipped: %s |" % (side, v["skipped"]))
@@ -560,16 +609,18 @@ def report(a):
             out[side] = {"failed": len(failed), "n": 0}
             continue
         med = lambda k: statistics.median([x[k] for x in rs if x.get(k) is not None]) if any(x.get(k) is not None for x in rs) else None
-        m = {k: med(k) for k in ("total_s", "downtime_ms", "guest_gap_ms", "guest_max_gap_us", "ram_bytes", "wire_bytes")}
+        m = {k: med(k) for k in ("total_s", "downtime_ms", "guest_gap_ms", "guest_max_gap_us", "ram_bytes", "wire_bytes",
+                                  "ram_writes_per_s_before", "disk_writes_per_s_before")}
         m["n"] = len(rs)
         m["failed"] = len(failed)
         m["all_ok"] = all(x["guest_ok"] and x["images_equal"] for x in rs)
         out[side] = m
         f = lambda x, s=1, p=1: "-" if x is None else "%.*f" % (p, x / s)
-        print("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        print("| %s | %s | %s | %s | %s | %s | %s | %s | %s / %s | %s | %s |" % (
             side, rs[0]["accel"], f(m["total_s"], 1, 2), f(m["downtime_ms"], 1, 0),
             f(m["guest_gap_ms"]), f(m["guest_max_gap_us"], 1000), f(m["ram_bytes"], 2**20),
-            f(m["wire_bytes"], 2**20), all(x["images_equal"] for x in rs),
+            f(m["wire_bytes"], 2**20), f(m["ram_writes_per_s_before"], 1, 0),
+            f(m["disk_writes_per_s_before"]), all(x["images_equal"] for x in rs),
             "; ".join(x["guest_check"] for x in rs) +
             ("; %d more run(s) failed: %s" % (len(failed), failed[0].get("error")) if failed else "")))
     params = {k: getattr(a, k) for k in ("shaped", "rate", "mtu", "accel", "workload", "ram", "disk")}
