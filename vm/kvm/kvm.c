@@ -12,11 +12,11 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/sock.h"
 #include "vm/guestcheck.h"
 #include "vm/kvm/kvm-internal.h"
 
@@ -131,22 +131,12 @@ const char *kvm_default_guest(void)
 /* ---- memory and the dirty log ---- */
 
 /* --console unix:PATH: a stream connection to a listening unix socket (the reader's, as with
- * QEMU's `-chardev socket,server=off`). Returns the socket or -errno. */
+ * QEMU's `-chardev socket,server=off`), write-only. Returns the socket or -errno. */
 static int open_console_socket(const char *path)
 {
-    struct sockaddr_un a = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof a.sun_path)
-        return -ENAMETOOLONG;
-    memcpy(a.sun_path, path, strlen(path) + 1);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
-        int e = errno;
-        close(fd);
-        return -e;
-    }
-    shutdown(fd, SHUT_RD);
+    int fd = bm_connect_unix(path);
+    if (fd >= 0)
+        shutdown(fd, SHUT_RD);
     return fd;
 }
 
