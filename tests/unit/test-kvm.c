@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "common/bitmap.h"
@@ -53,6 +54,7 @@ static int setup(void **state)
     pthread_cond_init(&k->cv, NULL);
     k->console = fopen(f->console_path, "w+");
     assert_non_null(k->console);
+    k->console_fd = -1;
     k->exit_status = -1;
     k->vcpus[0].fd = -1;
     struct bm_disk *d;
@@ -371,6 +373,37 @@ static void test_console(void **state)
     mmio_w(f, KVM_CONSOLE_GPA + 0x10, RAM + 4096, 8);
 }
 
+/* --console unix:PATH: each line is one send on the socket; a reader gone away ends the
+ * console (a warning, no SIGPIPE), and the VM goes on counting status lines. */
+static void test_console_socket(void **state)
+{
+    struct fx *f = *state;
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    f->k.console_fd = sv[0];
+    strcpy((char *)f->k.ram + 0x9000, "BMG status t_ms=5 hb=7 ram_writes=1 errors=0\n");
+    mmio_w(f, KVM_CONSOLE_GPA + 0x10, 0x9000, 8);
+    char buf[256];
+    ssize_t n = recv(sv[1], buf, sizeof buf - 1, MSG_DONTWAIT);
+    assert_true(n > 0);
+    buf[n] = 0;
+    assert_int_equal(buf[0], '[');
+    assert_non_null(strstr(buf, "] BMG status t_ms=5 hb=7 ram_writes=1 errors=0\n"));
+    assert_null(strchr(strchr(buf, '\n') + 1, '\n')); /* one line, the newline not doubled */
+    assert_int_equal(f->k.hb, 7);
+    /* The reader goes away: the next line fails to send, the console stops, the line still
+     * counts; nothing is written to the file console instead. */
+    close(sv[1]);
+    strcpy((char *)f->k.ram + 0x9000, "BMG status t_ms=6 hb=8 ram_writes=2 errors=0\n");
+    mmio_w(f, KVM_CONSOLE_GPA + 0x10, 0x9000, 8);
+    assert_true(f->k.console_fd < -1);
+    assert_int_equal(f->k.hb, 8);
+    mmio_w(f, KVM_CONSOLE_GPA + 0x10, 0x9000, 8); /* and again: no crash, no output */
+    char *out = slurp(f->k.console);
+    assert_null(strstr(out, "BMG status"));
+    f->k.console_fd = -1;
+}
+
 /* ---- the PVH loader ---- */
 
 static const char *guest_elf(void)
@@ -553,6 +586,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_virtio_blk, setup, teardown),
         cmocka_unit_test_setup_teardown(test_virtio_refuses_legacy_driver, setup, teardown),
         cmocka_unit_test_setup_teardown(test_virtio_irq, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_console_socket, setup, teardown),
         cmocka_unit_test_setup_teardown(test_console, setup, teardown),
         cmocka_unit_test_setup_teardown(test_load_guest, setup, teardown),
         cmocka_unit_test_setup_teardown(test_load_bad_files, setup, teardown),
