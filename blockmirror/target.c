@@ -410,9 +410,7 @@ int bm_target_flush(struct bm_target *t, bm_target_cb cb, void *opaque)
     }
     /* With multi-conn a flush on one connection covers the writes completed on every one (the
      * NBD spec's promise for NBD_FLAG_CAN_MULTI_CONN): one flush, on the first live
-     * connection. (Each flush is a round trip and a sync on the target; on a loaded one-CPU
-     * host, nested KVM, the switchover's disk phase took 21-58 ms with four connections each
-     * flushed, 11 ms with one connection.) */
+     * connection: each flush is a round trip and a sync on the target. */
     *pending = 1; /* held until every flush is queued */
     int r = 0;
     bool one = t->multi_conn;
