@@ -135,8 +135,13 @@ const char *kvm_default_guest(void)
 static int open_console_socket(const char *path)
 {
     int fd = bm_connect_unix(path);
-    if (fd >= 0)
+    if (fd >= 0) {
         shutdown(fd, SHUT_RD);
+        /* A reader that stops reading (but keeps the socket open) would stall the vCPU: give
+         * up on the console after 5 s of a full socket instead. */
+        struct timeval tv = {5, 0};
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    }
     return fd;
 }
 
@@ -654,11 +659,13 @@ int kvm_create(const struct kvm_config *cfg, const struct vm_disk *disks, unsign
     k->cfg.workload = k->workload;
     k->cfg.extra_cmdline = k->extra;
     if (cfg->console && strncmp(cfg->console, "unix:", 5) == 0) {
-        if ((k->console_fd = open_console_socket(cfg->console + 5)) < 0) {
-            errno = -k->console_fd;
+        int fd = open_console_socket(cfg->console + 5);
+        if (fd < 0) {
+            errno = -fd;
             r = sys_fail(err, errlen, "connecting the console to its unix socket");
             goto fail;
         }
+        k->console_fd = fd;
     } else if (cfg->console) {
         k->console = fopen(cfg->console, "ae");
         if (!k->console) {
