@@ -12,7 +12,8 @@
 #       else tcg (the guest runs its ring-0 setup fast under TCG, and its workload too).
 # Per run: total time (mirror start -> the guest runs on the destination), QEMU's own downtime
 # figure, the guest-observed gap (host timestamps on the guest's console lines, which it
-# prints every STATUS_MS, from the last line on the source to the first on the destination;
+# prints every STATUS_MS or 4x the time a line takes to print, whichever is longer: QEMU's
+# 8250 makes that ~120 ms on nested KVM; from the last line on the source to the first on the destination;
 # and the guest's own largest TSC gap), RAM bytes, bytes on the wire (host B's veth received:
 # RAM stream, NBD and headers), the guest's RAM write rate before.
 # Integrity: the destination's image equals the source's at the switchover (QEMU side: sha256
@@ -29,7 +30,8 @@
 # optimised build) MIG_ARGS (more `blkmig migrate` options, e.g. "--order disk-first")
 # LOG_DIR (keep each blkmig run's migrate --json output, consoles and logs there) LOG_LEVEL
 # (blkmig run/incoming --log-level, e.g. info) PERF=1 (with LOG_DIR: perf record -a -g of the
-# whole machine from the start of each migration to its pause, as SIDE-REP-perf.data). Needs root (namespaces). Last line: RESULT guest-migrate {json}.
+# whole machine from the start of each migration to its pause, as SIDE-REP-perf.data).
+# Needs root (namespaces). Last line: RESULT guest-migrate {json}.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 . "$top/contrib/deps.sh"
