@@ -367,8 +367,11 @@ static void status(void)
             ticks_us(g.elapsed) / 1000, g.hb, g.ram_writes, g.ram_checks, g.disk_writes,
             g.disk_checks, g.errors, ticks_us(g.max_gap), ticks_us(g.period_gap), g.tsc_back);
     g.period_gap = 0;
-    uint64_t t1 = rdtsc();
-    g.print_us = t1 > t0 ? ticks_us(t1 - t0) : 0;
+    uint64_t t1 = rdtsc(), took = t1 > t0 ? ticks_us(t1 - t0) : 0;
+    /* At most double (plus 1 ms) per line: a line during which the VM was paused (a migration's
+     * switchover lands inside the console exit) took seconds, and would otherwise hold the
+     * next line back for four times that. A slow console still gets there in a few lines. */
+    g.print_us = took < 2 * g.print_us + 1000 ? took : 2 * g.print_us + 1000;
 }
 
 /* The status line once the status period is over (by the guest's clock, at the last heartbeat).
