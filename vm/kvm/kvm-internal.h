@@ -36,28 +36,6 @@ struct kvm_vcpu {
     bool started;
 };
 
-/* The TSC section of the state (docs/vmm.md "TSC"). */
-struct tsc_hdr {
-    uint64_t khz;         /* the guest's TSC rate */
-    uint64_t realtime_ns; /* host CLOCK_REALTIME when the TSCs were read */
-    uint32_t nvcpus;
-    uint32_t flags; /* TSC_OFFSETS, TSC_VALUES: every entry's offset, TSC was read */
-};
-struct tsc_vcpu {
-    uint64_t offset;    /* KVM_VCPU_TSC_OFFSET: guest TSC = host TSC + offset */
-    uint64_t guest_tsc; /* the guest's TSC (MSR IA32_TSC) */
-};
-#define TSC_OFFSETS 1u
-#define TSC_VALUES  2u
-struct kvm_clock_snap {
-    bool valid; /* taken since the VM last paused */
-    struct kvm_clock_data clock;
-    struct {
-        struct tsc_hdr h;
-        struct tsc_vcpu v[KVM_MAX_VCPUS];
-    } tsc;
-};
-
 struct kvm_vmm {
     struct vm vm;
     struct kvm_config cfg;
@@ -96,7 +74,6 @@ struct kvm_vmm {
     FILE *console;
     bool console_owned;
     int console_fd; /* --console unix:PATH (else -1: lines go to console) */
-    struct kvm_clock_snap clock_snap; /* kvmclock and TSCs at the last pause (state.c) */
     char serial_line[512];
     size_t serial_len;
     uint64_t boot_ns;
@@ -129,7 +106,6 @@ int kvm_setup_cpuid(struct kvm_vmm *k, struct kvm_vcpu *c, char *err, size_t err
 void kvm_handle_io(struct kvm_vmm *k, struct kvm_run *run);
 void kvm_handle_mmio(struct kvm_vmm *k, struct kvm_run *run);
 void kvm_console_line(struct kvm_vmm *k, const char *line);
-int kvm_clock_snapshot(struct kvm_vmm *k);
 /* After load_state: set each disk's interrupt line from its loaded isr. */
 void kvm_devices_loaded(struct kvm_vmm *k);
 

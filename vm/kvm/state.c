@@ -53,6 +53,18 @@ static const uint32_t msr_list[] = {
 #define NMSRS (sizeof msr_list / sizeof msr_list[0])
 
 /* T_TSC: the guest's TSC (docs/vmm.md "TSC"): a header, then one entry per vCPU. */
+struct tsc_hdr {
+    uint64_t khz;         /* the guest's TSC rate */
+    uint64_t realtime_ns; /* host CLOCK_REALTIME when the state was taken */
+    uint32_t nvcpus;
+    uint32_t flags; /* TSC_OFFSETS, TSC_VALUES: every entry's offset, TSC was read */
+};
+struct tsc_vcpu {
+    uint64_t offset;    /* KVM_VCPU_TSC_OFFSET: guest TSC = host TSC + offset */
+    uint64_t guest_tsc; /* the guest's TSC (MSR IA32_TSC) */
+};
+#define TSC_OFFSETS  1u
+#define TSC_VALUES   2u
 #define MSR_IA32_TSC 0x10u
 
 uint64_t kvm_tsc_offset_after(uint64_t ofs_src, uint64_t kvmclock_src, uint64_t kvmclock_dst,
@@ -118,48 +130,6 @@ static void put(struct buf *b, uint32_t tag, const void *data, uint32_t len)
         }                                                                                          \
     } while (0)
 
-
-/* kvmclock and every vCPU's TSC offset and value, with the host's CLOCK_REALTIME, taken when the
- * VM pauses (kvm_pause) and saved with the state. Taken at the pause, not at the save: where
- * the host's TSC is unstable (e.g. nested under an emulator: "Marking TSC unstable"), KVM
- * freezes a vCPU's TSC while it does not run (each vCPU ioctl reloads it from the value at its
- * last exit), so a save 50-70 ms into the pause read the TSC at the pause with the time of the
- * save, and the destination's guest came out that much behind. The pair (TSC, time) at the
- * pause is right either way: the destination adds the time since. */
-int kvm_clock_snapshot(struct kvm_vmm *k)
-{
-    struct kvm_clock_snap *c = &k->clock_snap;
-    memset(c, 0, sizeof *c);
-    if (ioctl(k->vm_fd, KVM_GET_CLOCK, &c->clock) < 0) {
-        int e = errno;
-        bm_error("kvm: saving state: CLOCK: %s", strerror(e));
-        return -e;
-    }
-    c->tsc.h = (struct tsc_hdr){
-        .realtime_ns = (c->clock.flags & KVM_CLOCK_REALTIME) ? c->clock.realtime : kvm_now_ns(),
-        .nvcpus = k->nvcpus,
-        .flags = TSC_OFFSETS | TSC_VALUES};
-    int khz = k->nvcpus ? ioctl(k->vcpus[0].fd, KVM_GET_TSC_KHZ, 0) : 0;
-    c->tsc.h.khz = khz > 0 ? (uint64_t)khz : 0;
-    for (unsigned i = 0; i < k->nvcpus; i++) {
-        struct kvm_device_attr a = {.group = KVM_VCPU_TSC_CTRL,
-                                    .attr = KVM_VCPU_TSC_OFFSET,
-                                    .addr = (uint64_t)(uintptr_t)&c->tsc.v[i].offset};
-        if (ioctl(k->vcpus[i].fd, KVM_GET_DEVICE_ATTR, &a) < 0)
-            c->tsc.h.flags &= ~TSC_OFFSETS; /* before Linux 5.16, or not this KVM */
-        struct {
-            struct kvm_msrs h;
-            struct kvm_msr_entry e;
-        } m = {.h = {.nmsrs = 1}, .e = {.index = MSR_IA32_TSC}};
-        if (ioctl(k->vcpus[i].fd, KVM_GET_MSRS, &m) == 1)
-            c->tsc.v[i].guest_tsc = m.e.data;
-        else
-            c->tsc.h.flags &= ~TSC_VALUES;
-    }
-    c->valid = true;
-    return 0;
-}
-
 int kvm_save(struct vm *vm, void **out, size_t *outlen)
 {
     struct kvm_vmm *k = K(vm);
@@ -220,12 +190,36 @@ int kvm_save(struct vm *vm, void **out, size_t *outlen)
     struct kvm_pit_state2 pit;
     GET(k->vm_fd, KVM_GET_PIT2, &pit, "PIT2");
     put(&b, T_PIT2, &pit, sizeof pit);
-    /* kvmclock and the TSCs as they were when the VM paused (kvm_clock_snapshot). */
-    if (!k->clock_snap.valid && (r = kvm_clock_snapshot(k)) < 0)
-        goto out;
-    put(&b, T_CLOCK, &k->clock_snap.clock, sizeof k->clock_snap.clock);
-    put(&b, T_TSC, &k->clock_snap.tsc,
-        (uint32_t)(sizeof k->clock_snap.tsc.h + k->nvcpus * sizeof k->clock_snap.tsc.v[0]));
+    struct kvm_clock_data clock = {0};
+    GET(k->vm_fd, KVM_GET_CLOCK, &clock, "CLOCK");
+    put(&b, T_CLOCK, &clock, sizeof clock);
+    {
+        struct {
+            struct tsc_hdr h;
+            struct tsc_vcpu v[KVM_MAX_VCPUS];
+        } t = {
+            .h = {.realtime_ns = (clock.flags & KVM_CLOCK_REALTIME) ? clock.realtime : kvm_now_ns(),
+                  .nvcpus = k->nvcpus,
+                  .flags = TSC_OFFSETS | TSC_VALUES}};
+        int khz = k->nvcpus ? ioctl(k->vcpus[0].fd, KVM_GET_TSC_KHZ, 0) : 0;
+        t.h.khz = khz > 0 ? (uint64_t)khz : 0;
+        for (unsigned i = 0; i < k->nvcpus; i++) {
+            struct kvm_device_attr a = {.group = KVM_VCPU_TSC_CTRL,
+                                        .attr = KVM_VCPU_TSC_OFFSET,
+                                        .addr = (uint64_t)(uintptr_t)&t.v[i].offset};
+            if (ioctl(k->vcpus[i].fd, KVM_GET_DEVICE_ATTR, &a) < 0)
+                t.h.flags &= ~TSC_OFFSETS; /* before Linux 5.16, or not this KVM */
+            struct {
+                struct kvm_msrs h;
+                struct kvm_msr_entry e;
+            } m = {.h = {.nmsrs = 1}, .e = {.index = MSR_IA32_TSC}};
+            if (ioctl(k->vcpus[i].fd, KVM_GET_MSRS, &m) == 1)
+                t.v[i].guest_tsc = m.e.data;
+            else
+                t.h.flags &= ~TSC_VALUES;
+        }
+        put(&b, T_TSC, &t, (uint32_t)(sizeof t.h + k->nvcpus * sizeof t.v[0]));
+    }
     for (unsigned d = 0; d < vm->ndisks; d++) {
         struct kvm_vblk v = k->blk[d];
         v.disk = NULL;
@@ -353,7 +347,6 @@ int kvm_load(struct vm *vm, const void *buf, size_t len)
         return -EPROTO;
     }
     p += 8;
-    k->clock_snap.valid = false; /* the TSCs are the loaded ones from here */
     unsigned vcpu = 0, disk = 0;
     bool seen_events = false, have_clock = false;
     struct kvm_clock_data clock_src = {0};
