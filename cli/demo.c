@@ -516,8 +516,8 @@ int cmd_demo(int argc, char **argv)
     bm_parse_size(ram, &ramv);
     if (d.kvm) {
         /* Say now, not after the hosts are made, what stops the KVM guest here. */
-        if (ramv < (16u << 20) || ramv > KVM_MAX_RAM || ramv % (2u << 20)) {
-            bm_error("--kvm: --ram %s: the micro-VM takes 16M to 3G, a multiple of 2M", ram);
+        if (kvm_check_shape(ramv, 1, why, sizeof why) < 0) {
+            bm_error("--kvm: --ram %s: %s", ram, why);
             return 2;
         }
         if (kvm_fits(ramv, 1, d.guest, why, sizeof why) < 0) {

@@ -78,6 +78,7 @@ cp "$BB" "$WORK/root/bin/busybox"
 printf '%s\n' "${ORDER[@]}" >"$WORK/root/modules"
 OUTFS=()
 if [ -n "$OUT" ]; then
+    case $OUT in *,*) echo "kvm-nested: --out $OUT: a comma cannot go into QEMU's -virtfs path" >&2; exit 2 ;; esac
     mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
     echo "$OUT" >"$WORK/root/outdir"
     OUTFS=(-virtfs "local,path=$OUT,mount_tag=out,security_model=none")

@@ -4,7 +4,8 @@
 # file with host timestamps, its heartbeat and RAM/disk writes advance, 0 data errors; stop and
 # cont pause and resume it; its whole state saved and loaded back in one process
 # (x-state-roundtrip) leaves it running, clean. --console unix:PATH sends the timestamped lines
-# to a socket the test listens on (and one nobody listens on is refused). Then live migration --with-disk --verify between two hosts
+# to a socket the test listens on (and one nobody listens on is refused). Then live migration
+# --with-disk --verify between two hosts
 # (namespaces when root), idle and moderate: completed and verified, the guest runs on the
 # destination with clean self-checks, the source exits. A destination killed during the bulk
 # copy leaves the KVM guest running on the source, clean; then migrate-faults.sh's cases with

@@ -31,14 +31,14 @@ void kvm_console_line(struct kvm_vmm *k, const char *line)
 {
     uint64_t now = kvm_now_ns();
     uint64_t t = now - k->boot_ns;
+    char buf[600]; /* a guest line is at most 511 bytes */
+    int n = snprintf(buf, sizeof buf, "[%5" PRIu64 ".%06" PRIu64 "] %s\n", t / 1000000000u,
+                     t / 1000 % 1000000, line);
+    if (n >= (int)sizeof buf) {
+        n = (int)sizeof buf;
+        buf[n - 1] = '\n';
+    }
     if (k->console_fd >= 0) {
-        char buf[600]; /* a guest line is at most 511 bytes */
-        int n = snprintf(buf, sizeof buf, "[%5" PRIu64 ".%06" PRIu64 "] %s\n", t / 1000000000u,
-                         t / 1000 % 1000000, line);
-        if (n >= (int)sizeof buf) {
-            n = (int)sizeof buf;
-            buf[n - 1] = '\n';
-        }
         /* A whole line per send; a reader gone away ends the socket console (no SIGPIPE). */
         for (int off = 0; n > 0 && off < n;) {
             ssize_t w = send(k->console_fd, buf + off, (size_t)(n - off), MSG_NOSIGNAL);
@@ -48,14 +48,13 @@ void kvm_console_line(struct kvm_vmm *k, const char *line)
                 bm_warn("kvm: the console socket failed (%s): no more console output",
                         strerror(errno));
                 close(k->console_fd);
-                k->console_fd = -2;
+                k->console_fd = -2; /* ended: no output from here */
                 break;
             }
             off += (int)w;
         }
     } else if (k->console_fd == -1) {
-        fprintf(k->console, "[%5" PRIu64 ".%06" PRIu64 "] %s\n", t / 1000000000u,
-                t / 1000 % 1000000, line);
+        fwrite(buf, 1, (size_t)n, k->console);
         fflush(k->console);
     }
     pthread_mutex_lock(&k->mu);

@@ -74,8 +74,7 @@ int kvm_probe(char *why, size_t len)
     return r;
 }
 
-/* The VM's shape the micro-VM takes: 0, or -EINVAL with the reason in why. */
-static int check_shape(uint64_t ram, unsigned ndisks, char *why, size_t len)
+int kvm_check_shape(uint64_t ram, unsigned ndisks, char *why, size_t len)
 {
     if (ram < (16u << 20) || ram > KVM_MAX_RAM || ram % (2u << 20)) {
         snprintf(why, len, "kvm: RAM must be 16 MiB to 3 GiB, a multiple of 2 MiB");
@@ -90,7 +89,7 @@ static int check_shape(uint64_t ram, unsigned ndisks, char *why, size_t len)
 
 int kvm_fits(uint64_t ram, unsigned ndisks, const char *guest, char *why, size_t len)
 {
-    int r = check_shape(ram, ndisks, why, len);
+    int r = kvm_check_shape(ram, ndisks, why, len);
     if (r < 0)
         return r;
     if (!guest && !(guest = kvm_default_guest())) {
@@ -628,7 +627,7 @@ static int create_vcpu(struct kvm_vmm *k, unsigned i, char *err, size_t errlen)
 int kvm_create(const struct kvm_config *cfg, const struct vm_disk *disks, unsigned ndisks,
                bool boot, kvm_event_fn fn, void *opaque, struct vm **out, char *err, size_t errlen)
 {
-    int r = check_shape(cfg->ram, ndisks, err, errlen);
+    int r = kvm_check_shape(cfg->ram, ndisks, err, errlen);
     if (r < 0)
         return r;
     struct kvm_vmm *k = calloc(1, sizeof *k);

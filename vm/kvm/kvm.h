@@ -36,6 +36,10 @@ int kvm_probe(char *why, size_t len);
 /* The test guest installed with blkmig (or next to the binary in a build tree), or NULL. */
 const char *kvm_default_guest(void);
 
+/* Whether the micro-VM takes a VM of this shape (RAM 16M..3G in 2M steps, at most
+ * KVM_MAX_DISKS disks): 0, or -EINVAL with the reason in why. kvm_fits checks this first. */
+int kvm_check_shape(uint64_t ram, unsigned ndisks, char *why, size_t len);
+
 /* Whether the micro-VM can run this VM here (what makes it the default guest of run and demo):
  * KVM usable, a guest ELF (guest, or the installed test guest), RAM 16M..3G in 2M multiples, at
  * most KVM_MAX_DISKS disks. 0, or -errno with the reason in why. */
