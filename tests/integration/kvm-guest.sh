@@ -3,7 +3,8 @@
 # usable /dev/kvm (or in a nested VM that has one, below). Boot: the guest's status lines reach the console
 # file with host timestamps, its heartbeat and RAM/disk writes advance, 0 data errors; stop and
 # cont pause and resume it; its whole state saved and loaded back in one process
-# (x-state-roundtrip) leaves it running, clean. --console unix:PATH sends the timestamped lines
+# (x-state-roundtrip) leaves it running, clean, and its clock counts a stop with a round trip
+# in it. --console unix:PATH sends the timestamped lines
 # to a socket the test listens on (and one nobody listens on is refused). Then live migration
 # --with-disk --verify between two hosts
 # (namespaces when root), idle and moderate: completed and verified, the guest runs on the
@@ -92,6 +93,30 @@ timeout 30 "$BLKMIG" control "$SRC_SOCK" cont >/dev/null || soft_fail "cont fail
 sleep 0.5
 assert_guest_healthy "after cont" "$SRC_SOCK" writes || true
 state_roundtrip "boot" "$SRC_SOCK" || true # vCPU, VM and device state, in one process
+# The guest's clock counts a stop that a state round trip falls in: the TSC goes into the state
+# as it was when the VM stopped, paired with the time then (docs/vmm.md "TSC"). Where the host's
+# TSC is unstable (nested), KVM freezes a stopped vCPU's TSC, and a TSC taken at the save was
+# paired with the save's time: the guest's clock came out the whole stop behind the host's.
+timeout 30 "$BLKMIG" control "$SRC_SOCK" stop >/dev/null || soft_fail "stop (clock) failed"
+sleep 1.5
+timeout 60 "$BLKMIG" control "$SRC_SOCK" x-state-roundtrip >/dev/null || soft_fail "x-state-roundtrip while stopped failed"
+timeout 30 "$BLKMIG" control "$SRC_SOCK" cont >/dev/null || soft_fail "cont (clock) failed"
+sleep 1
+clock=$("$PY3" - "$CASE_DIR/src-console.log" <<'PY'
+import re, sys
+pts = [(float(m.group(1)), int(m.group(2))) for m in
+       (re.match(r"\[ *([0-9.]+)\] BMG status t_ms=([0-9]+)", l) for l in open(sys.argv[1])) if m]
+# The stop: the largest host-clock gap between two consecutive status lines.
+i = max(range(1, len(pts)), key=lambda j: pts[j][0] - pts[j - 1][0])
+host = (pts[i][0] - pts[i - 1][0]) * 1000
+print("%d %d" % (host, pts[i][1] - pts[i - 1][1]))
+PY
+) || clock=""
+read -r host_ms guest_ms <<<"${clock:-0 0}"
+log "boot: across a 1.5 s stop with a state round trip: host clock ${host_ms} ms, guest clock ${guest_ms} ms"
+[ "$host_ms" -ge 1500 ] || soft_fail "boot: no 1.5 s gap in the status lines around the stop (host ${host_ms} ms)"
+[ $((host_ms - guest_ms)) -lt 500 ] && [ $((guest_ms - host_ms)) -lt 500 ] ||
+    soft_fail "boot: the guest's clock did not count the stop: ${guest_ms} ms against ${host_ms} ms on the host's"
 mig_quit_vm "boot" "$SRC_SOCK" "$SRC_PID"
 mig_check_logs
 

@@ -36,6 +36,28 @@ struct kvm_vcpu {
     bool started;
 };
 
+/* The TSC section of the state (docs/vmm.md "TSC"). */
+struct tsc_hdr {
+    uint64_t khz;         /* the guest's TSC rate */
+    uint64_t realtime_ns; /* host CLOCK_REALTIME when the TSCs were read */
+    uint32_t nvcpus;
+    uint32_t flags; /* TSC_OFFSETS, TSC_VALUES: every entry's offset, TSC was read */
+};
+struct tsc_vcpu {
+    uint64_t offset;    /* KVM_VCPU_TSC_OFFSET: guest TSC = host TSC + offset */
+    uint64_t guest_tsc; /* the guest's TSC (MSR IA32_TSC) */
+};
+#define TSC_OFFSETS 1u
+#define TSC_VALUES  2u
+struct kvm_clock_snap {
+    bool valid; /* taken since the VM last paused */
+    struct kvm_clock_data clock;
+    struct {
+        struct tsc_hdr h;
+        struct tsc_vcpu v[KVM_MAX_VCPUS];
+    } tsc;
+};
+
 struct kvm_vmm {
     struct vm vm;
     struct kvm_config cfg;
@@ -74,6 +96,7 @@ struct kvm_vmm {
     FILE *console;
     bool console_owned;
     int console_fd; /* --console unix:PATH (else -1: lines go to console) */
+    struct kvm_clock_snap clock_snap; /* kvmclock and TSCs at the last pause (state.c) */
     char serial_line[512];
     size_t serial_len;
     uint64_t boot_ns;
@@ -117,6 +140,8 @@ uint64_t kvm_tsc_offset_after(uint64_t ofs_src, uint64_t kvmclock_src, uint64_t 
 /* Without offsets: the TSC value to write, the source's advanced by the host time since. */
 uint64_t kvm_tsc_value_after(uint64_t tsc_src, uint64_t realtime_src, uint64_t realtime_dst,
                              uint64_t khz);
+/* Take kvmclock and every vCPU's TSC now, with the time (kvm_pause, after the vCPUs parked). */
+int kvm_clock_snapshot(struct kvm_vmm *k);
 int kvm_save(struct vm *vm, void **buf, size_t *len);
 int kvm_load(struct vm *vm, const void *buf, size_t len);
 

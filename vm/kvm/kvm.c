@@ -422,6 +422,7 @@ static int kvm_pause(struct vm *vm)
     }
     pthread_mutex_unlock(&k->mu);
     vm->paused = true;
+    kvm_clock_snapshot(k); /* failing, the save tries again (and reports) */
     return 0;
 }
 
@@ -453,6 +454,7 @@ static int kvm_resume(struct vm *vm)
     struct kvm_vmm *k = K(vm);
     pthread_mutex_lock(&k->mu);
     k->want_pause = false;
+    k->clock_snap.valid = false;
     k->resumed_pending = k->status_lines > 0 || k->loaded;
     pthread_cond_broadcast(&k->cv);
     pthread_mutex_unlock(&k->mu);

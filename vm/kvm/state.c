@@ -53,18 +53,6 @@ static const uint32_t msr_list[] = {
 #define NMSRS (sizeof msr_list / sizeof msr_list[0])
 
 /* T_TSC: the guest's TSC (docs/vmm.md "TSC"): a header, then one entry per vCPU. */
-struct tsc_hdr {
-    uint64_t khz;         /* the guest's TSC rate */
-    uint64_t realtime_ns; /* host CLOCK_REALTIME when the state was taken */
-    uint32_t nvcpus;
-    uint32_t flags; /* TSC_OFFSETS, TSC_VALUES: every entry's offset, TSC was read */
-};
-struct tsc_vcpu {
-    uint64_t offset;    /* KVM_VCPU_TSC_OFFSET: guest TSC = host TSC + offset */
-    uint64_t guest_tsc; /* the guest's TSC (MSR IA32_TSC) */
-};
-#define TSC_OFFSETS  1u
-#define TSC_VALUES   2u
 #define MSR_IA32_TSC 0x10u
 
 uint64_t kvm_tsc_offset_after(uint64_t ofs_src, uint64_t kvmclock_src, uint64_t kvmclock_dst,
@@ -130,6 +118,48 @@ static void put(struct buf *b, uint32_t tag, const void *data, uint32_t len)
         }                                                                                          \
     } while (0)
 
+
+/* kvmclock and every vCPU's TSC offset and value, with the host's CLOCK_REALTIME, taken when the
+ * VM pauses (kvm_pause) and saved with the state. Taken at the pause, not at the save: where
+ * the host's TSC is unstable (e.g. nested under an emulator: "Marking TSC unstable"), KVM
+ * freezes a vCPU's TSC while it does not run (each vCPU ioctl reloads it from the value at its
+ * last exit), so a save 50-70 ms into the pause read the TSC at the pause with the time of the
+ * save, and the destination's guest came out that much behind. The pair (TSC, time) at the
+ * pause is right either way: the destination adds the time since. */
+int kvm_clock_snapshot(struct kvm_vmm *k)
+{
+    struct kvm_clock_snap *c = &k->clock_snap;
+    memset(c, 0, sizeof *c);
+    if (ioctl(k->vm_fd, KVM_GET_CLOCK, &c->clock) < 0) {
+        int e = errno;
+        bm_error("kvm: saving state: CLOCK: %s", strerror(e));
+        return -e;
+    }
+    c->tsc.h = (struct tsc_hdr){
+        .realtime_ns = (c->clock.flags & KVM_CLOCK_REALTIME) ? c->clock.realtime : kvm_now_ns(),
+        .nvcpus = k->nvcpus,
+        .flags = TSC_OFFSETS | TSC_VALUES};
+    int khz = k->nvcpus ? ioctl(k->vcpus[0].fd, KVM_GET_TSC_KHZ, 0) : 0;
+    c->tsc.h.khz = khz > 0 ? (uint64_t)khz : 0;
+    for (unsigned i = 0; i < k->nvcpus; i++) {
+        struct kvm_device_attr a = {.group = KVM_VCPU_TSC_CTRL,
+                                    .attr = KVM_VCPU_TSC_OFFSET,
+                                    .addr = (uint64_t)(uintptr_t)&c->tsc.v[i].offset};
+        if (ioctl(k->vcpus[i].fd, KVM_GET_DEVICE_ATTR, &a) < 0)
+            c->tsc.h.flags &= ~TSC_OFFSETS; /* before Linux 5.16, or not this KVM */
+        struct {
+            struct kvm_msrs h;
+            struct kvm_msr_entry e;
+        } m = {.h = {.nmsrs = 1}, .e = {.index = MSR_IA32_TSC}};
+        if (ioctl(k->vcpus[i].fd, KVM_GET_MSRS, &m) == 1)
+            c->tsc.v[i].guest_tsc = m.e.data;
+        else
+            c->tsc.h.flags &= ~TSC_VALUES;
+    }
+    c->valid = true;
+    return 0;
+}
+
 int kvm_save(struct vm *vm, void **out, size_t *outlen)
 {
     struct kvm_vmm *k = K(vm);
@@ -190,36 +220,12 @@ int kvm_save(struct vm *vm, void **out, size_t *outlen)
     struct kvm_pit_state2 pit;
     GET(k->vm_fd, KVM_GET_PIT2, &pit, "PIT2");
     put(&b, T_PIT2, &pit, sizeof pit);
-    struct kvm_clock_data clock = {0};
-    GET(k->vm_fd, KVM_GET_CLOCK, &clock, "CLOCK");
-    put(&b, T_CLOCK, &clock, sizeof clock);
-    {
-        struct {
-            struct tsc_hdr h;
-            struct tsc_vcpu v[KVM_MAX_VCPUS];
-        } t = {
-            .h = {.realtime_ns = (clock.flags & KVM_CLOCK_REALTIME) ? clock.realtime : kvm_now_ns(),
-                  .nvcpus = k->nvcpus,
-                  .flags = TSC_OFFSETS | TSC_VALUES}};
-        int khz = k->nvcpus ? ioctl(k->vcpus[0].fd, KVM_GET_TSC_KHZ, 0) : 0;
-        t.h.khz = khz > 0 ? (uint64_t)khz : 0;
-        for (unsigned i = 0; i < k->nvcpus; i++) {
-            struct kvm_device_attr a = {.group = KVM_VCPU_TSC_CTRL,
-                                        .attr = KVM_VCPU_TSC_OFFSET,
-                                        .addr = (uint64_t)(uintptr_t)&t.v[i].offset};
-            if (ioctl(k->vcpus[i].fd, KVM_GET_DEVICE_ATTR, &a) < 0)
-                t.h.flags &= ~TSC_OFFSETS; /* before Linux 5.16, or not this KVM */
-            struct {
-                struct kvm_msrs h;
-                struct kvm_msr_entry e;
-            } m = {.h = {.nmsrs = 1}, .e = {.index = MSR_IA32_TSC}};
-            if (ioctl(k->vcpus[i].fd, KVM_GET_MSRS, &m) == 1)
-                t.v[i].guest_tsc = m.e.data;
-            else
-                t.h.flags &= ~TSC_VALUES;
-        }
-        put(&b, T_TSC, &t, (uint32_t)(sizeof t.h + k->nvcpus * sizeof t.v[0]));
-    }
+    /* kvmclock and the TSCs as they were when the VM paused (kvm_clock_snapshot). */
+    if (!k->clock_snap.valid && (r = kvm_clock_snapshot(k)) < 0)
+        goto out;
+    put(&b, T_CLOCK, &k->clock_snap.clock, sizeof k->clock_snap.clock);
+    put(&b, T_TSC, &k->clock_snap.tsc,
+        (uint32_t)(sizeof k->clock_snap.tsc.h + k->nvcpus * sizeof k->clock_snap.tsc.v[0]));
     for (unsigned d = 0; d < vm->ndisks; d++) {
         struct kvm_vblk v = k->blk[d];
         v.disk = NULL;
@@ -282,10 +288,43 @@ static bool sized(uint32_t tag, uint32_t len)
     }
 }
 
+/* Set a vCPU's TSC to the source's advanced by the host time since it was taken, through its
+ * TSC offset (KVM_VCPU_TSC_OFFSET, Linux 5.16+): the new offset is the current one moved by
+ * what the TSC lacks. Not by writing IA32_TSC: KVM takes a host write that lands within a
+ * second of the TSC it expects from the last write as an attempt to synchronise vCPUs and,
+ * where the host's TSC is unstable, adds the time since that last write to it (Linux 6.1
+ * kvm_synchronize_tsc); a guest whose state went out and back in (a round trip, or a short-lived
+ * destination) then jumped ahead by that much (seen: 3.2 s). Setting the offset is not subject
+ * to that. -errno where the offset cannot be read or set (the caller writes IA32_TSC). */
+static int set_tsc_relative(int fd, const struct tsc_vcpu *v, const struct tsc_hdr *h)
+{
+    struct {
+        struct kvm_msrs h;
+        struct kvm_msr_entry e;
+    } m = {.h = {.nmsrs = 1}, .e = {.index = MSR_IA32_TSC}};
+    if (ioctl(fd, KVM_GET_MSRS, &m) != 1)
+        return -EIO;
+    /* The offset after the TSC: where the host's TSC is unstable each vCPU ioctl moves the
+     * offset so that the TSC reads as at the vCPU's last exit; the later offset is the one
+     * that goes with now. */
+    uint64_t ofs = 0;
+    struct kvm_device_attr a = {.group = KVM_VCPU_TSC_CTRL,
+                                .attr = KVM_VCPU_TSC_OFFSET,
+                                .addr = (uint64_t)(uintptr_t)&ofs};
+    if (ioctl(fd, KVM_GET_DEVICE_ATTR, &a) < 0)
+        return -errno;
+    uint64_t want = kvm_tsc_value_after(v->guest_tsc, h->realtime_ns, kvm_now_ns(), h->khz);
+    ofs += want - m.e.data; /* modulo 2^64, as the hardware adds it */
+    if (ioctl(fd, KVM_SET_DEVICE_ATTR, &a) < 0)
+        return -errno;
+    return 0;
+}
+
 /* Set the guest's TSC so that it goes on from the source's, counting the time the VM was
  * stopped (docs/vmm.md "TSC"): by KVM_VCPU_TSC_OFFSET with the kvmclock/host-TSC pair where
- * both ends have them (Linux 5.16+), else by writing IA32_TSC advanced by the host's
- * CLOCK_REALTIME. Where neither takes (kvm_pvm), the guest's TSC is this host's: a warning,
+ * both ends have them (Linux 5.16+, a stable host TSC); else to the source's TSC advanced by
+ * the host's CLOCK_REALTIME, through the offset (set_tsc_relative) or, before Linux 5.16, by
+ * writing IA32_TSC. Where none takes (kvm_pvm), the guest's TSC is this host's: a warning,
  * not a failure (the guest runs on; a TSC-timed guest sees a jump). */
 static int load_tsc(struct kvm_vmm *k, const struct kvm_clock_data *src, bool have_clock,
                     const void *obj, uint32_t len)
@@ -324,6 +363,8 @@ static int load_tsc(struct kvm_vmm *k, const struct kvm_clock_data *src, bool ha
                 continue;
             bm_debug("kvm: setting the TSC offset: %s", strerror(errno));
         }
+        if (h.khz && (h.flags & TSC_VALUES) && set_tsc_relative(fd, &v, &h) == 0)
+            continue;
         struct {
             struct kvm_msrs h;
             struct kvm_msr_entry e;
@@ -347,6 +388,7 @@ int kvm_load(struct vm *vm, const void *buf, size_t len)
         return -EPROTO;
     }
     p += 8;
+    k->clock_snap.valid = false; /* the TSCs are the loaded ones from here */
     unsigned vcpu = 0, disk = 0;
     bool seen_events = false, have_clock = false;
     struct kvm_clock_data clock_src = {0};
