@@ -1,5 +1,6 @@
-/* kvm-internal.h: the KVM micro-VM's state, shared by its files (memory and run control in
- * kvm.c, the PVH loader and boot state in boot.c, devices in devices.c, save/load in state.c). */
+/* kvm-internal.h: the KVM micro-VM's state, shared by its files (creation and glue in kvm.c,
+ * guest RAM and the dirty log in memory.c, vCPU threads and run control in vcpu.c, the PVH
+ * loader and boot state in boot.c, devices in devices.c, save/load in state.c). */
 #ifndef BM_VM_KVM_INTERNAL_H
 #define BM_VM_KVM_INTERNAL_H
 
@@ -113,11 +114,30 @@ struct kvm_vmm {
 #define K(v) ((struct kvm_vmm *)(void *)(v))
 
 uint64_t kvm_now_ns(void);
+void kvm_event(struct kvm_vmm *k, const char *event, struct json_object *data);
+
+/* memory.c */
 /* Host pointer of [gpa, gpa + len) in guest RAM, or NULL if it is not all RAM. */
 void *kvm_gpa(struct kvm_vmm *k, uint64_t gpa, uint64_t len);
 /* Mark guest RAM the VMM wrote (after writing it). */
 void kvm_mark_dirty(struct kvm_vmm *k, uint64_t gpa, uint64_t len);
-void kvm_event(struct kvm_vmm *k, const char *event, struct json_object *data);
+/* Map k->ram_size bytes of guest RAM at k->ram; -errno. */
+int kvm_map_ram(struct kvm_vmm *k);
+/* (Re)register the RAM memslot, with or without KVM's dirty log; -errno. */
+int kvm_set_slot(struct kvm_vmm *k, bool log);
+int kvm_dirty_start(struct vm *vm);
+int kvm_dirty_sync(struct vm *vm, struct bm_bitmap *out);
+void kvm_dirty_stop(struct vm *vm);
+
+/* vcpu.c */
+/* Install the handler of the signal that kicks vCPUs out of KVM_RUN (once per process). */
+void kvm_vcpu_signals(void);
+/* Make every vCPU leave KVM_RUN (or not enter it) now. */
+void kvm_kick_all(struct kvm_vmm *k);
+int kvm_pause(struct vm *vm);
+/* Starts the vCPU threads the first time. */
+int kvm_resume(struct vm *vm);
+void kvm_throttle(struct vm *vm, unsigned pct);
 
 /* boot.c */
 int kvm_load_guest(struct kvm_vmm *k, uint64_t *entry, char *err, size_t errlen);

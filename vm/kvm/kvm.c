@@ -1,6 +1,7 @@
-/* kvm.c: the KVM micro-VM: creation, guest RAM and its dirty log, the vCPU threads and their
- * run control (pause, resume, throttle), and the vm_ops glue. Devices: devices.c; the PVH
- * loader: boot.c; save/load: state.c. Design: docs/vmm.md. */
+/* kvm.c: the KVM micro-VM: probing, creation and teardown, describe/query/check, and the
+ * vm_ops glue. Guest RAM and the dirty log: memory.c; vCPU threads and run control (pause,
+ * resume, throttle): vcpu.c; devices: devices.c; the PVH loader: boot.c; save/load: state.c.
+ * Design: docs/vmm.md. */
 #include <config.h>
 
 #include <errno.h>
@@ -20,28 +21,11 @@
 #include "vm/guestcheck.h"
 #include "vm/kvm/kvm-internal.h"
 
-/* The signal that kicks a vCPU out of KVM_RUN (its handler does nothing). */
-#define SIG_KICK          (SIGRTMIN + 3)
-#define THROTTLE_SLICE_NS 10000000ull
-
 uint64_t kvm_now_ns(void)
 {
     struct timespec t;
     clock_gettime(CLOCK_REALTIME, &t);
     return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
-
-void *kvm_gpa(struct kvm_vmm *k, uint64_t gpa, uint64_t len)
-{
-    if (gpa >= k->ram_size || len > k->ram_size - gpa)
-        return NULL;
-    return k->ram + gpa;
-}
-
-void kvm_mark_dirty(struct kvm_vmm *k, uint64_t gpa, uint64_t len)
-{
-    if (len && gpa < k->ram_size)
-        bm_bitmap_set_range(k->vmm_dirty, gpa, len < k->ram_size - gpa ? len : k->ram_size - gpa);
 }
 
 void kvm_event(struct kvm_vmm *k, const char *event, struct json_object *data)
@@ -127,7 +111,7 @@ const char *kvm_default_guest(void)
     return access(path, R_OK) == 0 ? path : NULL;
 }
 
-/* ---- memory and the dirty log ---- */
+/* ---- the console ---- */
 
 /* --console unix:PATH: a stream connection to a listening unix socket (the reader's, as with
  * QEMU's `-chardev socket,server=off`), write-only. Returns the socket or -errno. */
@@ -144,86 +128,6 @@ static int open_console_socket(const char *path)
     return fd;
 }
 
-/* Guest RAM: anonymous, 2 MiB aligned and madvised for transparent huge pages. The alignment
- * is what lets KVM map the guest with 2 MiB NPT/EPT entries (a huge page on the host backs a
- * 2 MiB-aligned guest range only if host and guest addresses agree modulo 2 MiB), so that a
- * destination's first touches after a migration fault once per 2 MiB instead of per page.
- * (Kernels before 6.7 do not align large anonymous mappings by themselves.) */
-static int map_guest_ram(struct kvm_vmm *k)
-{
-    const size_t huge = 2u << 20;
-    size_t len = k->ram_size + huge;
-    uint8_t *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (p == MAP_FAILED)
-        return -errno;
-    uint8_t *a = (uint8_t *)(((uintptr_t)p + huge - 1) & ~(uintptr_t)(huge - 1));
-    if (a > p)
-        munmap(p, (size_t)(a - p));
-    if (a + k->ram_size < p + len)
-        munmap(a + k->ram_size, (size_t)(p + len - (a + k->ram_size)));
-    k->ram = a;
-    if (madvise(k->ram, k->ram_size, MADV_HUGEPAGE) < 0)
-        bm_debug("kvm: MADV_HUGEPAGE: %s", strerror(errno));
-    return 0;
-}
-
-static int set_slot(struct kvm_vmm *k, bool log)
-{
-    struct kvm_userspace_memory_region m = {
-        .slot = 0,
-        .flags = log ? KVM_MEM_LOG_DIRTY_PAGES : 0,
-        .guest_phys_addr = 0,
-        .memory_size = k->ram_size,
-        .userspace_addr = (uint64_t)(uintptr_t)k->ram,
-    };
-    return ioctl(k->vm_fd, KVM_SET_USER_MEMORY_REGION, &m) < 0 ? -errno : 0;
-}
-
-static int kvm_dirty_start(struct vm *vm)
-{
-    struct kvm_vmm *k = K(vm);
-    int r = set_slot(k, true);
-    if (r < 0) {
-        bm_error("kvm: enabling the dirty log: %s", strerror(-r));
-        return r;
-    }
-    k->logging = true;
-    bm_bitmap_clear_range(k->vmm_dirty, 0, k->ram_size);
-    return 0;
-}
-
-static int kvm_dirty_sync(struct vm *vm, struct bm_bitmap *out)
-{
-    struct kvm_vmm *k = K(vm);
-    if (k->logging) {
-        size_t words = (size_t)((k->ram_size / VM_PAGE_SIZE + 63) / 64);
-        memset(k->log_buf, 0, words * sizeof(unsigned long));
-        struct kvm_dirty_log d = {.slot = 0, .dirty_bitmap = k->log_buf};
-        if (ioctl(k->vm_fd, KVM_GET_DIRTY_LOG, &d) < 0) {
-            int e = errno;
-            bm_error("kvm: KVM_GET_DIRTY_LOG: %s", strerror(e));
-            return -e;
-        }
-        for (size_t w = 0; w < words; w++) {
-            unsigned long v = k->log_buf[w];
-            while (v) {
-                unsigned b = (unsigned)__builtin_ctzl(v);
-                v &= v - 1;
-                bm_bitmap_set_bits(out, (uint64_t)w * 64 + b, 1);
-            }
-        }
-    }
-    return bm_bitmap_snapshot_and_clear(k->vmm_dirty, out);
-}
-
-static void kvm_dirty_stop(struct vm *vm)
-{
-    struct kvm_vmm *k = K(vm);
-    if (k->logging && set_slot(k, false) == 0)
-        k->logging = false;
-}
-
 /* ---- interrupts ---- */
 
 static void kvm_irq_line(struct kvm_vmm *k, unsigned gsi, bool level)
@@ -231,243 +135,6 @@ static void kvm_irq_line(struct kvm_vmm *k, unsigned gsi, bool level)
     struct kvm_irq_level l = {.irq = gsi, .level = level};
     if (ioctl(k->vm_fd, KVM_IRQ_LINE, &l) < 0)
         bm_warn("kvm: KVM_IRQ_LINE %u=%d: %s", gsi, level, strerror(errno));
-}
-
-/* ---- vCPUs ---- */
-
-static void kick_handler(int sig)
-{
-    (void)sig;
-}
-
-static void park(struct kvm_vmm *k)
-{
-    k->parked++;
-    pthread_cond_broadcast(&k->cv);
-    while ((k->want_pause || k->halted) && !k->quit)
-        pthread_cond_wait(&k->cv, &k->mu);
-    k->parked--;
-}
-
-static void vcpu_fatal(struct kvm_vmm *k, const char *what)
-{
-    bm_error("kvm: the guest stopped: %s", what);
-    pthread_mutex_lock(&k->mu);
-    k->halted = true;
-    if (!k->first_error[0])
-        snprintf(k->first_error, sizeof k->first_error, "vCPU: %s", what);
-    pthread_mutex_unlock(&k->mu);
-    struct json_object *d = json_object_new_object();
-    json_object_object_add(d, "error", json_object_new_string(what));
-    kvm_event(k, "guest-error", d);
-}
-
-static void *vcpu_main(void *arg)
-{
-    struct kvm_vmm *k = arg;
-    struct kvm_vcpu *c = &k->vcpus[0];
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-    sigemptyset(&set);
-    sigaddset(&set, SIG_KICK);
-    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
-    uint64_t slice_start = kvm_now_ns();
-    bool io_pending = false;
-    for (;;) {
-        if (io_pending && (k->want_pause || k->quit)) {
-            /* KVM finishes an I/O or MMIO instruction (e.g. stores a read's value) only on the
-             * next KVM_RUN: enter once with immediate_exit so that the saved state is whole. */
-            c->run->immediate_exit = 1;
-            if (ioctl(c->fd, KVM_RUN, 0) < 0 && errno != EINTR)
-                bm_warn("kvm: completing an I/O exit: %s", strerror(errno));
-            io_pending = false;
-        }
-        pthread_mutex_lock(&k->mu);
-        if (k->want_pause || k->halted)
-            park(k);
-        bool quit = k->quit;
-        pthread_mutex_unlock(&k->mu);
-        if (quit)
-            break;
-        unsigned thr = atomic_load(&k->throttle);
-        if (thr) {
-            uint64_t now = kvm_now_ns();
-            if (now - slice_start >= THROTTLE_SLICE_NS * (100 - thr) / 100) {
-                struct timespec ts = {0, (long)(THROTTLE_SLICE_NS * thr / 100)};
-                nanosleep(&ts, NULL);
-                slice_start = kvm_now_ns();
-            }
-        }
-        c->run->immediate_exit = 0;
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        if (k->want_pause || k->quit)
-            continue;
-        int r = ioctl(c->fd, KVM_RUN, 0);
-        io_pending = false;
-        if (r < 0) {
-            if (errno == EINTR || errno == EAGAIN)
-                continue;
-            char msg[96];
-            snprintf(msg, sizeof msg, "KVM_RUN: %s", strerror(errno));
-            vcpu_fatal(k, msg);
-            continue;
-        }
-        switch (c->run->exit_reason) {
-        case KVM_EXIT_IO:
-            kvm_handle_io(k, c->run);
-            io_pending = true;
-            break;
-        case KVM_EXIT_MMIO:
-            kvm_handle_mmio(k, c->run);
-            io_pending = true;
-            break;
-        case KVM_EXIT_INTR:
-            break;
-        case KVM_EXIT_HLT:
-            vcpu_fatal(k, "the guest halted");
-            break;
-        case KVM_EXIT_SHUTDOWN:
-            vcpu_fatal(k, "triple fault (shutdown)");
-            break;
-        case KVM_EXIT_FAIL_ENTRY: {
-            char msg[96];
-            snprintf(msg, sizeof msg, "entry failed (hardware reason 0x%llx)",
-                     (unsigned long long)c->run->fail_entry.hardware_entry_failure_reason);
-            vcpu_fatal(k, msg);
-            break;
-        }
-        case KVM_EXIT_INTERNAL_ERROR: {
-            char msg[96];
-            snprintf(msg, sizeof msg, "KVM internal error %u", c->run->internal.suberror);
-            vcpu_fatal(k, msg);
-            break;
-        }
-        default: {
-            char msg[64];
-            snprintf(msg, sizeof msg, "unexpected exit %u", c->run->exit_reason);
-            vcpu_fatal(k, msg);
-            break;
-        }
-        }
-    }
-    return NULL;
-}
-
-/* Throttle ticker: kicks the vCPUs every slice so that the run loop can sleep its share even
- * when the guest never exits by itself (a polling guest in ring 3). */
-static void *ticker_main(void *arg)
-{
-    struct kvm_vmm *k = arg;
-    for (;;) {
-        pthread_mutex_lock(&k->mu);
-        bool quit = k->quit;
-        pthread_mutex_unlock(&k->mu);
-        if (quit)
-            break;
-        struct timespec ts = {0, (long)THROTTLE_SLICE_NS};
-        nanosleep(&ts, NULL);
-        if (atomic_load(&k->throttle))
-            for (unsigned i = 0; i < k->nvcpus; i++)
-                if (k->vcpus[i].started)
-                    pthread_kill(k->vcpus[i].thread, SIG_KICK);
-    }
-    return NULL;
-}
-
-static void kick_all(struct kvm_vmm *k)
-{
-    for (unsigned i = 0; i < k->nvcpus; i++) {
-        if (!k->vcpus[i].run)
-            continue;
-        k->vcpus[i].run->immediate_exit = 1;
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        if (k->vcpus[i].started)
-            pthread_kill(k->vcpus[i].thread, SIG_KICK);
-    }
-}
-
-static unsigned running_vcpus(struct kvm_vmm *k)
-{
-    unsigned n = 0;
-    for (unsigned i = 0; i < k->nvcpus; i++)
-        n += k->vcpus[i].started;
-    return n;
-}
-
-static int kvm_pause(struct vm *vm)
-{
-    struct kvm_vmm *k = K(vm);
-    pthread_mutex_lock(&k->mu);
-    k->want_pause = true;
-    pthread_mutex_unlock(&k->mu);
-    kick_all(k);
-    pthread_mutex_lock(&k->mu);
-    while (k->parked < running_vcpus(k)) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
-        pthread_cond_timedwait(&k->cv, &k->mu, &ts);
-        if (k->parked < running_vcpus(k)) {
-            pthread_mutex_unlock(&k->mu);
-            kick_all(k); /* a kick that landed before KVM_RUN is re-sent */
-            pthread_mutex_lock(&k->mu);
-        }
-    }
-    pthread_mutex_unlock(&k->mu);
-    vm->paused = true;
-    kvm_clock_snapshot(k); /* failing, the save tries again (and reports) */
-    return 0;
-}
-
-static int start_vcpus(struct kvm_vmm *k)
-{
-    for (unsigned i = 0; i < k->nvcpus; i++) {
-        if (k->vcpus[i].started)
-            continue;
-        int r = pthread_create(&k->vcpus[i].thread, NULL, vcpu_main, k);
-        if (r) {
-            bm_error("kvm: cannot start a vCPU thread: %s", strerror(r));
-            return -r;
-        }
-        k->vcpus[i].started = true;
-    }
-    if (!k->ticker_started) {
-        int r = pthread_create(&k->ticker, NULL, ticker_main, k);
-        if (r) {
-            bm_error("kvm: cannot start the throttle thread: %s", strerror(r));
-            return -r;
-        }
-        k->ticker_started = true;
-    }
-    return 0;
-}
-
-static int kvm_resume(struct vm *vm)
-{
-    struct kvm_vmm *k = K(vm);
-    pthread_mutex_lock(&k->mu);
-    k->want_pause = false;
-    k->clock_snap.valid = false;
-    k->resumed_pending = k->status_lines > 0 || k->loaded;
-    pthread_cond_broadcast(&k->cv);
-    pthread_mutex_unlock(&k->mu);
-    int r = start_vcpus(k);
-    if (r < 0)
-        return r;
-    vm->paused = false;
-    return 0;
-}
-
-static void kvm_throttle(struct vm *vm, unsigned pct)
-{
-    atomic_store(&K(vm)->throttle, pct > 99 ? 99 : pct);
 }
 
 /* ---- describe, query, check ---- */
@@ -551,7 +218,7 @@ static void kvm_destroy(struct vm *vm)
     k->quit = true;
     pthread_cond_broadcast(&k->cv);
     pthread_mutex_unlock(&k->mu);
-    kick_all(k);
+    kvm_kick_all(k);
     for (unsigned i = 0; i < k->nvcpus; i++)
         if (k->vcpus[i].started)
             pthread_join(k->vcpus[i].thread, NULL);
@@ -677,9 +344,7 @@ int kvm_create(const struct kvm_config *cfg, const struct vm_disk *disks, unsign
         k->console_owned = true;
     }
 
-    struct sigaction sa = {.sa_handler = kick_handler};
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIG_KICK, &sa, NULL);
+    kvm_vcpu_signals();
 
     k->kvm_fd = open(KVM_DEFAULT_DEVICE, O_RDWR | O_CLOEXEC);
     if (k->kvm_fd < 0) {
@@ -708,7 +373,7 @@ int kvm_create(const struct kvm_config *cfg, const struct vm_disk *disks, unsign
     }
 
     k->ram_size = cfg->ram;
-    if ((r = map_guest_ram(k)) < 0) {
+    if ((r = kvm_map_ram(k)) < 0) {
         errno = -r;
         r = sys_fail(err, errlen, "allocating guest RAM");
         goto fail;
@@ -720,7 +385,7 @@ int kvm_create(const struct kvm_config *cfg, const struct vm_disk *disks, unsign
         r = -ENOMEM;
         goto fail;
     }
-    if ((r = set_slot(k, false)) < 0) {
+    if ((r = kvm_set_slot(k, false)) < 0) {
         errno = -r;
         r = sys_fail(err, errlen, "KVM_SET_USER_MEMORY_REGION");
         goto fail;
