@@ -28,7 +28,8 @@
 # both VMs' RAM, page by page, at the switchover, and check each VM's RAM dump and image by
 # content with blkmig guest-check) BLKMIG (binary; default a fresh
 # optimised build) MIG_ARGS (more `blkmig migrate` options, e.g. "--order disk-first")
-# LOG_DIR (keep each blkmig run's migrate --json output, consoles and logs there) LOG_LEVEL
+# LOG_DIR (keep each run's consoles, and blkmig's migrate --json output and logs, there, written
+# as the run goes) LOG_LEVEL
 # (blkmig run/incoming --log-level, e.g. info) PERF=1 (with LOG_DIR: perf record -a -g of the
 # whole machine from the start of each migration to its pause, as SIDE-REP-perf.data).
 # Needs root (namespaces). Last line: RESULT guest-migrate {json}.
@@ -125,8 +126,11 @@ class Console:
     every line. Readers block for data (a file is polled): on a one-CPU machine polling
     readers took a tenth of the CPU from the migration they measure."""
     all = []  # every console of this run, for the failure report
-    def __init__(self, path, kind):
+    def __init__(self, path, kind, live=None):
         self.lines, self.path, self.kind, self.stop = [], path, kind, False
+        # LOG_DIR: every line also goes to this file as it comes (a run that hangs inside a
+        # nested VM can be read from outside).
+        self.live = open(live, "w", buffering=1) if live else None
         self.cv = threading.Condition()
         Console.all.append(self)
         if kind == "listen":  # listening before the VM that connects to it starts
@@ -142,6 +146,8 @@ class Console:
         with self.cv:
             self.lines.append((now, l))
             self.cv.notify_all()
+        if self.live:
+            self.live.write("%.6f %s\n" % (now, l))
     def recv_lines(self, s, strip_cr):
         buf = b""
         s.settimeout(0.5)
@@ -367,7 +373,8 @@ def run_qemu(a):
     src = qemu(a.ns_a, src_img, sock("src.qmp"), sock("src.con"), [])
     dst = qemu(a.ns_b, dst_img, sock("dst.qmp"), sock("dst.con"), ["-incoming", "defer", "-S"])
     procs = [src, dst]
-    csrc, cdst = Console(sock("src.con"), "socket"), Console(sock("dst.con"), "socket")
+    csrc = Console(sock("src.con"), "socket", live(a, "src-console.log"))
+    cdst = Console(sock("dst.con"), "socket", live(a, "dst-console.log"))
     try:
         qs, qd = QMP(sock("src.qmp")), QMP(sock("dst.qmp"))
         warm = warm_up(csrc, a.warm)
@@ -481,7 +488,8 @@ def run_qemu(a):
     finally:
         stop_all(procs, a.work)
         for n, c in (("src-console.log", csrc), ("dst-console.log", cdst)):
-            keep(a, n, "".join("%.6f %s\n" % (t, l) for t, l in c.lines))
+            if not c.live:  # else written as the lines came
+                keep(a, n, "".join("%.6f %s\n" % (t, l) for t, l in c.lines))
 
 def perf_start(a):
     """With PERF=1 and LOG_DIR, profile the whole machine (perf record -a -g) from here."""
@@ -504,6 +512,14 @@ def perf_stop(p):
 
 PERF_PROCS = []  # ended in main() whatever happens
 
+def live(a, name):
+    """With LOG_DIR set, the path SIDE-REP-NAME there (written as the run goes), else None."""
+    d = os.environ.get("LOG_DIR")
+    if not d:
+        return None
+    os.makedirs(d, exist_ok=True)
+    return os.path.join(d, "%s-%d-%s" % (a.side, a.rep, name))
+
 def keep(a, name, text):
     """With LOG_DIR set, keep a run's output there as SIDE-REP-NAME."""
     d = os.environ.get("LOG_DIR")
@@ -513,9 +529,11 @@ def keep(a, name, text):
             f.write(text)
 
 def run_blkmig(a):
-    sock = lambda n: os.path.join(a.work, n)
+    # LOG_DIR: blkmig's logs (stderr) go straight there.
+    sock = lambda n: (live(a, n) if n.endswith(".err") else None) or os.path.join(a.work, n)
     # The consoles: sockets this script listens on and each VM connects to (unix:PATH).
-    csrc, cdst = Console(sock("src.con"), "listen"), Console(sock("dst.con"), "listen")
+    csrc = Console(sock("src.con"), "listen", live(a, "src-console.log"))
+    cdst = Console(sock("dst.con"), "listen", live(a, "dst-console.log"))
     env = dict(os.environ, BLKMIG_CONSOLE="unix:" + sock("dst.con"), BLKMIG_GUEST=a.guest)
     lv = ["--log-level", os.environ["LOG_LEVEL"]] if os.environ.get("LOG_LEVEL") else []
     dst = subprocess.Popen(["ip", "netns", "exec", a.ns_b, a.blkmig, "incoming", "--listen",
@@ -539,8 +557,12 @@ def run_blkmig(a):
                               [sock("src.sock"), "tcp:%s:7700" % ADDR_B],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         lines = []
+        mlive = live(a, "migrate.jsonl")
+        mlive = open(mlive, "w", buffering=1) if mlive else None
         for l in mp.stdout:  # the profile ends at the pause (before the --verify digests)
             lines.append(l)
+            if mlive:
+                mlive.write(l)
             if perf and '"status":"switchover"' in l:
                 perf = perf_stop(perf)
         err_text = mp.stderr.read()
@@ -582,9 +604,10 @@ def run_blkmig(a):
     finally:
         stop_all(procs, a.work)
         for n, c in (("src-console.log", csrc), ("dst-console.log", cdst)):
-            keep(a, n, "".join("%.6f %s\n" % (t, l) for t, l in c.lines))
+            if not c.live:  # else written as the lines came
+                keep(a, n, "".join("%.6f %s\n" % (t, l) for t, l in c.lines))
         for n in ("src.err", "dst.err"):
-            if os.path.exists(sock(n)):
+            if not live(a, n) and os.path.exists(sock(n)):
                 keep(a, n, open(sock(n), errors="replace").read())
 
 def report(a):
