@@ -318,10 +318,36 @@ def common_fields(st_d, line, warm):
             "disk_writes_per_s_before": round((int(st1.get("disk_writes", 0)) -
                                                int(st0.get("disk_writes", 0))) / (t1 - t0), 1)}
 
+def threads(pid):
+    """Each thread of a process: name, state and where in the kernel it waits (a run that
+    hangs inside a nested VM says no more than this)."""
+    out = []
+    for t in sorted(os.listdir("/proc/%d/task" % pid), key=int):
+        d = "/proc/%d/task/%s/" % (pid, t)
+        try:
+            comm = open(d + "comm").read().strip()
+            state = open(d + "stat").read().rsplit(")", 1)[1].split()[0]
+            stack = [l.split()[-1] for l in open(d + "stack").read().splitlines()][:6]
+        except OSError:
+            continue
+        out.append("%s %s %s [%s]" % (t, comm, state, " < ".join(stack)))
+    return "; ".join(out)
+
 def stop_all(procs, work=None):
     failing = sys.exc_info()[0] is not None
     for p in procs:
         if p.poll() is None:
+            if failing:
+                try:
+                    log("%s (in %s) still running, its threads: %s" % (
+                        os.path.basename(str(p.args[4])), p.args[3], threads(p.pid)))
+                    if BLKMIG_CONTROL.get(p.pid):
+                        q = subprocess.run([BLKMIG_CONTROL[p.pid][0], "control",
+                                            BLKMIG_CONTROL[p.pid][1], "query-status"],
+                                           capture_output=True, text=True, timeout=10)
+                        log("  its query-status: %s" % (q.stdout.strip() or q.stderr.strip()))
+                except (OSError, subprocess.SubprocessError) as e:
+                    log("  (%s)" % e)
             p.kill()
             p.wait()
         elif failing:  # it ended by itself: how (a guest's isa-debug-exit, a signal, ...)
@@ -340,6 +366,7 @@ def stop_all(procs, work=None):
 
 def warm_up(console, seconds):
     """Wait for the guest's first-boot fill, then measure its write rate for a while."""
+    console.wait_for("BMG boot", 180)  # a guest that never starts fails here, not in 10 min
     t_ready, _ = console.wait_for("BMG ready", 600)
     # The first status line after the fill: an earlier one (or none) would count the fill.
     end = time.time() + 60
@@ -512,6 +539,8 @@ def perf_stop(p):
 
 PERF_PROCS = []  # ended in main() whatever happens
 
+BLKMIG_CONTROL = {}  # pid -> (blkmig binary, its control socket), for a failing run's report
+
 def live(a, name):
     """With LOG_DIR set, the path SIDE-REP-NAME there (written as the run goes), else None."""
     d = os.environ.get("LOG_DIR")
@@ -547,6 +576,8 @@ def run_blkmig(a):
                                                                               a.status_ms)] + lv,
                            env=env, stderr=open(sock("src.err"), "w"))
     procs = [src, dst]
+    BLKMIG_CONTROL.update({src.pid: (a.blkmig, sock("src.sock")),
+                           dst.pid: (a.blkmig, sock("dst.sock"))})
     try:
         warm = warm_up(csrc, a.warm)
         w0 = wire_bytes(a.ns_b)
