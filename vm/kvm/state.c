@@ -118,7 +118,6 @@ static void put(struct buf *b, uint32_t tag, const void *data, uint32_t len)
         }                                                                                          \
     } while (0)
 
-
 /* kvmclock and every vCPU's TSC offset and value, with the host's CLOCK_REALTIME, taken when the
  * VM pauses (kvm_pause) and saved with the state. Taken at the pause, not at the save: where
  * the host's TSC is unstable (e.g. nested under an emulator: "Marking TSC unstable"), KVM
