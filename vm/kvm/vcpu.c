@@ -1,5 +1,6 @@
 /* vcpu.c: the KVM micro-VM's vCPU threads and their run control: the KVM_RUN loop and its
- * exits, pause (kick every vCPU out of KVM_RUN and wait until all are parked), resume, and
+ * exits, pause (kick every vCPU out of KVM_RUN, wait until all are parked, then take the
+ * kvmclock/TSC snapshot the state saves: state.c kvm_clock_snapshot), resume, and
  * the throttle (a vCPU sleeps its share of every 10 ms slice; a ticker kicks a guest that never
  * exits by itself). Design: docs/vmm.md. */
 #include <config.h>
