@@ -118,6 +118,19 @@ static void put(struct buf *b, uint32_t tag, const void *data, uint32_t len)
         }                                                                                          \
     } while (0)
 
+/* A vCPU's TSC (IA32_TSC as the guest reads it now); -EIO. */
+static int read_tsc(int fd, uint64_t *tsc)
+{
+    struct {
+        struct kvm_msrs h;
+        struct kvm_msr_entry e;
+    } m = {.h = {.nmsrs = 1}, .e = {.index = MSR_IA32_TSC}};
+    if (ioctl(fd, KVM_GET_MSRS, &m) != 1)
+        return -EIO;
+    *tsc = m.e.data;
+    return 0;
+}
+
 /* kvmclock and every vCPU's TSC offset and value, with the host's CLOCK_REALTIME, taken when the
  * VM pauses (kvm_pause) and saved with the state. Taken at the pause, not at the save: where
  * the host's TSC is unstable (e.g. nested under an emulator: "Marking TSC unstable"), KVM
@@ -146,13 +159,7 @@ int kvm_clock_snapshot(struct kvm_vmm *k)
                                     .addr = (uint64_t)(uintptr_t)&c->tsc.v[i].offset};
         if (ioctl(k->vcpus[i].fd, KVM_GET_DEVICE_ATTR, &a) < 0)
             c->tsc.h.flags &= ~TSC_OFFSETS; /* before Linux 5.16, or not this KVM */
-        struct {
-            struct kvm_msrs h;
-            struct kvm_msr_entry e;
-        } m = {.h = {.nmsrs = 1}, .e = {.index = MSR_IA32_TSC}};
-        if (ioctl(k->vcpus[i].fd, KVM_GET_MSRS, &m) == 1)
-            c->tsc.v[i].guest_tsc = m.e.data;
-        else
+        if (read_tsc(k->vcpus[i].fd, &c->tsc.v[i].guest_tsc) < 0)
             c->tsc.h.flags &= ~TSC_VALUES;
     }
     c->valid = true;
@@ -297,11 +304,8 @@ static bool sized(uint32_t tag, uint32_t len)
  * to that. -errno where the offset cannot be read or set (the caller writes IA32_TSC). */
 static int set_tsc_relative(int fd, const struct tsc_vcpu *v, const struct tsc_hdr *h)
 {
-    struct {
-        struct kvm_msrs h;
-        struct kvm_msr_entry e;
-    } m = {.h = {.nmsrs = 1}, .e = {.index = MSR_IA32_TSC}};
-    if (ioctl(fd, KVM_GET_MSRS, &m) != 1)
+    uint64_t now_tsc;
+    if (read_tsc(fd, &now_tsc) < 0)
         return -EIO;
     /* The offset after the TSC: where the host's TSC is unstable each vCPU ioctl moves the
      * offset so that the TSC reads as at the vCPU's last exit; the later offset is the one
@@ -313,7 +317,7 @@ static int set_tsc_relative(int fd, const struct tsc_vcpu *v, const struct tsc_h
     if (ioctl(fd, KVM_GET_DEVICE_ATTR, &a) < 0)
         return -errno;
     uint64_t want = kvm_tsc_value_after(v->guest_tsc, h->realtime_ns, kvm_now_ns(), h->khz);
-    ofs += want - m.e.data; /* modulo 2^64, as the hardware adds it */
+    ofs += want - now_tsc; /* modulo 2^64, as the hardware adds it */
     if (ioctl(fd, KVM_SET_DEVICE_ATTR, &a) < 0)
         return -errno;
     return 0;
