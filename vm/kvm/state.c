@@ -144,7 +144,7 @@ int kvm_clock_snapshot(struct kvm_vmm *k)
     memset(c, 0, sizeof *c);
     if (ioctl(k->vm_fd, KVM_GET_CLOCK, &c->clock) < 0) {
         int e = errno;
-        bm_error("kvm: saving state: CLOCK: %s", strerror(e));
+        bm_error("kvm: reading the clock (KVM_GET_CLOCK): %s", strerror(e));
         return -e;
     }
     c->tsc.h = (struct tsc_hdr){
