@@ -53,8 +53,8 @@ static void usage(FILE *f)
             "  --append WORDS         --kvm: words added at the end of the guest's command line\n"
             "                         (e.g. 'blkmig.run=60 blkmig.status_ms=10'; see docs/guest.md)\n"
             "Commands on the socket: query-status, migrate, query-migrate, migrate-cancel,\n"
-            "stop, cont, guest-check, x-state-roundtrip (testing), quit. 'blkmig migrate' drives\n"
-            "a migration.\n",
+            "stop, cont, guest-check, x-state-roundtrip (testing), x-query-vcpus (debugging),\n"
+            "quit. 'blkmig migrate' drives a migration.\n",
             VM_MAX_DISKS);
 }
 

@@ -36,7 +36,7 @@ struct vmproc *vmproc_current;
 
 static const char *const commands[] = {
     "query-status", "migrate",     "query-migrate",     "migrate-cancel", "stop",
-    "cont",         "guest-check", "x-state-roundtrip", "quit",           NULL};
+    "cont",         "guest-check", "x-state-roundtrip", "x-query-vcpus", "quit", NULL};
 
 static void emit(struct vmproc *p, const char *event, struct json_object *data)
 {
@@ -317,6 +317,15 @@ static struct json_object *on_control(void *opaque, const char *cmd, struct json
             return o;
         }
         return json_object_new_object();
+    }
+    if (strcmp(cmd, "x-query-vcpus") == 0) {
+        /* Debugging: no pause, so it is allowed during a migration too. */
+        if (!p->vm->ops->x_vcpus) {
+            *cls = "Failed";
+            snprintf(desc, dlen, "a %s VM has no vCPUs to show", p->vm->ops->kind);
+            return NULL;
+        }
+        return p->vm->ops->x_vcpus(p->vm);
     }
     if (strcmp(cmd, "quit") == 0) {
         finish(p, 0);

@@ -61,6 +61,9 @@ struct vm_ops {
     /* Check every page and block against what the guest wrote (paused VM). Returns the number
      * of mismatches found (>= 0) or -errno. */
     int64_t (*check)(struct vm *vm);
+    /* Optional, for debugging (x-query-vcpus): each vCPU's registers and pending events, taken
+     * without pausing the VM (it may be running, or migrating): a new JSON object. */
+    struct json_object *(*x_vcpus)(struct vm *vm);
     /* Stop everything and free the VM (the disks are closed by their owner). */
     void (*destroy)(struct vm *vm);
 };

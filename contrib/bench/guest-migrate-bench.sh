@@ -346,6 +346,13 @@ def stop_all(procs, work=None):
                                             BLKMIG_CONTROL[p.pid][1], "query-status"],
                                            capture_output=True, text=True, timeout=10)
                         log("  its query-status: %s" % (q.stdout.strip() or q.stderr.strip()))
+                        # what its vCPU is doing, twice: is it moving at all?
+                        for _ in range(2):
+                            q = subprocess.run([BLKMIG_CONTROL[p.pid][0], "control",
+                                                BLKMIG_CONTROL[p.pid][1], "x-query-vcpus"],
+                                               capture_output=True, text=True, timeout=10)
+                            log("  its x-query-vcpus: %s" % (q.stdout.strip() or q.stderr.strip()))
+                            time.sleep(0.5)
                 except (OSError, subprocess.SubprocessError) as e:
                     log("  (%s)" % e)
             p.kill()

@@ -92,6 +92,30 @@ vm_status "$SRC_SOCK" || true
 timeout 30 "$BLKMIG" control "$SRC_SOCK" cont >/dev/null || soft_fail "cont failed"
 sleep 0.5
 assert_guest_healthy "after cont" "$SRC_SOCK" writes || true
+# x-query-vcpus (debugging, no pause): the running workload is 64-bit ring 3, its code readable
+# at RIP; stopped, two dumps agree; query-status counts the vCPU's exits (console and virtio).
+vcpus_check() { # LABEL WANT_STATE: prints "rip" of vCPU 0
+    local out
+    out=$(timeout 30 "$BLKMIG" control "$SRC_SOCK" x-query-vcpus 2>&1) || { soft_fail "$1: x-query-vcpus failed: $out"; return 1; }
+    "$PY3" - "$2" "$out" <<'PY' || { soft_fail "$1: x-query-vcpus: $out"; return 1; }
+import json, sys
+v = json.loads(sys.argv[2])["return"]["vcpus"][0]
+ok = (v["state"] == sys.argv[1] and v["cs"]["dpl"] == 3 and v["cs"]["l"] and
+      int(v["rip"], 16) >= 0x100000 and len(v.get("code", "")) == 32 and int(v["cr3"], 16) > 0)
+print(v["rip"] if ok else "bad")
+sys.exit(0 if ok else 1)
+PY
+}
+vcpus_check "running" running >/dev/null || true
+timeout 30 "$BLKMIG" control "$SRC_SOCK" stop >/dev/null || soft_fail "stop (vcpus) failed"
+rip1=$(vcpus_check "stopped" paused) || true
+rip2=$(vcpus_check "stopped, again" paused) || true
+[ -n "$rip1" ] && [ "$rip1" = "$rip2" ] || soft_fail "x-query-vcpus: a stopped vCPU moved ($rip1 -> $rip2)"
+timeout 30 "$BLKMIG" control "$SRC_SOCK" cont >/dev/null || soft_fail "cont (vcpus) failed"
+exits=$(timeout 30 "$BLKMIG" control "$SRC_SOCK" query-status | "$PY3" -c 'import json,sys; v=json.load(sys.stdin)["return"]["guest"]["vcpus"][0]; print(v["mmio_exits"], v["exits"])') || exits="0 0"
+read -r mmio_exits all_exits <<<"$exits"
+[ "${mmio_exits:-0}" -gt 0 ] && [ "${all_exits:-0}" -ge "${mmio_exits:-0}" ] ||
+    soft_fail "query-status: vCPU exit counts '$exits' (MMIO exits expected: console, virtio)"
 state_roundtrip "boot" "$SRC_SOCK" || true # vCPU, VM and device state, in one process
 # The guest's clock counts a stop that a state round trip falls in: the TSC goes into the state
 # as it was when the VM stopped, paired with the time then (docs/vmm.md "TSC"). Where the host's

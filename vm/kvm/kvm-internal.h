@@ -29,12 +29,30 @@ struct kvm_vblk {
     uint16_t last_avail, used_idx;
 };
 
+/* What x-query-vcpus shows of a vCPU (taken by its own thread, or by the asker while parked). */
+struct kvm_vcpu_dump {
+    int err; /* 0, or -errno of the first ioctl that failed */
+    struct kvm_regs regs;
+    struct kvm_sregs sregs;
+    struct kvm_vcpu_events ev;
+    bool code_ok;
+    uint64_t rip_gpa;
+    uint8_t code[16]; /* the bytes at RIP, when it translates to RAM */
+};
+
 struct kvm_vcpu {
     int fd;
     struct kvm_run *run;
     size_t run_size;
     pthread_t thread;
     bool started;
+    /* Exit counts by reason (written by the vCPU thread only, read relaxed by query). */
+    uint64_t exits, exits_mmio, exits_io, exits_intr, last_exit;
+    /* x-query-vcpus: dump_req asks the vCPU thread for a dump; it fills dump and sets
+     * dump_done (under mu, cv broadcast). */
+    atomic_bool dump_req;
+    bool dump_done;
+    struct kvm_vcpu_dump dump;
 };
 
 /* The TSC section of the state (docs/vmm.md "TSC"). */
@@ -138,6 +156,9 @@ int kvm_pause(struct vm *vm);
 /* Starts the vCPU threads the first time. */
 int kvm_resume(struct vm *vm);
 void kvm_throttle(struct vm *vm, unsigned pct);
+/* x-query-vcpus: each vCPU's registers, pending events and the code at RIP, taken without
+ * pausing the VM (a running vCPU is kicked out of KVM_RUN, dumps itself and goes on). */
+struct json_object *kvm_x_vcpus(struct vm *vm);
 
 /* boot.c */
 int kvm_load_guest(struct kvm_vmm *k, uint64_t *entry, char *err, size_t errlen);

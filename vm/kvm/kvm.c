@@ -174,6 +174,21 @@ static struct json_object *kvm_query(struct vm *vm)
     pthread_mutex_unlock(&k->mu);
     json_object_object_add(o, "running", json_object_new_boolean(!vm->paused));
     json_object_object_add(o, "throttle", json_object_new_int((int)atomic_load(&k->throttle)));
+    /* Exits to user space so far, by reason: whether a guest that went quiet still exits. */
+    struct json_object *a = json_object_new_array();
+    for (unsigned i = 0; i < k->nvcpus; i++) {
+        struct kvm_vcpu *c = &k->vcpus[i];
+        struct json_object *v = json_object_new_object();
+#define LD(x) json_object_new_int64((int64_t)__atomic_load_n(&c->x, __ATOMIC_RELAXED))
+        json_object_object_add(v, "exits", LD(exits));
+        json_object_object_add(v, "mmio_exits", LD(exits_mmio));
+        json_object_object_add(v, "io_exits", LD(exits_io));
+        json_object_object_add(v, "intr_exits", LD(exits_intr));
+        json_object_object_add(v, "last_exit_reason", LD(last_exit));
+#undef LD
+        json_object_array_add(a, v);
+    }
+    json_object_object_add(o, "vcpus", a);
     return o;
 }
 
@@ -262,6 +277,7 @@ static const struct vm_ops kvm_ops = {
     .describe = kvm_describe,
     .query = kvm_query,
     .check = kvm_check,
+    .x_vcpus = kvm_x_vcpus,
     .destroy = kvm_destroy,
 };
 

@@ -6,6 +6,7 @@
 #include <config.h>
 
 #include <errno.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -23,13 +24,54 @@ static void kick_handler(int sig)
     (void)sig;
 }
 
-static void park(struct kvm_vmm *k)
+/* x-query-vcpus: what the vCPU is doing (its registers, pending events, the code at RIP).
+ * Called by the vCPU's own thread outside KVM_RUN, or for a vCPU that has no thread yet. */
+static void take_dump(struct kvm_vmm *k, struct kvm_vcpu *c, struct kvm_vcpu_dump *d)
+{
+    memset(d, 0, sizeof *d);
+    if (ioctl(c->fd, KVM_GET_REGS, &d->regs) < 0 || ioctl(c->fd, KVM_GET_SREGS, &d->sregs) < 0 ||
+        ioctl(c->fd, KVM_GET_VCPU_EVENTS, &d->ev) < 0) {
+        d->err = -errno;
+        return;
+    }
+    struct kvm_translation t = {.linear_address = d->regs.rip};
+    if (ioctl(c->fd, KVM_TRANSLATE, &t) == 0 && t.valid) {
+        d->rip_gpa = t.physical_address;
+        const uint8_t *p = kvm_gpa(k, t.physical_address, sizeof d->code);
+        if (p) {
+            memcpy(d->code, p, sizeof d->code);
+            d->code_ok = true;
+        }
+    }
+}
+
+/* Answers a pending dump request (mu held). */
+static void serve_dump(struct kvm_vmm *k, struct kvm_vcpu *c)
+{
+    take_dump(k, c, &c->dump);
+    c->dump_done = true;
+    atomic_store(&c->dump_req, false);
+    pthread_cond_broadcast(&k->cv);
+}
+
+static void park(struct kvm_vmm *k, struct kvm_vcpu *c)
 {
     k->parked++;
     pthread_cond_broadcast(&k->cv);
-    while ((k->want_pause || k->halted) && !k->quit)
+    while ((k->want_pause || k->halted) && !k->quit) {
+        if (atomic_load(&c->dump_req))
+            serve_dump(k, c);
         pthread_cond_wait(&k->cv, &k->mu);
+    }
     k->parked--;
+}
+
+static void count_exit(struct kvm_vcpu *c, uint64_t *which)
+{
+    __atomic_store_n(&c->exits, c->exits + 1, __ATOMIC_RELAXED);
+    if (which)
+        __atomic_store_n(which, *which + 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&c->last_exit, c->run->exit_reason, __ATOMIC_RELAXED);
 }
 
 static void vcpu_fatal(struct kvm_vmm *k, const char *what)
@@ -60,7 +102,7 @@ static void *vcpu_main(void *arg)
     uint64_t slice_start = kvm_now_ns();
     bool io_pending = false;
     for (;;) {
-        if (io_pending && (k->want_pause || k->quit)) {
+        if (io_pending && (k->want_pause || k->quit || atomic_load(&c->dump_req))) {
             /* KVM finishes an I/O or MMIO instruction (e.g. stores a read's value) only on the
              * next KVM_RUN: enter once with immediate_exit so that the saved state is whole. */
             c->run->immediate_exit = 1;
@@ -69,8 +111,10 @@ static void *vcpu_main(void *arg)
             io_pending = false;
         }
         pthread_mutex_lock(&k->mu);
+        if (atomic_load(&c->dump_req))
+            serve_dump(k, c);
         if (k->want_pause || k->halted)
-            park(k);
+            park(k, c);
         bool quit = k->quit;
         pthread_mutex_unlock(&k->mu);
         if (quit)
@@ -86,7 +130,7 @@ static void *vcpu_main(void *arg)
         }
         c->run->immediate_exit = 0;
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        if (k->want_pause || k->quit)
+        if (k->want_pause || k->quit || atomic_load(&c->dump_req))
             continue;
         int r = ioctl(c->fd, KVM_RUN, 0);
         io_pending = false;
@@ -98,7 +142,12 @@ static void *vcpu_main(void *arg)
             vcpu_fatal(k, msg);
             continue;
         }
-        switch (c->run->exit_reason) {
+        uint32_t why = c->run->exit_reason;
+        count_exit(c, why == KVM_EXIT_MMIO ? &c->exits_mmio
+                      : why == KVM_EXIT_IO ? &c->exits_io
+                      : why == KVM_EXIT_INTR ? &c->exits_intr
+                                             : NULL);
+        switch (why) {
         case KVM_EXIT_IO:
             kvm_handle_io(k, c->run);
             io_pending = true;
@@ -160,16 +209,33 @@ static void *ticker_main(void *arg)
     return NULL;
 }
 
+static void kick(struct kvm_vcpu *c)
+{
+    if (!c->run)
+        return;
+    c->run->immediate_exit = 1;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (c->started)
+        pthread_kill(c->thread, SIG_KICK);
+}
+
 void kvm_kick_all(struct kvm_vmm *k)
 {
-    for (unsigned i = 0; i < k->nvcpus; i++) {
-        if (!k->vcpus[i].run)
-            continue;
-        k->vcpus[i].run->immediate_exit = 1;
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        if (k->vcpus[i].started)
-            pthread_kill(k->vcpus[i].thread, SIG_KICK);
+    for (unsigned i = 0; i < k->nvcpus; i++)
+        kick(&k->vcpus[i]);
+}
+
+/* Waits on k->cv (mu held) for at most 1 ms: the caller re-checks, and re-kicks. */
+static void wait_1ms(struct kvm_vmm *k)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
     }
+    pthread_cond_timedwait(&k->cv, &k->mu, &ts);
 }
 
 static unsigned running_vcpus(struct kvm_vmm *k)
@@ -189,14 +255,7 @@ int kvm_pause(struct vm *vm)
     kvm_kick_all(k);
     pthread_mutex_lock(&k->mu);
     while (k->parked < running_vcpus(k)) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
-        pthread_cond_timedwait(&k->cv, &k->mu, &ts);
+        wait_1ms(k);
         if (k->parked < running_vcpus(k)) {
             pthread_mutex_unlock(&k->mu);
             kvm_kick_all(k); /* a kick that landed before KVM_RUN is re-sent */
@@ -246,6 +305,125 @@ int kvm_resume(struct vm *vm)
         return r;
     vm->paused = false;
     return 0;
+}
+
+static char *hex64(char *buf, uint64_t v)
+{
+    snprintf(buf, 19, "0x%" PRIx64, v);
+    return buf;
+}
+
+static void add_hex(struct json_object *o, const char *name, uint64_t v)
+{
+    char b[19];
+    json_object_object_add(o, name, json_object_new_string(hex64(b, v)));
+}
+
+static struct json_object *seg_json(const struct kvm_segment *s)
+{
+    struct json_object *o = json_object_new_object();
+    add_hex(o, "selector", s->selector);
+    add_hex(o, "base", s->base);
+    json_object_object_add(o, "dpl", json_object_new_int(s->dpl));
+    json_object_object_add(o, "l", json_object_new_boolean(s->l));
+    json_object_object_add(o, "present", json_object_new_boolean(s->present));
+    return o;
+}
+
+static struct json_object *dump_json(const struct kvm_vcpu_dump *d)
+{
+    struct json_object *o = json_object_new_object();
+    if (d->err) {
+        json_object_object_add(o, "error", json_object_new_string(strerror(-d->err)));
+        return o;
+    }
+    const struct kvm_regs *r = &d->regs;
+    const struct kvm_sregs *s = &d->sregs;
+    struct json_object *g = json_object_new_object();
+    const uint64_t gpr[] = {r->rax, r->rbx, r->rcx, r->rdx, r->rsi, r->rdi, r->rbp, r->r8,
+                            r->r9,  r->r10, r->r11, r->r12, r->r13, r->r14, r->r15};
+    static const char *const gname[] = {"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8",
+                                        "r9",  "r10", "r11", "r12", "r13", "r14", "r15"};
+    for (unsigned i = 0; i < sizeof gpr / sizeof gpr[0]; i++)
+        add_hex(g, gname[i], gpr[i]);
+    add_hex(o, "rip", r->rip);
+    add_hex(o, "rsp", r->rsp);
+    add_hex(o, "rflags", r->rflags);
+    add_hex(o, "cr0", s->cr0);
+    add_hex(o, "cr2", s->cr2);
+    add_hex(o, "cr3", s->cr3);
+    add_hex(o, "cr4", s->cr4);
+    add_hex(o, "efer", s->efer);
+    json_object_object_add(o, "cs", seg_json(&s->cs));
+    json_object_object_add(o, "ss", seg_json(&s->ss));
+    add_hex(o, "idt_base", s->idt.base);
+    add_hex(o, "gdt_base", s->gdt.base);
+    json_object_object_add(o, "gpr", g);
+    struct json_object *e = json_object_new_object();
+    json_object_object_add(e, "exception_injected", json_object_new_int(d->ev.exception.injected));
+    json_object_object_add(e, "exception_nr", json_object_new_int(d->ev.exception.nr));
+    json_object_object_add(e, "exception_error_code",
+                           json_object_new_int64(d->ev.exception.has_error_code
+                                                     ? (int64_t)d->ev.exception.error_code
+                                                     : -1));
+    json_object_object_add(e, "interrupt_injected", json_object_new_int(d->ev.interrupt.injected));
+    json_object_object_add(e, "interrupt_nr", json_object_new_int(d->ev.interrupt.nr));
+    json_object_object_add(e, "interrupt_shadow", json_object_new_int(d->ev.interrupt.shadow));
+    json_object_object_add(e, "nmi_pending", json_object_new_int(d->ev.nmi.pending));
+    json_object_object_add(o, "events", e);
+    if (d->code_ok) {
+        char hex[2 * sizeof d->code + 1];
+        for (unsigned i = 0; i < sizeof d->code; i++)
+            snprintf(hex + 2 * i, 3, "%02x", d->code[i]);
+        add_hex(o, "rip_gpa", d->rip_gpa);
+        json_object_object_add(o, "code", json_object_new_string(hex));
+    }
+    return o;
+}
+
+struct json_object *kvm_x_vcpus(struct vm *vm)
+{
+    struct kvm_vmm *k = K(vm);
+    struct json_object *arr = json_object_new_array();
+    for (unsigned i = 0; i < k->nvcpus; i++) {
+        struct kvm_vcpu *c = &k->vcpus[i];
+        struct kvm_vcpu_dump d;
+        const char *how;
+        pthread_mutex_lock(&k->mu);
+        if (!c->started) {
+            take_dump(k, c, &d); /* no thread yet: nothing else runs this vCPU */
+            how = "not started";
+        } else {
+            c->dump_done = false;
+            atomic_store(&c->dump_req, true);
+            pthread_cond_broadcast(&k->cv);
+            uint64_t deadline = kvm_now_ns() + 2000000000ull;
+            while (!c->dump_done && kvm_now_ns() < deadline) {
+                pthread_mutex_unlock(&k->mu);
+                kick(c);
+                pthread_mutex_lock(&k->mu);
+                if (!c->dump_done)
+                    wait_1ms(k);
+            }
+            if (c->dump_done) {
+                d = c->dump;
+                how = k->halted ? "halted" : k->want_pause ? "paused" : "running";
+            } else {
+                atomic_store(&c->dump_req, false);
+                memset(&d, 0, sizeof d);
+                d.err = -ETIMEDOUT; /* stuck in KVM_RUN: the kick was not answered in 2 s */
+                how = "not answering";
+            }
+        }
+        pthread_mutex_unlock(&k->mu);
+        struct json_object *o = dump_json(&d);
+        json_object_object_add(o, "index", json_object_new_int((int)i));
+        json_object_object_add(o, "state", json_object_new_string(how));
+        json_object_array_add(arr, o);
+    }
+    struct json_object *top = json_object_new_object();
+    json_object_object_add(top, "vcpus", arr);
+    return top;
 }
 
 void kvm_throttle(struct vm *vm, unsigned pct)
