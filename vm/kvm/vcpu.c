@@ -91,6 +91,7 @@ static void *vcpu_main(void *arg)
 {
     struct kvm_vmm *k = arg;
     struct kvm_vcpu *c = &k->vcpus[0];
+    pthread_setname_np(pthread_self(), "vcpu0"); /* as ps -L, top -H and /proc show it */
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
@@ -193,6 +194,7 @@ static void *vcpu_main(void *arg)
 static void *ticker_main(void *arg)
 {
     struct kvm_vmm *k = arg;
+    pthread_setname_np(pthread_self(), "vcpu-ticker");
     for (;;) {
         pthread_mutex_lock(&k->mu);
         bool quit = k->quit;
