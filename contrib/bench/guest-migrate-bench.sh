@@ -28,6 +28,7 @@
 # both VMs' RAM, page by page, at the switchover, and check each VM's RAM dump and image by
 # content with blkmig guest-check) BLKMIG (binary; default a fresh
 # optimised build) MIG_ARGS (more `blkmig migrate` options, e.g. "--order disk-first")
+# QEMU_ARGS (more options for both QEMUs, e.g. "-name debug-threads=on" to name the vCPU thread)
 # LOG_DIR (keep each run's consoles, and blkmig's migrate --json output and logs, there, written
 # as the run goes) LOG_LEVEL
 # (blkmig run/incoming --log-level, e.g. info) PERF=1 (with LOG_DIR: perf record -a -g of the
@@ -401,7 +402,8 @@ def run_qemu(a):
                "-device", "virtio-blk-device,drive=vda",
                "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
                "-chardev", "socket,id=con,path=%s,server=on,wait=off" % con,
-               "-serial", "chardev:con", "-qmp", "unix:%s,server=on,wait=off" % qmp] + extra
+               "-serial", "chardev:con", "-qmp", "unix:%s,server=on,wait=off" % qmp] + \
+              os.environ.get("QEMU_ARGS", "").split() + extra
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
                                 stderr=open(os.path.join(a.work, os.path.basename(qmp) + ".err"), "w"))
     src = qemu(a.ns_a, src_img, sock("src.qmp"), sock("src.con"), [])
