@@ -190,6 +190,12 @@ static struct json_object *do_migrate(struct vmproc *p, struct json_object *args
         }
         mp.connections = (unsigned)x;
     }
+    char why[300];
+    if (vm_dead(p->vm, why, sizeof why)) {
+        *cls = "Failed";
+        snprintf(desc, dlen, "%s: there is nothing to migrate", why);
+        return NULL;
+    }
     pthread_mutex_lock(&p->mu);
     if (p->migrating || p->vm->paused) {
         pthread_mutex_unlock(&p->mu);

@@ -292,6 +292,8 @@ bool mig_converge(struct mig_source *m)
         int r = mig_poll_peer(m, why, sizeof why);
         if (r == 0)
             r = check_mirrors(m, why, sizeof why);
+        if (r == 0 && vm_dead(m->vm, why, sizeof why))
+            r = -ECANCELED; /* a dead guest is not moved: it stays here as it is */
         if (r < 0) {
             mig_rollback(m, MIG_FAILED, "%s", why);
             return false;

@@ -122,6 +122,13 @@ void mig_switchover(struct mig_source *m)
         return;
     }
     m->paused = true;
+    /* The guest may have died between the loop's last look and the pause (a vCPU leaving
+     * KVM_RUN for the kick can bring its triple fault with it): its state is not worth moving. */
+    char why[300];
+    if (vm_dead(m->vm, why, sizeof why)) {
+        mig_rollback(m, MIG_FAILED, "%s", why);
+        return;
+    }
 
     /* Final disk copies and FLUSH, all disks at once, started first: the mirrors run on their
      * own threads and connections, so their drain overlaps the last RAM pages below instead

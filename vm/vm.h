@@ -61,6 +61,9 @@ struct vm_ops {
     /* Check every page and block against what the guest wrote (paused VM). Returns the number
      * of mismatches found (>= 0) or -errno. */
     int64_t (*check)(struct vm *vm);
+    /* Optional: whether the guest has stopped for good (it crashed, or exited by itself), with
+     * why in why[len]; a pause is not that. Such a guest is not migrated. NULL: never. */
+    bool (*dead)(struct vm *vm, char *why, size_t len);
     /* Optional, for debugging (x-query-vcpus): each vCPU's registers and pending events, taken
      * without pausing the VM (it may be running, or migrating): a new JSON object. */
     struct json_object *(*x_vcpus)(struct vm *vm);
@@ -99,6 +102,12 @@ uint8_t *vm_gpa_to_host(struct vm *vm, uint64_t gpa);
 
 /* The "disks" of a description: [{"name": .., "size": ..}, ...] (a new array). */
 struct json_object *vm_describe_disks(const struct vm *vm);
+
+/* The guest has stopped for good (vm_ops.dead); why says how. */
+static inline bool vm_dead(struct vm *vm, char *why, size_t len)
+{
+    return vm->ops->dead && vm->ops->dead(vm, why, len);
+}
 
 int vm_pause(struct vm *vm);
 int vm_resume(struct vm *vm);

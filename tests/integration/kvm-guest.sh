@@ -229,6 +229,28 @@ assert_guest_healthy "fault (source)" "$SRC_SOCK" writes || true
 mig_quit_vm "fault: source" "$SRC_SOCK" "$SRC_PID"
 mig_check_logs
 
+# ---- a guest that stops for good is not migrated ----
+# It exits by itself (blkmig.run) while a slow migration runs: the migration fails (the state of
+# a stopped guest is not worth moving: after a triple fault KVM has reset its vCPU), the
+# destination gives up without running it, and a new migrate is refused. libvirt refuses to
+# migrate a crashed or shut-off domain too.
+mig_case guest-exits
+log "guest-exits: the guest exits during a migration -> it fails, the destination never runs it"
+mig_start_source "$MODERATE" --append blkmig.run=4
+mig_start_dest
+mig_migrate_bg --with-disk --max-bandwidth 4M
+mig_migrate_wait 180
+[ "$MIG_RC" -ne 0 ] || soft_fail "guest-exits: migrate exited 0 though the guest exited during it"
+grep -q 'the guest exited (status' "$MIG_ERR" "$MIG_JSON" "$SRC_LOG" ||
+    soft_fail "guest-exits: nothing says the guest exited: $(mig_tail "$MIG_ERR") $(mig_tail "$SRC_LOG")"
+assert_dest_failed "guest-exits"
+if out=$(timeout 30 "$BLKMIG" control "$SRC_SOCK" migrate "{\"uri\": \"$DST_URI\"}" 2>&1); then
+    soft_fail "guest-exits: a migrate of the exited guest was accepted: $out"
+fi
+case $out in *"nothing to migrate"*) ;; *) soft_fail "guest-exits: a new migrate was refused, but not as expected: $out" ;; esac
+mig_quit_vm "guest-exits: source" "$SRC_SOCK" "$SRC_PID"
+mig_check_logs
+
 # ---- the migration faults, with the KVM guest ----
 # migrate-faults.sh's cases (the destination killed in the bulk copy and in the dirty rounds,
 # dying on COMPLETE, refusing a bad digest, hanging after COMPLETE; the source killed), each

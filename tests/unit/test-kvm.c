@@ -373,6 +373,22 @@ static void test_console(void **state)
     mmio_w(f, KVM_CONSOLE_GPA + 0x10, RAM + 4096, 8);
 }
 
+/* A guest that halted for good (its own exit, a vCPU error) is dead, and says how; a running
+ * one is not (a migration refuses, or fails on, a dead guest). */
+static void test_dead(void **state)
+{
+    struct fx *f = *state;
+    char why[300] = "";
+    assert_false(kvm_dead(&f->k.vm, why, sizeof why));
+    mmio_w(f, KVM_CONSOLE_GPA + 0x04, 3, 4); /* the guest exits, status 3 */
+    assert_true(kvm_dead(&f->k.vm, why, sizeof why));
+    assert_string_equal(why, "the guest exited (status 3)");
+    f->k.exit_status = -1; /* a vCPU error instead (vcpu.c vcpu_fatal) */
+    snprintf(f->k.first_error, sizeof f->k.first_error, "vCPU: triple fault (shutdown)");
+    assert_true(kvm_dead(&f->k.vm, why, sizeof why));
+    assert_string_equal(why, "the guest stopped (vCPU: triple fault (shutdown))");
+}
+
 /* --console unix:PATH: each line is one send on the socket; a reader gone away ends the
  * console (a warning, no SIGPIPE), and the VM goes on counting status lines. */
 static void test_console_socket(void **state)
@@ -588,6 +604,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_virtio_irq, setup, teardown),
         cmocka_unit_test_setup_teardown(test_console_socket, setup, teardown),
         cmocka_unit_test_setup_teardown(test_console, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dead, setup, teardown),
         cmocka_unit_test_setup_teardown(test_load_guest, setup, teardown),
         cmocka_unit_test_setup_teardown(test_load_bad_files, setup, teardown),
         cmocka_unit_test_setup_teardown(test_load_state_malformed, setup, teardown),

@@ -132,6 +132,8 @@ struct kvm_vmm {
 #define K(v) ((struct kvm_vmm *)(void *)(v))
 
 uint64_t kvm_now_ns(void);
+/* vm_ops.dead: halted for good (a vCPU error, or the guest's own exit), why in why[len]. */
+bool kvm_dead(struct vm *vm, char *why, size_t len);
 void kvm_event(struct kvm_vmm *k, const char *event, struct json_object *data);
 
 /* memory.c */

@@ -192,6 +192,22 @@ static struct json_object *kvm_query(struct vm *vm)
     return o;
 }
 
+/* Halted is for good: a vCPU error (triple fault, failed entry, ...) or the guest's own exit
+ * (isa-debug-exit, the console's exit register). */
+bool kvm_dead(struct vm *vm, char *why, size_t len)
+{
+    struct kvm_vmm *k = K(vm);
+    pthread_mutex_lock(&k->mu);
+    bool dead = k->halted;
+    if (dead && k->exit_status >= 0)
+        snprintf(why, len, "the guest exited (status %d)", k->exit_status);
+    else if (dead)
+        snprintf(why, len, "the guest stopped (%s)",
+                 k->first_error[0] ? k->first_error : "vCPU halted");
+    pthread_mutex_unlock(&k->mu);
+    return dead;
+}
+
 /* The errors the guest reported on its console (it checks its data continuously) plus a sweep
  * of every page and block by the host, from the layout record the test guest keeps in RAM
  * (vm/guestcheck.c). A guest without one (another ELF, or not laid out yet) gets only the
@@ -277,6 +293,7 @@ static const struct vm_ops kvm_ops = {
     .describe = kvm_describe,
     .query = kvm_query,
     .check = kvm_check,
+    .dead = kvm_dead,
     .x_vcpus = kvm_x_vcpus,
     .destroy = kvm_destroy,
 };
