@@ -61,11 +61,13 @@ struct vm_ops {
     /* Check every page and block against what the guest wrote (paused VM). Returns the number
      * of mismatches found (>= 0) or -errno. */
     int64_t (*check)(struct vm *vm);
-    /* Optional: whether the guest has stopped for good (it crashed, or exited by itself), with
-     * why in why[len]; a pause is not that. Such a guest is not migrated. NULL: never. */
+    /* Optional; unlike the rest, callable from any thread at any time: whether the guest has
+     * stopped for good (it crashed, or exited by itself), with why in why[len]; a pause is not
+     * that. Such a guest is not migrated. NULL: never. */
     bool (*dead)(struct vm *vm, char *why, size_t len);
-    /* Optional, for debugging (x-query-vcpus): each vCPU's registers and pending events, taken
-     * without pausing the VM (it may be running, or migrating): a new JSON object. */
+    /* Optional, for debugging (x-query-vcpus), callable from any thread at any time: each
+     * vCPU's registers and pending events, taken without pausing the VM (it may be running, or
+     * migrating): a new JSON object. */
     struct json_object *(*x_vcpus)(struct vm *vm);
     /* Stop everything and free the VM (the disks are closed by their owner). */
     void (*destroy)(struct vm *vm);

@@ -383,8 +383,9 @@ static void test_dead(void **state)
     mmio_w(f, KVM_CONSOLE_GPA + 0x04, 3, 4); /* the guest exits, status 3 */
     assert_true(kvm_dead(&f->k.vm, why, sizeof why));
     assert_string_equal(why, "the guest exited (status 3)");
-    f->k.exit_status = -1; /* a vCPU error instead (vcpu.c vcpu_fatal) */
-    snprintf(f->k.first_error, sizeof f->k.first_error, "vCPU: triple fault (shutdown)");
+    f->k.exit_status = -1; /* a vCPU error instead (vcpu.c vcpu_fatal), after a guest's report */
+    snprintf(f->k.first_error, sizeof f->k.first_error, "BMG error RAM page 3: bad magic");
+    snprintf(f->k.halt_reason, sizeof f->k.halt_reason, "triple fault (shutdown)");
     assert_true(kvm_dead(&f->k.vm, why, sizeof why));
     assert_string_equal(why, "the guest stopped (vCPU: triple fault (shutdown))");
 }

@@ -125,7 +125,8 @@ struct kvm_vmm {
     bool loaded;          /* state came from load_state (a migration) */
     bool resumed_pending; /* the next status line's gap spans a resume */
     uint64_t last_resume_gap_us;
-    int exit_status; /* -1 = still running */
+    int exit_status;      /* -1 = still running */
+    char halt_reason[96]; /* why a vCPU stopped the guest (vcpu.c vcpu_fatal), "" if none */
     char first_error[256];
 };
 

@@ -202,8 +202,8 @@ bool kvm_dead(struct vm *vm, char *why, size_t len)
     if (dead && k->exit_status >= 0)
         snprintf(why, len, "the guest exited (status %d)", k->exit_status);
     else if (dead)
-        snprintf(why, len, "the guest stopped (%s)",
-                 k->first_error[0] ? k->first_error : "vCPU halted");
+        snprintf(why, len, "the guest stopped (vCPU: %s)",
+                 k->halt_reason[0] ? k->halt_reason : "halted");
     pthread_mutex_unlock(&k->mu);
     return dead;
 }

@@ -79,6 +79,7 @@ static void vcpu_fatal(struct kvm_vmm *k, const char *what)
     bm_error("kvm: the guest stopped: %s", what);
     pthread_mutex_lock(&k->mu);
     k->halted = true;
+    snprintf(k->halt_reason, sizeof k->halt_reason, "%s", what);
     if (!k->first_error[0])
         snprintf(k->first_error, sizeof k->first_error, "vCPU: %s", what);
     pthread_mutex_unlock(&k->mu);
