@@ -204,9 +204,8 @@ void mig_rollback(struct mig_source *m, enum mig_status s, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(m->w.error, sizeof m->w.error, fmt, ap);
     va_end(ap);
-    char dead[8];
     bm_error("migration: %s; the VM %s", m->w.error,
-             vm_dead(m->vm, dead, sizeof dead) ? "stays here, stopped" : "keeps running here");
+             vm_dead(m->vm, NULL, 0) ? "stays here, stopped" : "keeps running here");
     free_mirrors(m);
     m->vm->ops->throttle(m->vm, 0);
     m->w.throttle = 0;

@@ -62,8 +62,8 @@ struct vm_ops {
      * of mismatches found (>= 0) or -errno. */
     int64_t (*check)(struct vm *vm);
     /* Optional; unlike the rest, callable from any thread at any time: whether the guest has
-     * stopped for good (it crashed, or exited by itself), with why in why[len]; a pause is not
-     * that. Such a guest is not migrated. NULL: never. */
+     * stopped for good (it crashed, or exited by itself), with why in why[len] (why may be
+     * NULL); a pause is not that. Such a guest is not migrated. NULL: never. */
     bool (*dead)(struct vm *vm, char *why, size_t len);
     /* Optional, for debugging (x-query-vcpus), callable from any thread at any time: each
      * vCPU's registers and pending events, taken without pausing the VM (it may be running, or
@@ -105,7 +105,7 @@ uint8_t *vm_gpa_to_host(struct vm *vm, uint64_t gpa);
 /* The "disks" of a description: [{"name": .., "size": ..}, ...] (a new array). */
 struct json_object *vm_describe_disks(const struct vm *vm);
 
-/* The guest has stopped for good (vm_ops.dead); why says how. */
+/* The guest has stopped for good (vm_ops.dead); why (NULL: not wanted) says how. */
 static inline bool vm_dead(struct vm *vm, char *why, size_t len)
 {
     return vm->ops->dead && vm->ops->dead(vm, why, len);

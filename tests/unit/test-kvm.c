@@ -388,6 +388,7 @@ static void test_dead(void **state)
     snprintf(f->k.halt_reason, sizeof f->k.halt_reason, "triple fault (shutdown)");
     assert_true(kvm_dead(&f->k.vm, why, sizeof why));
     assert_string_equal(why, "the guest stopped (vCPU: triple fault (shutdown))");
+    assert_true(kvm_dead(&f->k.vm, NULL, 0)); /* whether only */
 }
 
 /* --console unix:PATH: each line is one send on the socket; a reader gone away ends the

@@ -199,11 +199,13 @@ bool kvm_dead(struct vm *vm, char *why, size_t len)
     struct kvm_vmm *k = K(vm);
     pthread_mutex_lock(&k->mu);
     bool dead = k->halted;
-    if (dead && k->exit_status >= 0)
-        snprintf(why, len, "the guest exited (status %d)", k->exit_status);
-    else if (dead)
-        snprintf(why, len, "the guest stopped (vCPU: %s)",
-                 k->halt_reason[0] ? k->halt_reason : "halted");
+    if (dead && why && len) {
+        if (k->exit_status >= 0)
+            snprintf(why, len, "the guest exited (status %d)", k->exit_status);
+        else
+            snprintf(why, len, "the guest stopped (vCPU: %s)",
+                     k->halt_reason[0] ? k->halt_reason : "halted");
+    }
     pthread_mutex_unlock(&k->mu);
     return dead;
 }

@@ -310,16 +310,11 @@ int kvm_resume(struct vm *vm)
     return 0;
 }
 
-static char *hex64(char *buf, uint64_t v)
-{
-    snprintf(buf, 19, "0x%" PRIx64, v);
-    return buf;
-}
-
 static void add_hex(struct json_object *o, const char *name, uint64_t v)
 {
     char b[19];
-    json_object_object_add(o, name, json_object_new_string(hex64(b, v)));
+    snprintf(b, sizeof b, "0x%" PRIx64, v);
+    json_object_object_add(o, name, json_object_new_string(b));
 }
 
 static struct json_object *seg_json(const struct kvm_segment *s)
@@ -401,7 +396,7 @@ struct json_object *kvm_x_vcpus(struct vm *vm)
             atomic_store(&c->dump_req, true);
             pthread_cond_broadcast(&k->cv);
             uint64_t deadline = kvm_now_ns() + 2000000000ull;
-            while (!c->dump_done && kvm_now_ns() < deadline) {
+            while (!c->dump_done && !k->quit && kvm_now_ns() < deadline) {
                 pthread_mutex_unlock(&k->mu);
                 kick(c);
                 pthread_mutex_lock(&k->mu);
@@ -412,10 +407,11 @@ struct json_object *kvm_x_vcpus(struct vm *vm)
                 d = c->dump;
                 how = k->halted ? "halted" : k->want_pause ? "paused" : "running";
             } else {
+                /* Stuck in KVM_RUN (the kick not answered in 2 s), or its thread is ending. */
                 atomic_store(&c->dump_req, false);
                 memset(&d, 0, sizeof d);
-                d.err = -ETIMEDOUT; /* stuck in KVM_RUN: the kick was not answered in 2 s */
-                how = "not answering";
+                d.err = k->quit ? -ESHUTDOWN : -ETIMEDOUT;
+                how = k->quit ? "stopping" : "not answering";
             }
         }
         pthread_mutex_unlock(&k->mu);
