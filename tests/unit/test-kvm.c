@@ -51,7 +51,9 @@ static int setup(void **state)
     assert_non_null(k->ram);
     assert_non_null(k->vmm_dirty);
     pthread_mutex_init(&k->mu, NULL);
+    pthread_mutex_init(&k->dev_mu, NULL);
     pthread_cond_init(&k->cv, NULL);
+    k->io_wake_fd = -1;
     k->console = fopen(f->console_path, "w+");
     assert_non_null(k->console);
     k->console_fd = -1;
@@ -157,8 +159,10 @@ static uint32_t handshake(struct fx *f, uint32_t feat_hi)
 
 static uint16_t avail_idx;
 
-/* One request: type, sector, data at DATA (len bytes, 0 = none); returns the status byte. */
-static uint8_t request(struct fx *f, uint32_t type, uint64_t sector, uint64_t data, uint32_t len)
+/* Makes one request available (type, sector, data at data: len bytes, 0 = none) without
+ * notifying the device. */
+static void queue_request(struct fx *f, uint32_t type, uint64_t sector, uint64_t data,
+                          uint32_t len)
 {
     uint8_t *ram = f->k.ram;
     struct vdesc *d = (struct vdesc *)(void *)(ram + DESC);
@@ -179,6 +183,18 @@ static uint8_t request(struct fx *f, uint32_t type, uint64_t sector, uint64_t da
     avail_idx++;
     avail[1] = avail_idx;
     bm_bitmap_clear_range(f->k.vmm_dirty, 0, RAM);
+}
+
+static uint16_t used_idx_now(struct fx *f)
+{
+    return __atomic_load_n((uint16_t *)(void *)(f->k.ram + USED + 2), __ATOMIC_ACQUIRE);
+}
+
+/* One request, notified by an MMIO write: returns the status byte. */
+static uint8_t request(struct fx *f, uint32_t type, uint64_t sector, uint64_t data, uint32_t len)
+{
+    uint8_t *ram = f->k.ram;
+    queue_request(f, type, sector, data, len);
     mmio_w(f, VB + 0x050, 0, 4);
     uint16_t used_idx;
     memcpy(&used_idx, ram + USED + 2, 2);
@@ -310,6 +326,100 @@ static void test_virtio_irq(void **state)
     f->k.blk[0].isr = 0;
     kvm_devices_loaded(&f->k);
     assert_int_equal(irq_calls, 5); /* reset to low, nothing to raise */
+}
+
+/* The I/O thread, with a fake KVM_IOEVENTFD: what KVM would signal is written to the eventfd. */
+static unsigned assigns, deassigns;
+static int assign_result;
+
+static int fake_assign(struct kvm_vmm *k, unsigned idx, int fd, bool assign)
+{
+    (void)k;
+    assert_int_equal(idx, 0);
+    assert_true(fd >= 0);
+    if (assign_result < 0)
+        return assign_result;
+    if (assign)
+        assigns++;
+    else
+        deassigns++;
+    return 0;
+}
+
+/* Waits up to 5 s for the used index to reach want. */
+static bool wait_used(struct fx *f, uint16_t want)
+{
+    for (unsigned i = 0; i < 5000 && used_idx_now(f) != want; i++)
+        usleep(1000);
+    return used_idx_now(f) == want;
+}
+
+static void notify_by_eventfd(struct fx *f)
+{
+    uint64_t one = 1;
+    assert_int_equal(write(f->k.notify_fd[0], &one, sizeof one), sizeof one);
+}
+
+static void test_iothread(void **state)
+{
+    struct fx *f = *state;
+    avail_idx = 0;
+    assigns = deassigns = 0;
+
+    /* KVM refuses the ioeventfd: no thread, nothing left open, notifies stay MMIO exits. */
+    f->k.assign_notify = fake_assign;
+    assign_result = -ENOSYS;
+    assert_int_equal(kvm_io_start(&f->k), -ENOSYS);
+    assert_false(f->k.io_started);
+    assert_int_equal(f->k.notify_fd[0], -1);
+    assert_int_equal(f->k.io_wake_fd, -1);
+    kvm_io_stop(&f->k); /* nothing to stop */
+
+    assign_result = 0;
+    assert_int_equal(kvm_io_start(&f->k), 0);
+    assert_true(f->k.io_started);
+    assert_int_equal(assigns, 1);
+    assert_int_equal(handshake(f, 1), 15);
+
+    /* A write notified through the eventfd is served by the thread, data and dirty marks as
+     * in the vCPU thread. */
+    uint8_t *ram = f->k.ram;
+    memset(ram + DATA, 0x5a, 4096);
+    queue_request(f, 1, 16, DATA, 4096);
+    notify_by_eventfd(f);
+    assert_true(wait_used(f, avail_idx));
+    pthread_mutex_lock(&f->k.dev_mu); /* the thread is done with the request */
+    pthread_mutex_unlock(&f->k.dev_mu);
+    assert_int_equal(ram[STATUS], 0);
+    assert_true(bm_bitmap_test(f->k.vmm_dirty, USED / VM_PAGE_SIZE));
+    assert_int_equal(__atomic_load_n(&f->k.io_notifies, __ATOMIC_RELAXED), 1);
+    uint8_t back[4096];
+    assert_int_equal(bm_disk_pread(f->k.blk[0].disk, back, sizeof back, 16 * 512), 0);
+    assert_memory_equal(back, ram + DATA, sizeof back);
+
+    /* Queued but not yet served when the VM pauses: the pause serves it (the state saved
+     * after it must not miss a request the guest already made). */
+    queue_request(f, 0, 16, DATA + 0x10000, 4096);
+    kvm_io_pause(&f->k);
+    assert_int_equal(used_idx_now(f), avail_idx);
+    assert_memory_equal(ram + DATA + 0x10000, ram + DATA, 4096);
+    assert_true(bm_bitmap_test(f->k.vmm_dirty, (DATA + 0x10000) / VM_PAGE_SIZE));
+    /* Paused, the thread leaves the devices alone, even for a request it is woken for. */
+    queue_request(f, 4, 0, 0, 0);
+    notify_by_eventfd(f);
+    usleep(50000);
+    assert_int_equal(used_idx_now(f), (uint16_t)(avail_idx - 1));
+    assert_int_equal(__atomic_load_n(&f->k.io_notifies, __ATOMIC_RELAXED), 1);
+    /* Resumed, the next notification serves it. */
+    kvm_io_resume(&f->k);
+    notify_by_eventfd(f);
+    assert_true(wait_used(f, avail_idx));
+
+    kvm_io_stop(&f->k);
+    assert_false(f->k.io_started);
+    assert_int_equal(deassigns, 1);
+    assert_int_equal(f->k.notify_fd[0], -1);
+    atomic_store(&f->k.quit, false);
 }
 
 static char *slurp(FILE *fp)
@@ -604,6 +714,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_virtio_blk, setup, teardown),
         cmocka_unit_test_setup_teardown(test_virtio_refuses_legacy_driver, setup, teardown),
         cmocka_unit_test_setup_teardown(test_virtio_irq, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_iothread, setup, teardown),
         cmocka_unit_test_setup_teardown(test_console_socket, setup, teardown),
         cmocka_unit_test_setup_teardown(test_console, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dead, setup, teardown),

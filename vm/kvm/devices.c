@@ -3,7 +3,9 @@
  *  - the MMIO console page at KVM_CONSOLE_GPA (docs/guest.md: +0x10 prints the NUL-terminated
  *    line at the written guest-physical address, +0x04 ends the run with a status);
  *  - virtio-mmio (version 2) block devices at KVM_VIRTIO_GPA + k * 0x1000, requests served
- *    synchronously at QueueNotify through bm_disk (so the dirty-block bitmap sees each write);
+ *    at QueueNotify through bm_disk (so the dirty-block bitmap sees each write): by the I/O
+ *    thread, which KVM wakes through an ioeventfd without the vCPU leaving KVM_RUN, or in the
+ *    vCPU thread where there is no ioeventfd (devices under dev_mu either way);
  *    what the device writes into guest RAM (read data, status, used ring) is marked dirty;
  *    its interrupt line (GSI KVM_VIRTIO_IRQ + k) is high while InterruptStatus is non-zero,
  *    which a completion sets unless the driver asked for none (VRING_AVAIL_F_NO_INTERRUPT).
@@ -12,7 +14,10 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -430,6 +435,7 @@ void kvm_handle_mmio(struct kvm_vmm *k, struct kvm_run *run)
         unsigned idx = (unsigned)((a - KVM_VIRTIO_GPA) / 0x1000);
         uint64_t off = (a - KVM_VIRTIO_GPA) % 0x1000;
         struct kvm_vblk *b = &k->blk[idx];
+        pthread_mutex_lock(&k->dev_mu);
         if (run->mmio.is_write) {
             if (len == 4)
                 blk_write(k, b, off, (uint32_t)v);
@@ -440,9 +446,124 @@ void kvm_handle_mmio(struct kvm_vmm *k, struct kvm_run *run)
             memset(run->mmio.data, 0, sizeof run->mmio.data);
             memcpy(run->mmio.data, &r, len < 4 ? len : 4);
         }
+        pthread_mutex_unlock(&k->dev_mu);
         return;
     }
     /* Unassigned: reads as all ones, writes ignored. */
     if (!run->mmio.is_write)
         memset(run->mmio.data, 0xff, sizeof run->mmio.data);
+}
+
+/* ---- the I/O thread ---- */
+
+static void *io_main(void *arg)
+{
+    struct kvm_vmm *k = arg;
+    pthread_setname_np(pthread_self(), "iothread");
+    sigset_t set;
+    sigfillset(&set);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    unsigned n = k->vm.ndisks;
+    struct pollfd p[VM_MAX_DISKS + 1];
+    for (unsigned i = 0; i < n; i++)
+        p[i] = (struct pollfd){.fd = k->notify_fd[i], .events = POLLIN};
+    p[n] = (struct pollfd){.fd = k->io_wake_fd, .events = POLLIN};
+    while (!atomic_load(&k->quit)) {
+        if (poll(p, n + 1, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            bm_error("kvm: the I/O thread's poll failed (%s): disk requests stop", strerror(errno));
+            break;
+        }
+        for (unsigned i = 0; i < n; i++) {
+            uint64_t v;
+            if (!(p[i].revents & POLLIN) || read(p[i].fd, &v, sizeof v) != sizeof v)
+                continue;
+            pthread_mutex_lock(&k->dev_mu);
+            if (!k->io_paused) { /* paused: kvm_io_pause served it already */
+                blk_notify(k, &k->blk[i]);
+                __atomic_store_n(&k->io_notifies, k->io_notifies + 1, __ATOMIC_RELAXED);
+            }
+            pthread_mutex_unlock(&k->dev_mu);
+        }
+    }
+    return NULL;
+}
+
+int kvm_io_start(struct kvm_vmm *k)
+{
+    unsigned n = k->vm.ndisks, assigned = 0;
+    int r = 0;
+    for (unsigned i = 0; i < VM_MAX_DISKS; i++)
+        k->notify_fd[i] = -1;
+    if (!k->assign_notify || n == 0)
+        return -ENOTSUP;
+    k->io_wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (k->io_wake_fd < 0)
+        return -errno;
+    for (; assigned < n; assigned++) {
+        int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (fd < 0) {
+            r = -errno;
+            break;
+        }
+        k->notify_fd[assigned] = fd;
+        if ((r = k->assign_notify(k, assigned, fd, true)) < 0)
+            break;
+    }
+    if (r == 0) {
+        r = -pthread_create(&k->io_thread, NULL, io_main, k);
+        k->io_started = r == 0;
+    }
+    if (r < 0) {
+        for (unsigned i = 0; i < assigned; i++)
+            k->assign_notify(k, i, k->notify_fd[i], false);
+        for (unsigned i = 0; i <= assigned && i < n; i++)
+            if (k->notify_fd[i] >= 0)
+                close(k->notify_fd[i]);
+        for (unsigned i = 0; i < VM_MAX_DISKS; i++)
+            k->notify_fd[i] = -1;
+        close(k->io_wake_fd);
+        k->io_wake_fd = -1;
+    }
+    return r;
+}
+
+void kvm_io_stop(struct kvm_vmm *k)
+{
+    if (!k->io_started)
+        return;
+    atomic_store(&k->quit, true);
+    uint64_t one = 1;
+    if (write(k->io_wake_fd, &one, sizeof one) != sizeof one)
+        bm_warn("kvm: waking the I/O thread: %s", strerror(errno));
+    pthread_join(k->io_thread, NULL);
+    k->io_started = false;
+    for (unsigned i = 0; i < k->vm.ndisks; i++) {
+        if (k->notify_fd[i] < 0)
+            continue;
+        k->assign_notify(k, i, k->notify_fd[i], false);
+        close(k->notify_fd[i]);
+        k->notify_fd[i] = -1;
+    }
+    close(k->io_wake_fd);
+    k->io_wake_fd = -1;
+}
+
+void kvm_io_pause(struct kvm_vmm *k)
+{
+    pthread_mutex_lock(&k->dev_mu);
+    k->io_paused = true;
+    /* A notify the thread has not read yet: its requests are served now, before the state is
+     * saved and the dirty logs are read (a later wake of the thread finds nothing to do). */
+    for (unsigned i = 0; i < k->vm.ndisks; i++)
+        blk_notify(k, &k->blk[i]);
+    pthread_mutex_unlock(&k->dev_mu);
+}
+
+void kvm_io_resume(struct kvm_vmm *k)
+{
+    pthread_mutex_lock(&k->dev_mu);
+    k->io_paused = false;
+    pthread_mutex_unlock(&k->dev_mu);
 }

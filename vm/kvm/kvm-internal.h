@@ -104,8 +104,23 @@ struct kvm_vmm {
     pthread_t ticker;
     bool ticker_started;
 
-    /* Devices (touched by the vCPU thread, or by the controlling thread while paused). */
+    /* Devices: blk[] and irq_level[] are touched under dev_mu by the vCPU thread (register
+     * accesses, and QueueNotify when it is not an ioeventfd) and by the I/O thread (requests),
+     * or without it by the controlling thread while the VM is paused (save, load). */
+    pthread_mutex_t dev_mu;
     struct kvm_vblk blk[VM_MAX_DISKS];
+    /* The I/O thread (devices.c): KVM signals notify_fd[i] when the guest writes 0 to disk i's
+     * QueueNotify (an ioeventfd: no exit to user space), and the thread serves the queue, so
+     * that the vCPU never stops for disk I/O (QEMU's ioeventfd + I/O thread). io_paused (under
+     * dev_mu) keeps it off the devices while the VM is paused. */
+    int notify_fd[VM_MAX_DISKS];
+    int io_wake_fd; /* eventfd that wakes the thread to quit; -1: no I/O thread */
+    pthread_t io_thread;
+    bool io_started, io_paused;
+    uint64_t io_notifies; /* notifications the I/O thread served (relaxed) */
+    /* Registers (assign) or removes an ioeventfd for disk idx's QueueNotify (kvm.c:
+     * KVM_IOEVENTFD; the unit tests fake it). NULL: no I/O thread, notifies exit to user space. */
+    int (*assign_notify)(struct kvm_vmm *k, unsigned idx, int fd, bool assign);
     /* Each disk's interrupt line as last set (it follows isr != 0; not saved: a loaded VM
      * starts with its lines low and kvm_devices_loaded raises those whose isr is set). */
     bool irq_level[VM_MAX_DISKS];
@@ -175,6 +190,15 @@ void kvm_handle_mmio(struct kvm_vmm *k, struct kvm_run *run);
 void kvm_console_line(struct kvm_vmm *k, const char *line);
 /* After load_state: set each disk's interrupt line from its loaded isr. */
 void kvm_devices_loaded(struct kvm_vmm *k);
+/* Starts the I/O thread with one ioeventfd per disk (k->assign_notify). 0, or -errno (then
+ * nothing is left registered and notifies are served in the vCPU thread). */
+int kvm_io_start(struct kvm_vmm *k);
+/* Ends the I/O thread and removes its ioeventfds (safe when it never started). */
+void kvm_io_stop(struct kvm_vmm *k);
+/* Pause (the vCPUs parked): serve what the guest queued and the thread did not get to yet, and
+ * keep the thread off the devices until kvm_io_resume. */
+void kvm_io_pause(struct kvm_vmm *k);
+void kvm_io_resume(struct kvm_vmm *k);
 
 /* state.c */
 /* The TSC offset that makes a vCPU's TSC go on across hosts: the guest TSC at kvmclock 0

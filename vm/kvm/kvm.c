@@ -136,6 +136,20 @@ static void kvm_irq_line(struct kvm_vmm *k, unsigned gsi, bool level)
         bm_warn("kvm: KVM_IRQ_LINE %u=%d: %s", gsi, level, strerror(errno));
 }
 
+/* An ioeventfd on disk idx's QueueNotify register, matching the value 0 (queue 0) in a 4-byte
+ * write, as QEMU's virtio-mmio: KVM signals fd instead of exiting to user space. */
+static int kvm_assign_notify(struct kvm_vmm *k, unsigned idx, int fd, bool assign)
+{
+    struct kvm_ioeventfd e = {
+        .datamatch = 0,
+        .addr = KVM_VIRTIO_GPA + 0x1000ull * idx + 0x050,
+        .len = 4,
+        .fd = fd,
+        .flags = KVM_IOEVENTFD_FLAG_DATAMATCH | (assign ? 0 : KVM_IOEVENTFD_FLAG_DEASSIGN),
+    };
+    return ioctl(k->vm_fd, KVM_IOEVENTFD, &e) < 0 ? -errno : 0;
+}
+
 /* ---- describe, query, check ---- */
 
 static struct json_object *kvm_describe(struct vm *vm)
@@ -189,6 +203,12 @@ static struct json_object *kvm_query(struct vm *vm)
         json_object_array_add(a, v);
     }
     json_object_object_add(o, "vcpus", a);
+    struct json_object *io = json_object_new_object();
+    json_object_object_add(io, "running", json_object_new_boolean(k->io_started));
+    json_object_object_add(
+        io, "notifies",
+        json_object_new_int64((int64_t)__atomic_load_n(&k->io_notifies, __ATOMIC_RELAXED)));
+    json_object_object_add(o, "iothread", io);
     return o;
 }
 
@@ -256,6 +276,7 @@ static void kvm_destroy(struct vm *vm)
             pthread_join(k->vcpus[i].thread, NULL);
     if (k->ticker_started)
         pthread_join(k->ticker, NULL);
+    kvm_io_stop(k);
     for (unsigned i = 0; i < k->nvcpus; i++) {
         if (k->vcpus[i].run)
             munmap(k->vcpus[i].run, k->vcpus[i].run_size);
@@ -278,6 +299,7 @@ static void kvm_destroy(struct vm *vm)
     free(k->workload);
     free(k->extra);
     pthread_mutex_destroy(&k->mu);
+    pthread_mutex_destroy(&k->dev_mu);
     pthread_cond_destroy(&k->cv);
     free(k);
 }
@@ -347,7 +369,13 @@ int kvm_create(const struct kvm_config *cfg, const struct vm_disk *disks, unsign
     k->fn = fn;
     k->opaque = opaque;
     k->set_irq = kvm_irq_line;
+    k->assign_notify = kvm_assign_notify;
+    k->io_wake_fd = -1;
+    k->io_paused = true; /* until the first resume */
+    for (unsigned i = 0; i < VM_MAX_DISKS; i++)
+        k->notify_fd[i] = -1;
     pthread_mutex_init(&k->mu, NULL);
+    pthread_mutex_init(&k->dev_mu, NULL);
     pthread_cond_init(&k->cv, NULL);
     k->console = stderr;
     k->console_fd = -1;
@@ -436,6 +464,9 @@ int kvm_create(const struct kvm_config *cfg, const struct vm_disk *disks, unsign
     for (unsigned i = 0; i < k->nvcpus; i++)
         if ((r = create_vcpu(k, i, err, errlen)) < 0)
             goto fail;
+    if (ndisks && (r = kvm_io_start(k)) < 0)
+        bm_warn("kvm: no I/O thread (%s): the vCPU serves disk requests itself", strerror(-r));
+    r = 0;
     k->vm.paused = true;
     if (boot) {
         if (!k->guest_path) {

@@ -266,6 +266,7 @@ int kvm_pause(struct vm *vm)
         }
     }
     pthread_mutex_unlock(&k->mu);
+    kvm_io_pause(k); /* device I/O drained: what the vCPUs queued is served */
     vm->paused = true;
     kvm_clock_snapshot(k); /* failing, the save tries again (and reports) */
     return 0;
@@ -297,6 +298,7 @@ static int start_vcpus(struct kvm_vmm *k)
 int kvm_resume(struct vm *vm)
 {
     struct kvm_vmm *k = K(vm);
+    kvm_io_resume(k);
     pthread_mutex_lock(&k->mu);
     k->want_pause = false;
     k->clock_snap.valid = false;
