@@ -10,12 +10,14 @@
 # qemu-system-x86_64, no packages); 124 on timeout.
 #
 # Usage: contrib/kvm-nested.sh [--mem MIB] [--cpus N] [--timeout S] [--env VAR=VALUE]...
-#                              [--out DIR] [--] COMMAND...
+#                              [--out DIR] [--monitor SOCKET] [--] COMMAND...
 #   e.g. contrib/kvm-nested.sh -- tests/integration/kvm-guest.sh
 # COMMAND runs in the current directory (it must be on this machine's filesystem). --out DIR
 # (created if missing) is shared writable at the same path: what COMMAND writes there stays.
+# --monitor SOCKET: QEMU's human monitor on a unix socket, to look into a nested VM that hangs
+# (e.g. `info registers -a`; `sendkey alt-sysrq-l` prints every CPU's backtrace on the console).
 set -euo pipefail
-MEM=6144 CPUS=1 TIMEOUT=3600 OUT=
+MEM=6144 CPUS=1 TIMEOUT=3600 OUT= MONITOR=
 ENVS=()
 while [ $# -gt 0 ]; do
     case $1 in
@@ -24,8 +26,9 @@ while [ $# -gt 0 ]; do
     --timeout) TIMEOUT=$2; shift 2 ;;
     --env) ENVS+=("$2"); shift 2 ;;
     --out) OUT=$2; shift 2 ;;
+    --monitor) MONITOR=$2; shift 2 ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) break ;;
     esac
 done
@@ -57,6 +60,7 @@ cleanup() {
     [ -z "$QPID" ] || kill "$QPID" 2>/dev/null || true
     [ -z "$QPID" ] || wait "$QPID" 2>/dev/null || true
     rm -rf "$WORK"
+    [ -z "$MONITOR" ] || rm -f "$MONITOR"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -112,10 +116,27 @@ if [ -s /outdir ]; then
 fi
 ip link set lo up
 cp /cmd /new/run/kvm-nested.cmd
+# One idle KVM VM (irqchip, one vCPU that never runs) held open for the whole run: KVM turns
+# static keys on with the first VM and vCPU (preempt notifiers, the LAPIC's) and off with the
+# last, and each turn patches the kernel's code with int3 and IPIs. Under TCG with two vCPUs
+# that patching has hung the nested kernel for good (both CPUs looping in finish_task_switch,
+# soft lockups; seen at a KVM_CREATE_VM). Held, the counts never return to zero: no patching.
+if [ -x /new/usr/bin/python3 ] && [ -c /dev/kvm ]; then
+    chroot /new /usr/bin/python3 -c '
+import fcntl, os, signal
+kvm = os.open("/dev/kvm", os.O_RDWR)
+vm = fcntl.ioctl(kvm, 0xae01, 0)  # KVM_CREATE_VM
+fcntl.ioctl(vm, 0xae60, 0)        # KVM_CREATE_IRQCHIP
+fcntl.ioctl(vm, 0xae41, 0)        # KVM_CREATE_VCPU 0
+signal.pause()' </dev/null &
+    HOLDER=$!
+fi
 echo "kvm-nested: running in the VM ($(uname -r), $(nproc) vCPUs)"
 chroot /new /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     HOME=/root TERM=dumb /bin/bash /run/kvm-nested.cmd </dev/null
-echo "kvm-nested: exit $?"
+rc=$?
+[ -z "${HOLDER:-}" ] || kill "$HOLDER" 2>/dev/null
+echo "kvm-nested: exit $rc"
 poweroff -f
 INIT
 chmod +x "$WORK/root/init"
@@ -125,9 +146,9 @@ chmod +x "$WORK/root/init"
 echo "kvm-nested: booting $KV under QEMU TCG (-cpu max: SVM with nested paging), $MEM MiB, $CPUS vCPUs" >&2
 timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp "$CPUS" -m "$MEM" \
     -kernel "$CACHE/k/boot/vmlinuz-$KV" -initrd "$WORK/initrd.gz" \
-    -append "console=ttyS0 quiet panic=-1 mitigations=off" \
+    -append "console=ttyS0 quiet panic=-1 mitigations=off sysrq_always_enabled" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
-    "${OUTFS[@]}" \
+    "${OUTFS[@]}" ${MONITOR:+-monitor "unix:$MONITOR,server=on,wait=off"} \
     -nographic -no-reboot -nodefaults -serial stdio </dev/null >"$WORK/console" 2>&1 &
 QPID=$!
 # Show the command's output as it comes (the console, less QEMU's terminal escapes).
