@@ -206,8 +206,9 @@ class Console:
                 while b"\n" in buf:
                     l, buf = buf.split(b"\n", 1)
                     self.add(now, l.decode(errors="replace"))
-    def wait_for(self, prefix, timeout):
-        end, i, warns = time.time() + timeout, 0, 0
+    def wait_for(self, prefix, timeout, dead=None):
+        # dead(): the reason the guest stopped for good, or None (asked once a second).
+        end, i, warns, look = time.time() + timeout, 0, 0, 0.0
         while time.time() < end:
             with self.cv:
                 n = len(self.lines)
@@ -219,6 +220,19 @@ class Console:
                     return t, l
                 warns += "BMG warn" in l
             i = n
+            if dead and time.time() >= look:
+                look = time.time() + 1
+                why = dead()
+                if why:
+                    # Lines the guest printed before it stopped (its final check, then its
+                    # exit) may still be on their way: look once more.
+                    time.sleep(1)
+                    with self.cv:
+                        rest = self.lines[i:]
+                    for t, l in rest:
+                        if prefix in l:
+                            return t, l
+                    raise SystemExit("the guest stopped (console %s): %s" % (self.path, why))
             # A disk that answers nothing any more (the guest re-notifies once a second).
             if warns >= 5:
                 raise SystemExit("the guest's disk stopped completing requests (console %s): %s"
@@ -566,6 +580,19 @@ def keep(a, name, text):
         with open(os.path.join(d, "%s-%d-%s" % (a.side, a.rep, name)), "w") as f:
             f.write(text)
 
+def blkmig_dead(a, control):
+    """Why the blkmig VM behind control stopped for good (query-status: halted), or None."""
+    try:
+        q = subprocess.run([a.blkmig, "control", control, "query-status"], capture_output=True,
+                           text=True, timeout=10)
+        g = json.loads(q.stdout)["return"]["guest"]
+    except (subprocess.SubprocessError, ValueError, KeyError, TypeError):
+        return None
+    if not g.get("halted"):
+        return None
+    return g.get("first_error") or "the guest exited (status %s)" % g.get("exit_status")
+
+
 def run_blkmig(a):
     # LOG_DIR: blkmig's logs (stderr) go straight there.
     sock = lambda n: (live(a, n) if n.endswith(".err") else None) or os.path.join(a.work, n)
@@ -618,7 +645,7 @@ def run_blkmig(a):
                 rep = json.loads(l)["report"]
         if out.returncode != 0:
             raise SystemExit("blkmig migrate exited %d: %s" % (out.returncode, out.stderr[-500:]))
-        cdst.wait_for("BMG status", 60)
+        cdst.wait_for("BMG status", 60, dead=lambda: blkmig_dead(a, sock("dst.sock")))
         time.sleep(2)
         st_d = cdst.status()
         # --verify's digests are taken with the guest paused (both sides): like the QEMU side's
@@ -628,7 +655,8 @@ def run_blkmig(a):
         gap = gap_across(csrc, cdst, t_end)
         if gap is not None:
             gap -= verify_ms
-        t_chk, line = cdst.wait_for("BMG check", a.run_s + 600)
+        t_chk, line = cdst.wait_for("BMG check", a.run_s + 600,
+                                    dead=lambda: blkmig_dead(a, sock("dst.sock")))
         subprocess.run([a.blkmig, "control", sock("dst.sock"), "quit"], capture_output=True)
         dst.wait(timeout=60)
         src.wait(timeout=60)
