@@ -468,7 +468,7 @@ static void *io_main(void *arg)
     for (unsigned i = 0; i < n; i++)
         p[i] = (struct pollfd){.fd = k->notify_fd[i], .events = POLLIN};
     p[n] = (struct pollfd){.fd = k->io_wake_fd, .events = POLLIN};
-    while (!atomic_load(&k->quit)) {
+    while (!atomic_load(&k->io_quit)) {
         if (poll(p, n + 1, -1) < 0) {
             if (errno == EINTR)
                 continue;
@@ -533,7 +533,7 @@ void kvm_io_stop(struct kvm_vmm *k)
 {
     if (!k->io_started)
         return;
-    atomic_store(&k->quit, true);
+    atomic_store(&k->io_quit, true);
     uint64_t one = 1;
     if (write(k->io_wake_fd, &one, sizeof one) != sizeof one)
         bm_warn("kvm: waking the I/O thread: %s", strerror(errno));
@@ -548,6 +548,7 @@ void kvm_io_stop(struct kvm_vmm *k)
     }
     close(k->io_wake_fd);
     k->io_wake_fd = -1;
+    atomic_store(&k->io_quit, false);
 }
 
 void kvm_io_pause(struct kvm_vmm *k)

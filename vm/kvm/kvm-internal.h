@@ -117,6 +117,7 @@ struct kvm_vmm {
     int io_wake_fd; /* eventfd that wakes the thread to quit; -1: no I/O thread */
     pthread_t io_thread;
     bool io_started, io_paused;
+    atomic_bool io_quit; /* kvm_io_stop: the thread ends */
     uint64_t io_notifies; /* notifications the I/O thread served (relaxed) */
     /* Registers (assign) or removes an ioeventfd for disk idx's QueueNotify (kvm.c:
      * KVM_IOEVENTFD; the unit tests fake it). NULL: no I/O thread, notifies exit to user space. */
