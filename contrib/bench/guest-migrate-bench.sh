@@ -645,7 +645,8 @@ def run_blkmig(a):
                 rep = json.loads(l)["report"]
         if out.returncode != 0:
             raise SystemExit("blkmig migrate exited %d: %s" % (out.returncode, out.stderr[-500:]))
-        cdst.wait_for("BMG status", 60, dead=lambda: blkmig_dead(a, sock("dst.sock")))
+        dst_dead = lambda: blkmig_dead(a, sock("dst.sock"))
+        cdst.wait_for("BMG status", 60, dead=dst_dead)
         time.sleep(2)
         st_d = cdst.status()
         # --verify's digests are taken with the guest paused (both sides): like the QEMU side's
@@ -655,8 +656,7 @@ def run_blkmig(a):
         gap = gap_across(csrc, cdst, t_end)
         if gap is not None:
             gap -= verify_ms
-        t_chk, line = cdst.wait_for("BMG check", a.run_s + 600,
-                                    dead=lambda: blkmig_dead(a, sock("dst.sock")))
+        t_chk, line = cdst.wait_for("BMG check", a.run_s + 600, dead=dst_dead)
         subprocess.run([a.blkmig, "control", sock("dst.sock"), "quit"], capture_output=True)
         dst.wait(timeout=60)
         src.wait(timeout=60)
