@@ -430,10 +430,18 @@ struct vm *vmproc_factory(void *opaque, struct json_object *desc, const struct v
         kc.console = getenv("BLKMIG_CONSOLE");
         if (kvm_probe(err, errlen) < 0)
             return NULL;
-        struct vm *vm;
-        if (kvm_create(&kc, disks, ndisks, false, vmproc_guest_event, NULL, &vm, err, errlen) < 0)
+        /* The source's CPUID: the guest keeps the CPU it was shown (a source without one in
+         * its description gets this host's). */
+        struct json_object *cj;
+        struct kvm_cpuid2 *cpuid = NULL;
+        if (json_object_object_get_ex(desc, "cpuid", &cj) &&
+            !(cpuid = kvm_cpuid_from_json(cj, err, errlen)))
             return NULL;
-        return vm;
+        kc.cpuid = cpuid;
+        struct vm *vm;
+        int r = kvm_create(&kc, disks, ndisks, false, vmproc_guest_event, NULL, &vm, err, errlen);
+        free(cpuid);
+        return r < 0 ? NULL : vm;
     }
     if (!json_object_object_get_ex(desc, "kind", &k) ||
         strcmp(json_object_get_string(k), "synth") != 0) {

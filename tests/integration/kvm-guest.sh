@@ -255,6 +255,28 @@ case $out in *"nothing to migrate"*) ;; *) soft_fail "guest-exits: a new migrate
 mig_quit_vm "guest-exits: source" "$SRC_SOCK" "$SRC_PID"
 mig_check_logs
 
+# ---- a destination that cannot give the guest its CPU is refused before anything moves ----
+# The source describes the guest's CPUID (what it was shown at boot); the destination sets the
+# same, after checking that its KVM supports every feature in it. BLKMIG_TEST_FAULT makes the
+# source claim every leaf-7 feature, which no host has: the destination must refuse at once,
+# naming the leaf, and the guest keeps running on the source.
+mig_case cpuid
+log "cpuid: a guest shown CPU features the destination lacks -> refused at the start, the guest stays"
+export BLKMIG_TEST_FAULT=src-cpuid-unsupported
+mig_start_source "$MODERATE"
+unset BLKMIG_TEST_FAULT
+mig_start_dest
+t0=$SECONDS
+mig_migrate 120 --with-disk --verify
+[ "$MIG_RC" -ne 0 ] || soft_fail "cpuid: migrate exited 0 to a destination that lacks the guest's CPU features"
+grep -q 'CPU features this host.s KVM cannot give it (leaf 0x7\.0 EBX' "$MIG_ERR" "$MIG_JSON" "$DST_LOG" ||
+    soft_fail "cpuid: no error naming leaf 7 EBX: $(mig_tail "$MIG_ERR") $(mig_tail "$DST_LOG")"
+[ $((SECONDS - t0)) -lt 60 ] || soft_fail "cpuid: the refusal took $((SECONDS - t0)) s (not at the start)"
+assert_dest_failed "cpuid"
+assert_guest_healthy "cpuid (source)" "$SRC_SOCK" writes || true
+mig_quit_vm "cpuid: source" "$SRC_SOCK" "$SRC_PID"
+mig_check_logs
+
 # ---- the migration faults, with the KVM guest ----
 # migrate-faults.sh's cases (the destination killed in the bulk copy and in the dirty rounds,
 # dying on COMPLETE, refusing a bad digest, hanging after COMPLETE; the source killed), each

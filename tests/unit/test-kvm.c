@@ -709,6 +709,91 @@ static void test_tsc_carry(void **state)
     assert_int_equal(kvm_tsc_value_after(guest_src, 5000, 4000, 2000000), guest_src);
 }
 
+/* ---- CPUID: a migrated guest keeps its source's, on a host that can give it ---- */
+
+static struct kvm_cpuid2 *cpuid_of(const struct kvm_cpuid_entry2 *e, unsigned n)
+{
+    struct kvm_cpuid2 *c = calloc(1, sizeof *c + n * sizeof *e);
+    assert_non_null(c);
+    c->nent = n;
+    memcpy(c->entries, e, n * sizeof *e);
+    return c;
+}
+
+static void test_cpuid(void **state)
+{
+    (void)state;
+    /* A host: SSE3 and CX16 in leaf 1, AVX2 (bit 5) in 7.0 EBX, 7.1 EAX 0, 40 address bits. */
+    const struct kvm_cpuid_entry2 host_e[] = {
+        {.function = 0, .eax = 0xd},
+        {.function = 1, .ecx = 0x2001, .edx = 0x078bfbff},
+        {.function = 7, .index = 0, .flags = KVM_CPUID_FLAG_SIGNIFCANT_INDEX, .ebx = 1u << 5},
+        {.function = 7, .index = 1, .flags = KVM_CPUID_FLAG_SIGNIFCANT_INDEX},
+        {.function = 0x80000008, .eax = 0x3028},
+    };
+    struct kvm_cpuid2 *host = cpuid_of(host_e, 5), *want = cpuid_of(host_e, 5);
+    char why[512];
+    /* The same CPUID: compatible. */
+    assert_int_equal(kvm_cpuid_compatible(want, host, why, sizeof why), 0);
+    assert_string_equal(why, "");
+    /* Bits KVM sets from guest state (OSXSAVE after CR4.OSXSAVE) do not count. */
+    want->entries[1].ecx |= 1u << 27;
+    assert_int_equal(kvm_cpuid_compatible(want, host, why, sizeof why), 0);
+    /* A host with more than the guest saw: compatible. */
+    want->entries[2].ebx = 0;
+    assert_int_equal(kvm_cpuid_compatible(want, host, why, sizeof why), 0);
+    /* The guest saw AVX-512F (7.0 EBX bit 16) and 7.1 EAX bit 4: refused, both named. */
+    want->entries[2].ebx = (1u << 16) | (1u << 5);
+    want->entries[3].eax = 1u << 4;
+    assert_int_equal(kvm_cpuid_compatible(want, host, why, sizeof why), -1);
+    assert_non_null(strstr(why, "leaf 0x7.0 EBX bits 0x00010000"));
+    assert_non_null(strstr(why, "leaf 0x7.1 EAX bits 0x00000010"));
+    /* A subleaf the host does not list counts as all zero; so does a missing leaf. */
+    want->entries[2].ebx = 1u << 5;
+    want->entries[3].eax = 0;
+    want->entries[4].eax = 0x302e; /* 46 address bits, the host has 40 */
+    assert_int_equal(kvm_cpuid_compatible(want, host, why, sizeof why), -1);
+    assert_non_null(strstr(why, "46 physical address bits, here 40"));
+    free(want);
+    const struct kvm_cpuid_entry2 more[] = {{.function = 0x80000007, .edx = 1u << 8}};
+    want = cpuid_of(more, 1);
+    assert_int_equal(kvm_cpuid_compatible(want, host, why, sizeof why), -1);
+    assert_non_null(strstr(why, "leaf 0x80000007.0 EDX bits 0x00000100"));
+    /* A tiny why[] is not overrun. */
+    char small[8];
+    assert_int_equal(kvm_cpuid_compatible(want, host, small, sizeof small), -1);
+    assert_true(strlen(small) < sizeof small);
+    free(want);
+
+    /* The description's form: a round trip keeps every field. */
+    struct json_object *j = kvm_cpuid_to_json(host);
+    char err[256] = "";
+    struct kvm_cpuid2 *back = kvm_cpuid_from_json(j, err, sizeof err);
+    assert_non_null(back);
+    assert_int_equal(back->nent, host->nent);
+    assert_memory_equal(back->entries, host->entries, host->nent * sizeof host->entries[0]);
+    free(back);
+    json_object_put(j);
+    /* Malformed: not a list, empty, an entry of 6 numbers, a value over 32 bits, a string. */
+    const char *bad[] = {"{}", "[]", "[[1,0,0,0,0,0]]", "[[1,0,0,4294967296,0,0,0]]",
+                         "[[1,0,0,\"x\",0,0,0]]", "[[1,0,0,-1,0,0,0]]"};
+    for (unsigned i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        j = json_tokener_parse(bad[i]);
+        assert_non_null(j);
+        err[0] = 0;
+        assert_null(kvm_cpuid_from_json(j, err, sizeof err));
+        assert_true(strstr(err, "CPUID") != NULL);
+        json_object_put(j);
+    }
+    /* More entries than KVM takes. */
+    j = json_object_new_array();
+    for (unsigned i = 0; i <= KVM_CPUID_MAX; i++)
+        json_object_array_add(j, json_tokener_parse("[1,0,0,0,0,0,0]"));
+    assert_null(kvm_cpuid_from_json(j, err, sizeof err));
+    json_object_put(j);
+    free(host);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -723,6 +808,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_load_bad_files, setup, teardown),
         cmocka_unit_test_setup_teardown(test_load_state_malformed, setup, teardown),
         cmocka_unit_test(test_tsc_carry),
+        cmocka_unit_test(test_cpuid),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -184,31 +184,6 @@ out:
     return r;
 }
 
-int kvm_setup_cpuid(struct kvm_vmm *k, struct kvm_vcpu *c, char *err, size_t errlen)
-{
-    unsigned nent = 256;
-    struct kvm_cpuid2 *cpuid = NULL;
-    for (;;) {
-        cpuid = calloc(1, sizeof *cpuid + nent * sizeof(struct kvm_cpuid_entry2));
-        if (!cpuid)
-            return fail(err, errlen, ENOMEM, "%s", "kvm: out of memory");
-        cpuid->nent = nent;
-        if (ioctl(k->kvm_fd, KVM_GET_SUPPORTED_CPUID, cpuid) == 0)
-            break;
-        int e = errno;
-        free(cpuid);
-        if (e != E2BIG || nent >= 4096)
-            return fail(err, errlen, e, "kvm: KVM_GET_SUPPORTED_CPUID: %s", strerror(e));
-        nent *= 2;
-    }
-    int r = ioctl(c->fd, KVM_SET_CPUID2, cpuid);
-    int e = errno;
-    free(cpuid);
-    if (r < 0)
-        return fail(err, errlen, e, "kvm: KVM_SET_CPUID2: %s", strerror(e));
-    return 0;
-}
-
 static void seg(struct kvm_segment *s, uint16_t sel, uint8_t type)
 {
     *s = (struct kvm_segment){.base = 0,

@@ -82,6 +82,7 @@ struct kvm_vmm {
     struct kvm_config cfg;
     char *guest_path, *workload, *extra;
     int kvm_fd, vm_fd;
+    struct kvm_cpuid2 *cpuid; /* every vCPU's (cpuid.c) */
     uint8_t *ram;
     uint64_t ram_size;
     unsigned nvcpus;
@@ -183,6 +184,8 @@ struct json_object *kvm_x_vcpus(struct vm *vm);
 int kvm_load_guest(struct kvm_vmm *k, uint64_t *entry, char *err, size_t errlen);
 int kvm_setup_boot_vcpu(struct kvm_vmm *k, struct kvm_vcpu *c, uint64_t entry, char *err,
                         size_t errlen);
+/* Give vCPU c the VM's CPUID (cpuid.c): the first call picks it (cfg.cpuid after
+ * kvm_cpuid_compatible, else this host's KVM_GET_SUPPORTED_CPUID) into k->cpuid. */
 int kvm_setup_cpuid(struct kvm_vmm *k, struct kvm_vcpu *c, char *err, size_t errlen);
 
 /* devices.c: exits the vCPU thread hands over. */

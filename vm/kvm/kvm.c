@@ -161,6 +161,19 @@ static struct json_object *kvm_describe(struct vm *vm)
     json_object_object_add(o, "vcpus", json_object_new_int((int)k->nvcpus));
     json_object_object_add(o, "status_ms", json_object_new_int((int)k->cfg.status_ms));
     json_object_object_add(o, "disks", vm_describe_disks(vm));
+    if (k->cpuid) {
+        struct json_object *c = kvm_cpuid_to_json(k->cpuid);
+        /* Fault injection for the test suite only: a guest shown every leaf-7 feature, which
+         * no host's KVM supports (the destination must refuse it). */
+        const char *f = getenv("BLKMIG_TEST_FAULT");
+        if (f && strcmp(f, "src-cpuid-unsupported") == 0)
+            for (size_t i = 0; i < json_object_array_length(c); i++) {
+                struct json_object *e = json_object_array_get_idx(c, i);
+                if (json_object_get_int64(json_object_array_get_idx(e, 0)) == 7)
+                    json_object_array_put_idx(e, 4, json_object_new_int64(0xffffffffll));
+            }
+        json_object_object_add(o, "cpuid", c);
+    }
     return o;
 }
 
@@ -287,6 +300,7 @@ static void kvm_destroy(struct vm *vm)
         close(k->vm_fd);
     if (k->kvm_fd >= 0)
         close(k->kvm_fd);
+    free(k->cpuid);
     if (k->ram)
         munmap(k->ram, k->ram_size);
     if (k->console_owned)

@@ -21,6 +21,9 @@
 #define KVM_VIRTIO_IRQ  5u /* + k: GSI of disk k (level: high while its isr is set) */
 #define KVM_MAX_DISKS 8u
 
+struct kvm_cpuid2;
+struct json_object;
+
 struct kvm_config {
     uint64_t ram;         /* bytes, a multiple of 2 MiB, at most KVM_MAX_RAM */
     const char *guest;    /* PVH ELF path */
@@ -28,7 +31,22 @@ struct kvm_config {
     const char *extra_cmdline;
     const char *console; /* file for the console (NULL: stderr) */
     unsigned status_ms;  /* the guest's status period (0: 1000) */
+    /* The vCPUs' CPUID: a migration source's (kvm_cpuid_from_json), refused unless this
+     * host's KVM supports every feature in it; NULL: this host's KVM_GET_SUPPORTED_CPUID. */
+    const struct kvm_cpuid2 *cpuid;
 };
+
+#define KVM_CPUID_MAX 256u /* entries (KVM's own limit, KVM_MAX_CPUID_ENTRIES) */
+
+/* CPUID in a VM description: [[function, index, flags, eax, ebx, ecx, edx], ...]. */
+struct json_object *kvm_cpuid_to_json(const struct kvm_cpuid2 *c);
+/* Parses that (malloc'd; the caller frees), or NULL with the reason in err. */
+struct kvm_cpuid2 *kvm_cpuid_from_json(struct json_object *a, char *err, size_t errlen);
+/* Whether a guest shown want can run on a host whose KVM supports host: every CPU feature bit
+ * of want (bar those KVM derives from guest state) is in host, and host's physical address
+ * width is as wide. 0, or -1 with what is missing in why. */
+int kvm_cpuid_compatible(const struct kvm_cpuid2 *want, const struct kvm_cpuid2 *host,
+                         char *why, size_t len);
 
 /* Whether KVM can run a VM here: 0, or -errno with the reason in why. */
 int kvm_probe(char *why, size_t len);
