@@ -33,12 +33,6 @@ struct hvm_memmap_entry {
     uint32_t type, reserved;
 };
 
-static int fail(char *err, size_t errlen, int e, const char *fmt, const char *a)
-{
-    snprintf(err, errlen, fmt, a);
-    return -e;
-}
-
 /* The PVH entry from the notes in [p, p + len). */
 static bool find_note(const uint8_t *p, size_t len, uint64_t *entry)
 {
@@ -68,23 +62,23 @@ int kvm_load_guest(struct kvm_vmm *k, uint64_t *entry, char *err, size_t errlen)
     const char *path = k->guest_path;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return fail(err, errlen, errno, "guest %s: cannot open", path);
+        return kvm_fail(err, errlen, errno, "guest %s: cannot open", path);
     struct stat st;
     uint8_t *img = NULL;
     int r = -EINVAL;
     if (fstat(fd, &st) < 0 || st.st_size < (off_t)sizeof(Elf64_Ehdr) || st.st_size > (64 << 20)) {
-        fail(err, errlen, EINVAL, "guest %s: not a PVH ELF (size)", path);
+        kvm_fail(err, errlen, EINVAL, "guest %s: not a PVH ELF (size)", path);
         goto out;
     }
     img = malloc((size_t)st.st_size);
     if (!img || pread(fd, img, (size_t)st.st_size, 0) != st.st_size) {
-        fail(err, errlen, EIO, "guest %s: cannot read", path);
+        kvm_fail(err, errlen, EIO, "guest %s: cannot read", path);
         r = -EIO;
         goto out;
     }
     size_t size = (size_t)st.st_size;
     if (memcmp(img, ELFMAG, SELFMAG) != 0 || img[EI_DATA] != ELFDATA2LSB) {
-        fail(err, errlen, EINVAL, "guest %s: not a little-endian ELF", path);
+        kvm_fail(err, errlen, EINVAL, "guest %s: not a little-endian ELF", path);
         goto out;
     }
     bool is64 = img[EI_CLASS] == ELFCLASS64;
@@ -98,7 +92,7 @@ int kvm_load_guest(struct kvm_vmm *k, uint64_t *entry, char *err, size_t errlen)
     }
     if (phentsize < (is64 ? sizeof(Elf64_Phdr) : sizeof(Elf32_Phdr)) ||
         phoff + phnum * phentsize > size) {
-        fail(err, errlen, EINVAL, "guest %s: bad program headers", path);
+        kvm_fail(err, errlen, EINVAL, "guest %s: bad program headers", path);
         goto out;
     }
     bool have_entry = false, loaded = false;
@@ -115,7 +109,7 @@ int kvm_load_guest(struct kvm_vmm *k, uint64_t *entry, char *err, size_t errlen)
             paddr = p->p_paddr;
         }
         if (off + filesz > size || off + filesz < off || filesz > memsz) {
-            fail(err, errlen, EINVAL, "guest %s: a segment lies outside the file", path);
+            kvm_fail(err, errlen, EINVAL, "guest %s: a segment lies outside the file", path);
             goto out;
         }
         if (type == PT_NOTE && !have_entry)
@@ -124,7 +118,7 @@ int kvm_load_guest(struct kvm_vmm *k, uint64_t *entry, char *err, size_t errlen)
             continue;
         uint8_t *dst = kvm_gpa(k, paddr, memsz);
         if (!dst || paddr < 0x100000) {
-            fail(err, errlen, EINVAL,
+            kvm_fail(err, errlen, EINVAL,
                  "guest %s: a segment does not fit in guest RAM above 1 MiB (--ram too small?)",
                  path);
             goto out;
@@ -135,7 +129,7 @@ int kvm_load_guest(struct kvm_vmm *k, uint64_t *entry, char *err, size_t errlen)
         loaded = true;
     }
     if (!have_entry || !loaded) {
-        fail(err, errlen, EINVAL,
+        kvm_fail(err, errlen, EINVAL,
              "guest %s: no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY) or nothing to load", path);
         goto out;
     }
@@ -162,7 +156,7 @@ int kvm_load_guest(struct kvm_vmm *k, uint64_t *entry, char *err, size_t errlen)
     if (k->extra && n < KVM_CMDLINE_MAX)
         n += (size_t)snprintf(cmd + n, KVM_CMDLINE_MAX - n, " %s", k->extra);
     if (n >= KVM_CMDLINE_MAX) {
-        fail(err, errlen, E2BIG, "guest %s: command line too long", path);
+        kvm_fail(err, errlen, E2BIG, "guest %s: command line too long", path);
         goto out;
     }
     kvm_mark_dirty(k, KVM_CMDLINE_GPA, KVM_CMDLINE_MAX);
@@ -211,7 +205,7 @@ int kvm_setup_boot_vcpu(struct kvm_vmm *k, struct kvm_vcpu *c, uint64_t entry, c
 
     struct kvm_sregs sr;
     if (ioctl(c->fd, KVM_GET_SREGS, &sr) < 0)
-        return fail(err, errlen, errno, "kvm: KVM_GET_SREGS: %s", strerror(errno));
+        return kvm_fail(err, errlen, errno, "kvm: KVM_GET_SREGS: %s", strerror(errno));
     seg(&sr.cs, 0x08, 0xb);
     seg(&sr.ds, 0x10, 0x3);
     sr.es = sr.fs = sr.gs = sr.ss = sr.ds;
@@ -227,9 +221,9 @@ int kvm_setup_boot_vcpu(struct kvm_vmm *k, struct kvm_vcpu *c, uint64_t entry, c
     sr.cr4 = 0;
     sr.efer = 0;
     if (ioctl(c->fd, KVM_SET_SREGS, &sr) < 0)
-        return fail(err, errlen, errno, "kvm: KVM_SET_SREGS: %s", strerror(errno));
+        return kvm_fail(err, errlen, errno, "kvm: KVM_SET_SREGS: %s", strerror(errno));
     struct kvm_regs regs = {.rip = entry, .rbx = KVM_START_INFO_GPA, .rflags = 0x2};
     if (ioctl(c->fd, KVM_SET_REGS, &regs) < 0)
-        return fail(err, errlen, errno, "kvm: KVM_SET_REGS: %s", strerror(errno));
+        return kvm_fail(err, errlen, errno, "kvm: KVM_SET_REGS: %s", strerror(errno));
     return 0;
 }

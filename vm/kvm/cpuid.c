@@ -8,7 +8,6 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -160,17 +159,6 @@ struct kvm_cpuid2 *kvm_cpuid_from_json(struct json_object *a, char *err, size_t 
     return c;
 }
 
-static int fail(char *err, size_t errlen, int e, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(char *err, size_t errlen, int e, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -e;
-}
-
 /* This host's KVM_GET_SUPPORTED_CPUID (malloc'd), or NULL with errno set. */
 static struct kvm_cpuid2 *supported(int kvm_fd)
 {
@@ -196,19 +184,19 @@ int kvm_setup_cpuid(struct kvm_vmm *k, struct kvm_vcpu *c, char *err, size_t err
     if (!k->cpuid) {
         struct kvm_cpuid2 *host = supported(k->kvm_fd);
         if (!host)
-            return fail(err, errlen, errno, "kvm: KVM_GET_SUPPORTED_CPUID: %s", strerror(errno));
+            return kvm_fail(err, errlen, errno, "kvm: KVM_GET_SUPPORTED_CPUID: %s", strerror(errno));
         if (k->cfg.cpuid) {
             char why[512];
             if (kvm_cpuid_compatible(k->cfg.cpuid, host, why, sizeof why) < 0) {
                 free(host);
-                return fail(err, errlen, ENOTSUP,
+                return kvm_fail(err, errlen, ENOTSUP,
                             "kvm: the guest was shown CPU features this host's KVM cannot give "
                             "it (%s): migrate it to a host with the same CPU and kernel", why);
             }
             free(host);
             size_t sz = sizeof *k->cpuid + k->cfg.cpuid->nent * sizeof k->cpuid->entries[0];
             if (!(k->cpuid = malloc(sz)))
-                return fail(err, errlen, ENOMEM, "kvm: out of memory");
+                return kvm_fail(err, errlen, ENOMEM, "kvm: out of memory");
             memcpy(k->cpuid, k->cfg.cpuid, sz);
         } else {
             k->cpuid = host;
@@ -216,6 +204,6 @@ int kvm_setup_cpuid(struct kvm_vmm *k, struct kvm_vcpu *c, char *err, size_t err
         k->cfg.cpuid = NULL; /* the caller's: not kept */
     }
     if (ioctl(c->fd, KVM_SET_CPUID2, k->cpuid) < 0)
-        return fail(err, errlen, errno, "kvm: KVM_SET_CPUID2: %s", strerror(errno));
+        return kvm_fail(err, errlen, errno, "kvm: KVM_SET_CPUID2: %s", strerror(errno));
     return 0;
 }

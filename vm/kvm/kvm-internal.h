@@ -184,6 +184,9 @@ struct json_object *kvm_x_vcpus(struct vm *vm);
 int kvm_load_guest(struct kvm_vmm *k, uint64_t *entry, char *err, size_t errlen);
 int kvm_setup_boot_vcpu(struct kvm_vmm *k, struct kvm_vcpu *c, uint64_t entry, char *err,
                         size_t errlen);
+/* Formats the reason into err[errlen] and returns -e. */
+int kvm_fail(char *err, size_t errlen, int e, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 /* Give vCPU c the VM's CPUID (cpuid.c): the first call picks it (cfg.cpuid after
  * kvm_cpuid_compatible, else this host's KVM_GET_SUPPORTED_CPUID) into k->cpuid. */
 int kvm_setup_cpuid(struct kvm_vmm *k, struct kvm_vcpu *c, char *err, size_t errlen);

@@ -7,6 +7,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -337,6 +339,15 @@ static const struct vm_ops kvm_ops = {
 };
 
 /* ---- creation ---- */
+
+int kvm_fail(char *err, size_t errlen, int e, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -e;
+}
 
 static int sys_fail(char *err, size_t errlen, const char *what)
 {
