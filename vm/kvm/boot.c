@@ -119,8 +119,8 @@ int kvm_load_guest(struct kvm_vmm *k, uint64_t *entry, char *err, size_t errlen)
         uint8_t *dst = kvm_gpa(k, paddr, memsz);
         if (!dst || paddr < 0x100000) {
             kvm_fail(err, errlen, EINVAL,
-                 "guest %s: a segment does not fit in guest RAM above 1 MiB (--ram too small?)",
-                 path);
+                     "guest %s: a segment does not fit in guest RAM above 1 MiB (--ram too small?)",
+                     path);
             goto out;
         }
         memcpy(dst, img + off, filesz);
@@ -130,7 +130,7 @@ int kvm_load_guest(struct kvm_vmm *k, uint64_t *entry, char *err, size_t errlen)
     }
     if (!have_entry || !loaded) {
         kvm_fail(err, errlen, EINVAL,
-             "guest %s: no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY) or nothing to load", path);
+                 "guest %s: no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY) or nothing to load", path);
         goto out;
     }
 
@@ -205,7 +205,7 @@ int kvm_setup_boot_vcpu(struct kvm_vmm *k, struct kvm_vcpu *c, uint64_t entry, c
 
     struct kvm_sregs sr;
     if (ioctl(c->fd, KVM_GET_SREGS, &sr) < 0)
-        return kvm_fail(err, errlen, errno, "kvm: KVM_GET_SREGS: %s", strerror(errno));
+        return kvm_sys_fail(err, errlen, "KVM_GET_SREGS");
     seg(&sr.cs, 0x08, 0xb);
     seg(&sr.ds, 0x10, 0x3);
     sr.es = sr.fs = sr.gs = sr.ss = sr.ds;
@@ -221,9 +221,9 @@ int kvm_setup_boot_vcpu(struct kvm_vmm *k, struct kvm_vcpu *c, uint64_t entry, c
     sr.cr4 = 0;
     sr.efer = 0;
     if (ioctl(c->fd, KVM_SET_SREGS, &sr) < 0)
-        return kvm_fail(err, errlen, errno, "kvm: KVM_SET_SREGS: %s", strerror(errno));
+        return kvm_sys_fail(err, errlen, "KVM_SET_SREGS");
     struct kvm_regs regs = {.rip = entry, .rbx = KVM_START_INFO_GPA, .rflags = 0x2};
     if (ioctl(c->fd, KVM_SET_REGS, &regs) < 0)
-        return kvm_fail(err, errlen, errno, "kvm: KVM_SET_REGS: %s", strerror(errno));
+        return kvm_sys_fail(err, errlen, "KVM_SET_REGS");
     return 0;
 }

@@ -68,8 +68,8 @@ static const struct kvm_cpuid_entry2 *find(const struct kvm_cpuid2 *c, uint32_t 
     return NULL;
 }
 
-int kvm_cpuid_compatible(const struct kvm_cpuid2 *want, const struct kvm_cpuid2 *host,
-                         char *why, size_t len)
+int kvm_cpuid_compatible(const struct kvm_cpuid2 *want, const struct kvm_cpuid2 *host, char *why,
+                         size_t len)
 {
     size_t n = 0;
     if (len)
@@ -86,13 +86,12 @@ int kvm_cpuid_compatible(const struct kvm_cpuid2 *want, const struct kvm_cpuid2 
             continue;
         bad++;
         if (n < len)
-            n += (size_t)snprintf(why + n, len - n, "%sleaf 0x%" PRIx32 ".%" PRIu32
-                                  " %s bits 0x%08" PRIx32, bad > 1 ? "; " : "", f->function,
-                                  f->index, reg_name[f->reg], missing);
+            n += (size_t)snprintf(
+                why + n, len - n, "%sleaf 0x%" PRIx32 ".%" PRIu32 " %s bits 0x%08" PRIx32,
+                bad > 1 ? "; " : "", f->function, f->index, reg_name[f->reg], missing);
     }
     /* The guest's physical address width: the new host's must be as wide. */
-    const struct kvm_cpuid_entry2 *w = find(want, 0x80000008, 0),
-                                  *h = find(host, 0x80000008, 0);
+    const struct kvm_cpuid_entry2 *w = find(want, 0x80000008, 0), *h = find(host, 0x80000008, 0);
     if (w && (w->eax & 0xff) > (h ? h->eax & 0xff : 0)) {
         bad++;
         if (n < len)
@@ -143,8 +142,10 @@ struct kvm_cpuid2 *kvm_cpuid_from_json(struct json_object *a, char *err, size_t 
             v[j] = (uint32_t)y;
         }
         if (!ok) {
-            snprintf(err, errlen, "the VM description's CPUID entry %zu is not 7 numbers of "
-                                  "32 bits [function, index, flags, eax, ebx, ecx, edx]", i);
+            snprintf(err, errlen,
+                     "the VM description's CPUID entry %zu is not 7 numbers of "
+                     "32 bits [function, index, flags, eax, ebx, ecx, edx]",
+                     i);
             free(c);
             return NULL;
         }
@@ -184,14 +185,15 @@ int kvm_setup_cpuid(struct kvm_vmm *k, struct kvm_vcpu *c, char *err, size_t err
     if (!k->cpuid) {
         struct kvm_cpuid2 *host = supported(k->kvm_fd);
         if (!host)
-            return kvm_fail(err, errlen, errno, "kvm: KVM_GET_SUPPORTED_CPUID: %s", strerror(errno));
+            return kvm_sys_fail(err, errlen, "KVM_GET_SUPPORTED_CPUID");
         if (k->cfg.cpuid) {
             char why[512];
             if (kvm_cpuid_compatible(k->cfg.cpuid, host, why, sizeof why) < 0) {
                 free(host);
                 return kvm_fail(err, errlen, ENOTSUP,
-                            "kvm: the guest was shown CPU features this host's KVM cannot give "
-                            "it (%s): migrate it to a host with the same CPU and kernel", why);
+                                "kvm: the guest was shown CPU features this host's KVM cannot give "
+                                "it (%s): migrate it to a host with the same CPU and kernel",
+                                why);
             }
             free(host);
             size_t sz = sizeof *k->cpuid + k->cfg.cpuid->nent * sizeof k->cpuid->entries[0];
@@ -204,6 +206,6 @@ int kvm_setup_cpuid(struct kvm_vmm *k, struct kvm_vcpu *c, char *err, size_t err
         k->cfg.cpuid = NULL; /* the caller's: not kept */
     }
     if (ioctl(c->fd, KVM_SET_CPUID2, k->cpuid) < 0)
-        return kvm_fail(err, errlen, errno, "kvm: KVM_SET_CPUID2: %s", strerror(errno));
+        return kvm_sys_fail(err, errlen, "KVM_SET_CPUID2");
     return 0;
 }

@@ -118,7 +118,7 @@ struct kvm_vmm {
     int io_wake_fd; /* eventfd that wakes the thread to quit; -1: no I/O thread */
     pthread_t io_thread;
     bool io_started, io_paused;
-    atomic_bool io_quit; /* kvm_io_stop: the thread ends */
+    atomic_bool io_quit;  /* kvm_io_stop: the thread ends */
     uint64_t io_notifies; /* notifications the I/O thread served (relaxed) */
     /* Registers (assign) or removes an ioeventfd for disk idx's QueueNotify (kvm.c:
      * KVM_IOEVENTFD; the unit tests fake it). NULL: no I/O thread, notifies exit to user space. */
@@ -187,6 +187,8 @@ int kvm_setup_boot_vcpu(struct kvm_vmm *k, struct kvm_vcpu *c, uint64_t entry, c
 /* Formats the reason into err[errlen] and returns -e. */
 int kvm_fail(char *err, size_t errlen, int e, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* kvm_fail with "kvm: WHAT: strerror(errno)" and -errno (errno as set by the failed call). */
+int kvm_sys_fail(char *err, size_t errlen, const char *what);
 /* Give vCPU c the VM's CPUID (cpuid.c): the first call picks it (cfg.cpuid after
  * kvm_cpuid_compatible, else this host's KVM_GET_SUPPORTED_CPUID) into k->cpuid. */
 int kvm_setup_cpuid(struct kvm_vmm *k, struct kvm_vcpu *c, char *err, size_t errlen);

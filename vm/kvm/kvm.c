@@ -349,11 +349,10 @@ int kvm_fail(char *err, size_t errlen, int e, const char *fmt, ...)
     return -e;
 }
 
-static int sys_fail(char *err, size_t errlen, const char *what)
+int kvm_sys_fail(char *err, size_t errlen, const char *what)
 {
     int e = errno;
-    snprintf(err, errlen, "kvm: %s: %s", what, strerror(e));
-    return -e;
+    return kvm_fail(err, errlen, e, "kvm: %s: %s", what, strerror(e));
 }
 
 static int create_vcpu(struct kvm_vmm *k, unsigned i, char *err, size_t errlen)
@@ -361,15 +360,15 @@ static int create_vcpu(struct kvm_vmm *k, unsigned i, char *err, size_t errlen)
     struct kvm_vcpu *c = &k->vcpus[i];
     c->fd = ioctl(k->vm_fd, KVM_CREATE_VCPU, i);
     if (c->fd < 0)
-        return sys_fail(err, errlen, "KVM_CREATE_VCPU");
+        return kvm_sys_fail(err, errlen, "KVM_CREATE_VCPU");
     int sz = ioctl(k->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
     if (sz <= 0)
-        return sys_fail(err, errlen, "KVM_GET_VCPU_MMAP_SIZE");
+        return kvm_sys_fail(err, errlen, "KVM_GET_VCPU_MMAP_SIZE");
     c->run_size = (size_t)sz;
     c->run = mmap(NULL, c->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, c->fd, 0);
     if (c->run == MAP_FAILED) {
         c->run = NULL;
-        return sys_fail(err, errlen, "mapping the vCPU run area");
+        return kvm_sys_fail(err, errlen, "mapping the vCPU run area");
     }
     return kvm_setup_cpuid(k, c, err, errlen);
 }
@@ -417,14 +416,14 @@ int kvm_create(const struct kvm_config *cfg, const struct vm_disk *disks, unsign
         int fd = open_console_socket(cfg->console + 5);
         if (fd < 0) {
             errno = -fd;
-            r = sys_fail(err, errlen, "connecting the console to its unix socket");
+            r = kvm_sys_fail(err, errlen, "connecting the console to its unix socket");
             goto fail;
         }
         k->console_fd = fd;
     } else if (cfg->console) {
         k->console = fopen(cfg->console, "ae");
         if (!k->console) {
-            r = sys_fail(err, errlen, "opening the console file");
+            r = kvm_sys_fail(err, errlen, "opening the console file");
             k->console = stderr;
             goto fail;
         }
@@ -435,12 +434,12 @@ int kvm_create(const struct kvm_config *cfg, const struct vm_disk *disks, unsign
 
     k->kvm_fd = open(KVM_DEFAULT_DEVICE, O_RDWR | O_CLOEXEC);
     if (k->kvm_fd < 0) {
-        r = sys_fail(err, errlen, "opening " KVM_DEFAULT_DEVICE);
+        r = kvm_sys_fail(err, errlen, "opening " KVM_DEFAULT_DEVICE);
         goto fail;
     }
     k->vm_fd = ioctl(k->kvm_fd, KVM_CREATE_VM, 0);
     if (k->vm_fd < 0) {
-        r = sys_fail(err, errlen, "KVM_CREATE_VM");
+        r = kvm_sys_fail(err, errlen, "KVM_CREATE_VM");
         goto fail;
     }
     /* Intel needs these three pages out of the guest's way; elsewhere they are harmless. */
@@ -450,19 +449,19 @@ int kvm_create(const struct kvm_config *cfg, const struct vm_disk *disks, unsign
     if (ioctl(k->vm_fd, KVM_SET_IDENTITY_MAP_ADDR, &idmap) < 0)
         bm_debug("kvm: KVM_SET_IDENTITY_MAP_ADDR: %s", strerror(errno));
     if (ioctl(k->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0) {
-        r = sys_fail(err, errlen, "KVM_CREATE_IRQCHIP");
+        r = kvm_sys_fail(err, errlen, "KVM_CREATE_IRQCHIP");
         goto fail;
     }
     struct kvm_pit_config pit = {.flags = KVM_PIT_SPEAKER_DUMMY};
     if (ioctl(k->vm_fd, KVM_CREATE_PIT2, &pit) < 0) {
-        r = sys_fail(err, errlen, "KVM_CREATE_PIT2");
+        r = kvm_sys_fail(err, errlen, "KVM_CREATE_PIT2");
         goto fail;
     }
 
     k->ram_size = cfg->ram;
     if ((r = kvm_map_ram(k)) < 0) {
         errno = -r;
-        r = sys_fail(err, errlen, "allocating guest RAM");
+        r = kvm_sys_fail(err, errlen, "allocating guest RAM");
         goto fail;
     }
     k->vmm_dirty = bm_bitmap_new(k->ram_size, VM_PAGE_SIZE);
@@ -474,7 +473,7 @@ int kvm_create(const struct kvm_config *cfg, const struct vm_disk *disks, unsign
     }
     if ((r = kvm_set_slot(k, false)) < 0) {
         errno = -r;
-        r = sys_fail(err, errlen, "KVM_SET_USER_MEMORY_REGION");
+        r = kvm_sys_fail(err, errlen, "KVM_SET_USER_MEMORY_REGION");
         goto fail;
     }
     k->vm.nregions = 1;

@@ -45,8 +45,8 @@ struct kvm_cpuid2 *kvm_cpuid_from_json(struct json_object *a, char *err, size_t 
 /* Whether a guest shown want can run on a host whose KVM supports host: every CPU feature bit
  * of want (bar those KVM derives from guest state) is in host, and host's physical address
  * width is as wide. 0, or -1 with what is missing in why. */
-int kvm_cpuid_compatible(const struct kvm_cpuid2 *want, const struct kvm_cpuid2 *host,
-                         char *why, size_t len);
+int kvm_cpuid_compatible(const struct kvm_cpuid2 *want, const struct kvm_cpuid2 *host, char *why,
+                         size_t len);
 
 /* Whether KVM can run a VM here: 0, or -errno with the reason in why. */
 int kvm_probe(char *why, size_t len);
