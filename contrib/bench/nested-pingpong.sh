@@ -32,6 +32,7 @@ top=$(cd "$(dirname "$0")/../.." && pwd)
 BLKMIG=${BLKMIG:-$top/blkmig} GUEST=${GUEST:-$top/vm/guest/blkmig-guest.elf}
 OUT=${OUT:-/dev/null}
 PY=/usr/bin/python3
+[ "$SIDE" != qemu ] || MODE=ram # QEMU here migrates RAM only, both processes on one image
 [ -r /dev/kvm ] && [ -w /dev/kvm ] || { echo "nested-pingpong: no usable /dev/kvm (try contrib/kvm-nested.sh)" >&2; exit 77; }
 case $SIDE in
 blkmig) [ -x "$BLKMIG" ] || { echo "nested-pingpong: no blkmig at $BLKMIG (make, or set BLKMIG)" >&2; exit 77; } ;;
@@ -110,7 +111,8 @@ start_vm() {
         local inc=()
         [ -z "$port" ] || inc=(-incoming "tcp:127.0.0.1:$port")
         qemu-system-x86_64 -M microvm,acpi=off -accel "${QEMU_ACCEL:-kvm}" -m "${RAM_M}M" -nodefaults \
-            -no-user-config -display none -no-reboot -kernel "$GUEST" \
+            -no-user-config -display none -no-reboot -name pingpong,debug-threads=on \
+            -kernel "$GUEST" \
             -append "blkmig.workload=$WORKLOAD blkmig.run=100000 blkmig.status_ms=500" \
             -global virtio-mmio.force-legacy=false \
             -drive "id=vda,file=$W/vda0.img,format=raw,if=none,cache=writeback,aio=threads" \
