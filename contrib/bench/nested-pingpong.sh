@@ -25,6 +25,7 @@
 # the machine), one `RESULT {json}` line after it, and a `SUMMARY {json}` line at the end.
 # Exit status: 0 when every migration left a running guest, 1 when one did not, 77 without KVM.
 set -uo pipefail
+case ${1:-} in -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 SIDE=${SIDE:-blkmig} ITER=${ITER:-12} MODE=${MODE:-disk} PIN=${PIN:-}
 RAM_M=${RAM_M:-256} DISK_M=${DISK_M:-512}
 WORKLOAD=${WORKLOAD:-mem=32M/s,hot=64M,disk=4M/s,ram-fill=64M,disk-fill=128M}
