@@ -181,6 +181,7 @@ for i in $(seq 1 "$ITER"); do
 d = json.load(sys.stdin); d = d.get("report") or d.get("data") or {}
 print(json.dumps({"status": d.get("status"), "downtime_ms": d.get("downtime_ms"), "error": d.get("error", "")}))' 2>/dev/null || echo '{}')
     fi
+    [ -n "$mig" ] || mig='{}' # no answer at all (a VM process gone)
     ms=$((($(date +%s%N) - t0) / 1000000))
     if [ "$ok" = 0 ]; then
         kill "${PID[$cur]}" 2>/dev/null # QEMU's source stays paused; blkmig's has ended
