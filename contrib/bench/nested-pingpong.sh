@@ -15,7 +15,8 @@
 #   MODE=disk|ram     blkmig: `migrate --with-disk` into a fresh image (default), or RAM only with
 #                     both processes on one image (shared storage); QEMU always migrates RAM only
 #   QEMU_ACCEL=kvm    QEMU's -accel (e.g. kvm,kernel-irqchip=on); QEMU_ARGS: more arguments
-#   PIN=CPU           keep every vCPU thread (blkmig's vcpu0, QEMU's "CPU 0/KVM") on this CPU
+#   PIN=CPUS          keep every vCPU thread (blkmig's vcpu0, QEMU's "CPU 0/KVM") on these
+#                     CPUs (a taskset list, e.g. 1)
 #   BLKMIG, GUEST     the binary and the guest ELF (default: this checkout's build)
 #   RAM_M=256 DISK_M=512 WORKLOAD=mem=32M/s,hot=64M,disk=4M/s,ram-fill=64M,disk-fill=128M
 #   OUT=FILE          append result lines here too (e.g. in kvm-nested.sh's --out directory, so
@@ -25,7 +26,7 @@
 # the machine), one `RESULT {json}` line after it, and a `SUMMARY {json}` line at the end.
 # Exit status: 0 when every migration left a running guest, 1 when one did not, 77 without KVM.
 set -uo pipefail
-case ${1:-} in -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+case ${1:-} in -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 SIDE=${SIDE:-blkmig} ITER=${ITER:-12} MODE=${MODE:-disk} PIN=${PIN:-}
 RAM_M=${RAM_M:-256} DISK_M=${DISK_M:-512}
 WORKLOAD=${WORKLOAD:-mem=32M/s,hot=64M,disk=4M/s,ram-fill=64M,disk-fill=128M}
@@ -34,14 +35,25 @@ BLKMIG=${BLKMIG:-$top/blkmig} GUEST=${GUEST:-$top/vm/guest/blkmig-guest.elf}
 OUT=${OUT:-/dev/null}
 PY=/usr/bin/python3
 [ "$SIDE" != qemu ] || MODE=ram # QEMU here migrates RAM only, both processes on one image
-[ -r /dev/kvm ] && [ -w /dev/kvm ] || { echo "nested-pingpong: no usable /dev/kvm (try contrib/kvm-nested.sh)" >&2; exit 77; }
-case $SIDE in
-blkmig) [ -x "$BLKMIG" ] || { echo "nested-pingpong: no blkmig at $BLKMIG (make, or set BLKMIG)" >&2; exit 77; } ;;
-qemu) command -v qemu-system-x86_64 >/dev/null || { echo "nested-pingpong: no qemu-system-x86_64" >&2; exit 77; } ;;
-*) echo "nested-pingpong: SIDE must be blkmig or qemu" >&2; exit 2 ;;
-esac
-[ -r "$GUEST" ] || { echo "nested-pingpong: no guest ELF at $GUEST" >&2; exit 77; }
+case $SIDE in blkmig|qemu) ;; *) echo "nested-pingpong: SIDE must be blkmig or qemu" >&2; exit 2 ;; esac
 case $MODE in disk|ram) ;; *) echo "nested-pingpong: MODE must be disk or ram" >&2; exit 2 ;; esac
+for v in ITER RAM_M DISK_M; do
+    [[ ${!v} =~ ^[1-9][0-9]{0,5}$ ]] || { echo "nested-pingpong: $v must be a positive number, not '${!v}'" >&2; exit 2; }
+done
+# A CPU list for taskset; anything else would leave the vCPU free while the results say pinned.
+[[ -z $PIN || $PIN =~ ^[0-9]+([-,][0-9]+)*$ ]] || { echo "nested-pingpong: PIN must be a CPU list (e.g. 1), not '$PIN'" >&2; exit 2; }
+# The run's settings, JSON-quoted once, at the head of every RESULT and SUMMARY line.
+CONF=$("$PY" -c 'import json, sys
+k = ("side", "mode", "pin", "qemu_accel", "qemu_args")
+print(json.dumps(dict(zip(k, sys.argv[1:])))[1:-1])' "$SIDE" "$MODE" "$PIN" "${QEMU_ACCEL:-kvm}" "${QEMU_ARGS:-}")
+# What the run needs from this machine (77: it cannot run here).
+[ -r /dev/kvm ] && [ -w /dev/kvm ] || { echo "nested-pingpong: no usable /dev/kvm (try contrib/kvm-nested.sh)" >&2; exit 77; }
+if [ "$SIDE" = blkmig ]; then
+    [ -x "$BLKMIG" ] || { echo "nested-pingpong: no blkmig at $BLKMIG (make, or set BLKMIG)" >&2; exit 77; }
+else
+    command -v qemu-system-x86_64 >/dev/null || { echo "nested-pingpong: no qemu-system-x86_64" >&2; exit 77; }
+fi
+[ -r "$GUEST" ] || { echo "nested-pingpong: no guest ELF at $GUEST" >&2; exit 77; }
 
 W=$(mktemp -d /tmp/nested-pingpong.XXXXXX)
 declare -A PID=()
@@ -202,7 +214,7 @@ print(json.dumps({"status": d.get("status"), "downtime_ms": d.get("downtime_ms")
     kill -0 "${PID[$live]}" 2>/dev/null || { wait "${PID[$live]}"; proc="exited $?"; }
     state=ok
     [ "$proc" = running ] && [ "$b" -gt "$a" ] || state=dead
-    say "RESULT {\"side\": \"$SIDE\", \"mode\": \"$MODE\", \"pin\": \"$PIN\", \"qemu_accel\": \"${QEMU_ACCEL:-kvm}\", \"qemu_args\": \"${QEMU_ARGS:-}\", \"iter\": $i, \"guest\": \"$state\", \"on\": \"$([ $live = $nxt ] && echo destination || echo source)\", \"process\": \"$proc\", \"status_lines_in_5s\": $((b - a)), $sched, \"ms\": $ms, \"migration\": $mig}"
+    say "RESULT {$CONF, \"iter\": $i, \"guest\": \"$state\", \"on\": \"$([ $live = $nxt ] && echo destination || echo source)\", \"process\": \"$proc\", \"status_lines_in_5s\": $((b - a)), $sched, \"ms\": $ms, \"migration\": $mig}"
     if [ $state = dead ]; then
         dead=$((dead + 1))
         [ "$OUT" = /dev/null ] || {
@@ -215,5 +227,5 @@ print(json.dumps({"status": d.get("status"), "downtime_ms": d.get("downtime_ms")
         cur=$live
     fi
 done
-say "SUMMARY {\"side\": \"$SIDE\", \"mode\": \"$MODE\", \"pin\": \"$PIN\", \"migrations\": $ITER, \"guest_dead\": $dead}"
+say "SUMMARY {$CONF, \"migrations\": $ITER, \"guest_dead\": $dead}"
 [ $dead = 0 ]
