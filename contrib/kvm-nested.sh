@@ -10,14 +10,15 @@
 # qemu-system-x86_64, no packages); 124 on timeout.
 #
 # Usage: contrib/kvm-nested.sh [--mem MIB] [--cpus N] [--timeout S] [--env VAR=VALUE]...
-#                              [--out DIR] [--monitor SOCKET] [--] COMMAND...
+#                              [--out DIR] [--monitor SOCKET] [--append ARGS] [--] COMMAND...
 #   e.g. contrib/kvm-nested.sh -- tests/integration/kvm-guest.sh
 # COMMAND runs in the current directory (it must be on this machine's filesystem). --out DIR
 # (created if missing) is shared writable at the same path: what COMMAND writes there stays.
 # --monitor SOCKET: QEMU's human monitor on a unix socket, to look into a nested VM that hangs
 # (e.g. `info registers -a`; `sendkey alt-sysrq-l` prints every CPU's backtrace on the console).
+# --append ARGS: more nested-kernel arguments, for diagnosis (e.g. page_poison=1).
 set -euo pipefail
-MEM=6144 CPUS=1 TIMEOUT=3600 OUT= MONITOR=
+MEM=6144 CPUS=1 TIMEOUT=3600 OUT= MONITOR= APPEND=
 ENVS=()
 while [ $# -gt 0 ]; do
     case $1 in
@@ -27,6 +28,7 @@ while [ $# -gt 0 ]; do
     --env) ENVS+=("$2"); shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --monitor) MONITOR=$2; shift 2 ;;
+    --append) APPEND=$2; shift 2 ;;
     --) shift; break ;;
     -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) break ;;
@@ -146,7 +148,7 @@ chmod +x "$WORK/root/init"
 echo "kvm-nested: booting $KV under QEMU TCG (-cpu max: SVM with nested paging), $MEM MiB, $CPUS vCPUs" >&2
 timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp "$CPUS" -m "$MEM" \
     -kernel "$CACHE/k/boot/vmlinuz-$KV" -initrd "$WORK/initrd.gz" \
-    -append "console=ttyS0 quiet panic=-1 mitigations=off sysrq_always_enabled" \
+    -append "console=ttyS0 quiet panic=-1 mitigations=off sysrq_always_enabled${APPEND:+ $APPEND}" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
     "${OUTFS[@]}" ${MONITOR:+-monitor "unix:$MONITOR,server=on,wait=off"} \
     -nographic -no-reboot -nodefaults -serial stdio </dev/null >"$WORK/console" 2>&1 &

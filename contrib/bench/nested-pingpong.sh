@@ -4,7 +4,7 @@
 # console's status lines keep coming and its process lives). A stress rig for the VM platform
 # more than a speed benchmark: on this project's nested KVM (contrib/kvm-nested.sh, SVM emulated
 # by QEMU TCG) it reproduces in minutes the guest deaths that guest-migrate-bench.sh meets about
-# once in ten migrations, for blkmig and for QEMU alike (contrib/bench/RESULTS.md).
+# once in ten migrations (contrib/bench/RESULTS.md).
 #
 # Needs a usable /dev/kvm; run it under contrib/kvm-nested.sh where there is none, e.g.
 #   contrib/kvm-nested.sh --cpus 2 --timeout 900 --out /tmp/pp --env SIDE=qemu \
@@ -12,21 +12,24 @@
 # Knobs (environment):
 #   SIDE=blkmig|qemu  which VMM migrates (default blkmig)
 #   ITER=12           migrations
-#   MODE=disk|ram     blkmig: `migrate --with-disk` into a fresh image (default), or RAM only with
-#                     both processes on one image (shared storage); QEMU always migrates RAM only
+#   MODE=disk|ram     the disk too, into a fresh image (default: blkmig `migrate --with-disk`;
+#                     QEMU in libvirt's order: the destination's NBD server, blockdev-mirror to
+#                     it, migrate with pause-before-switchover, block-job-cancel, continue), or
+#                     RAM only, both processes on one image (shared storage)
 #   QEMU_ACCEL=kvm    QEMU's -accel (e.g. kvm,kernel-irqchip=on); QEMU_ARGS: more arguments
 #   PIN=CPUS          keep every vCPU thread (blkmig's vcpu0, QEMU's "CPU 0/KVM") on these
 #                     CPUs (a taskset list, e.g. 1)
 #   BLKMIG, GUEST     the binary and the guest ELF (default: this checkout's build)
 #   RAM_M=256 DISK_M=512 WORKLOAD=mem=32M/s,hot=64M,disk=4M/s,ram-fill=64M,disk-fill=128M
 #   OUT=FILE          append result lines here too (e.g. in kvm-nested.sh's --out directory, so
-#                     that they outlive a nested kernel that panics); the console of a dead guest
-#                     and the kernel log's tail are saved beside it
+#                     that they outlive a nested kernel that panics); the console of a dead guest,
+#                     the kernel log's tail, the VMs' stderr and (blkmig) two x-query-vcpus
+#                     dumps of a VM that still runs are saved beside it
 # Output: a `start N` line before each migration (a run that ends without the next line died with
 # the machine), one `RESULT {json}` line after it, and a `SUMMARY {json}` line at the end.
 # Exit status: 0 when every migration left a running guest, 1 when one did not, 77 without KVM.
 set -uo pipefail
-case ${1:-} in -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+case ${1:-} in -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 SIDE=${SIDE:-blkmig} ITER=${ITER:-12} MODE=${MODE:-disk} PIN=${PIN:-}
 RAM_M=${RAM_M:-256} DISK_M=${DISK_M:-512}
 WORKLOAD=${WORKLOAD:-mem=32M/s,hot=64M,disk=4M/s,ram-fill=64M,disk-fill=128M}
@@ -34,7 +37,6 @@ top=$(cd "$(dirname "$0")/../.." && pwd)
 BLKMIG=${BLKMIG:-$top/blkmig} GUEST=${GUEST:-$top/vm/guest/blkmig-guest.elf}
 OUT=${OUT:-/dev/null}
 PY=/usr/bin/python3
-[ "$SIDE" != qemu ] || MODE=ram # QEMU here migrates RAM only, both processes on one image
 case $SIDE in blkmig|qemu) ;; *) echo "nested-pingpong: SIDE must be blkmig or qemu" >&2; exit 2 ;; esac
 case $MODE in disk|ram) ;; *) echo "nested-pingpong: MODE must be disk or ram" >&2; exit 2 ;; esac
 for v in ITER RAM_M DISK_M; do
@@ -90,16 +92,64 @@ vcpu_sched() {
 qmp() { # SOCKET COMMAND [ARGS-JSON]; "wait-migrate" polls query-migrate to an end state
     "$PY" - "$@" <<'PY'
 import json, socket, sys, time
-s = socket.socket(socket.AF_UNIX); s.settimeout(30); s.connect(sys.argv[1]); f = s.makefile("rw")
-f.readline()
-def cmd(c, **a):
+def connect(path):
+    s = socket.socket(socket.AF_UNIX); s.settimeout(30); s.connect(path); f = s.makefile("rw")
+    f.readline()
+    return f
+f = connect(sys.argv[1])
+def cmd(c, f=f, **a):
     f.write(json.dumps({"execute": c, "arguments": a}) + "\n"); f.flush()
     while True:
         r = json.loads(f.readline())
         if "return" in r or "error" in r:
             return r
 cmd("qmp_capabilities")
-if sys.argv[2] == "wait-migrate":
+if sys.argv[2] == "disk-migrate":
+    # SRC disk-migrate DST PORT NBD-SOCKET: libvirt's order (guest-migrate-bench.sh)
+    d = connect(sys.argv[3]); cmd("qmp_capabilities", f=d)
+    nbd = {"type": "unix", "path": sys.argv[5]}
+    job = "mig%d" % (time.time() * 1000)  # a failed try leaves its node on the source
+    def ok(r, what):
+        if "error" in r:
+            print(json.dumps({"status": "failed", "downtime_ms": None,
+                              "error": "%s: %s" % (what, r["error"].get("desc"))}))
+            sys.exit(1)
+        return r["return"]
+    ok(cmd("nbd-server-start", f=d, addr={"type": "unix", "data": {"path": sys.argv[5]}}), "nbd-server-start")
+    ok(cmd("nbd-server-add", f=d, device="vda", writable=True), "nbd-server-add")
+    ok(cmd("blockdev-add", driver="nbd", **{"node-name": job}, server=nbd, export="vda"), "blockdev-add")
+    ok(cmd("blockdev-mirror", **{"job-id": job}, device="vda", target=job, sync="full"), "blockdev-mirror")
+    end = time.time() + 300
+    while not any(j.get("ready") for j in ok(cmd("query-block-jobs"), "query-block-jobs")):
+        if time.time() > end:
+            print(json.dumps({"status": "timeout", "downtime_ms": None, "error": "mirror not ready"}))
+            sys.exit(1)
+        time.sleep(0.1)
+    ok(cmd("migrate-set-capabilities", capabilities=[
+        {"capability": "pause-before-switchover", "state": True}]), "migrate-set-capabilities")
+    ok(cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 30}), "migrate-set-parameters")
+    ok(cmd("migrate", uri="tcp:127.0.0.1:" + sys.argv[4]), "migrate")
+    continued = False
+    while time.time() < end:
+        r = ok(cmd("query-migrate"), "query-migrate")
+        if r.get("status") == "pre-switchover" and not continued:
+            ok(cmd("block-job-cancel", device=job), "block-job-cancel")
+            while ok(cmd("query-block-jobs"), "query-block-jobs"):
+                time.sleep(0.01)
+            ok(cmd("migrate-continue", state="pre-switchover"), "migrate-continue")
+            continued = True
+        if r.get("status") in ("completed", "failed", "cancelled"):
+            break
+        time.sleep(0.01 if r.get("status") == "pre-switchover" else 0.1)
+    st = r.get("status") if time.time() < end else "timeout"
+    if st == "completed":  # the destination (started with -S) runs once its NBD server stops
+        while (ok(cmd("query-migrate", f=d), "query-migrate").get("status") != "completed" or
+               ok(cmd("query-status", f=d), "query-status")["status"] != "paused"):
+            time.sleep(0.01)
+        ok(cmd("nbd-server-stop", f=d), "nbd-server-stop")
+        ok(cmd("cont", f=d), "cont")
+    print(json.dumps({"status": st, "downtime_ms": r.get("downtime"), "error": r.get("error-desc", "")}))
+elif sys.argv[2] == "wait-migrate":
     end = time.time() + 300
     while time.time() < end:
         r = cmd("query-migrate")["return"]
@@ -119,16 +169,21 @@ PY
 start_vm() {
     local s=$1 port=${2:-}
     : > "$W/con$s"
-    rm -f "$W/ctl$s"
+    rm -f "$W/ctl$s" "$W/nbd$s"
     if [ "$SIDE" = qemu ]; then
-        local inc=()
+        local inc=() img=$W/vda0.img
         [ -z "$port" ] || inc=(-incoming "tcp:127.0.0.1:$port")
+        if [ -n "$port" ] && [ "$MODE" = disk ]; then # a fresh image; stopped until the disk is in
+            img=$W/vda$s.img
+            rm -f "$img" && truncate -s "${DISK_M}M" "$img"
+            inc+=(-S)
+        fi
         qemu-system-x86_64 -M microvm,acpi=off -accel "${QEMU_ACCEL:-kvm}" -m "${RAM_M}M" -nodefaults \
             -no-user-config -display none -no-reboot -name pingpong,debug-threads=on \
             -kernel "$GUEST" \
             -append "blkmig.workload=$WORKLOAD blkmig.run=100000 blkmig.status_ms=500" \
             -global virtio-mmio.force-legacy=false \
-            -drive "id=vda,file=$W/vda0.img,format=raw,if=none,cache=writeback,aio=threads" \
+            -drive "id=vda,file=$img,format=raw,if=none,cache=writeback,aio=threads" \
             -device virtio-blk-device,drive=vda -device isa-debug-exit,iobase=0xf4,iosize=4 \
             -serial "file:$W/con$s" -qmp "unix:$W/ctl$s,server=on,wait=off" "${inc[@]}" \
             ${QEMU_ARGS:-} 2>> "$W/err" &
@@ -177,7 +232,11 @@ for i in $(seq 1 "$ITER"); do
     sleep 1
     say "start $i $(date +%T)"
     t0=$(date +%s%N)
-    if [ "$SIDE" = qemu ]; then
+    if [ "$SIDE" = qemu ] && [ "$MODE" = disk ]; then
+        mig=$(qmp "$W/ctl$cur" disk-migrate "$W/ctl$nxt" "$port" "$W/nbd$nxt")
+        [ "$($PY -c 'import json,sys; print(json.loads(sys.argv[1])["status"])' "$mig" 2>/dev/null)" = completed ]
+        ok=$?
+    elif [ "$SIDE" = qemu ]; then
         qmp "$W/ctl$cur" migrate-set-parameters '{"max-bandwidth": 1073741824}' >/dev/null
         qmp "$W/ctl$cur" migrate "{\"uri\": \"tcp:127.0.0.1:$port\"}" >/dev/null
         mig=$(qmp "$W/ctl$cur" wait-migrate)
@@ -220,6 +279,15 @@ print(json.dumps({"status": d.get("status"), "downtime_ms": d.get("downtime_ms")
         [ "$OUT" = /dev/null ] || {
             cp "$W/con$live" "${OUT%.*}-dead-$SIDE-$i.console"
             dmesg 2>/dev/null | tail -40 > "${OUT%.*}-dead-$SIDE-$i.dmesg"
+            tail -40 "$W/err" > "${OUT%.*}-dead-$SIDE-$i.err" 2>/dev/null
+            # A blkmig VM that still runs: where its vCPU is, twice, 1 s apart (a loop or a stall).
+            if [ "$SIDE" = blkmig ] && [ "$proc" = running ]; then
+                for n in 1 2; do
+                    timeout 10 "$BLKMIG" control "$W/ctl$live" x-query-vcpus 2>&1
+                    timeout 10 "$BLKMIG" control "$W/ctl$live" query-status 2>&1
+                    sleep 1
+                done > "${OUT%.*}-dead-$SIDE-$i.vcpus"
+            fi
         }
         boot
         cur=0
