@@ -21,17 +21,20 @@
 #                     CPUs (a taskset list, e.g. 1)
 #   BLKMIG, GUEST     the binary and the guest ELF (default: this checkout's build)
 #   RAM_M=256 DISK_M=512 WORKLOAD=mem=32M/s,hot=64M,disk=4M/s,ram-fill=64M,disk-fill=128M
+#   STATUS_MS=500     the guest's status period (each line is one exit on blkmig's console page,
+#                     ~150 port I/O exits on QEMU's 8250); a guest is alive when a line comes
+#                     within 5 s, or 2.5 periods if longer
 #   OUT=FILE          append result lines here too (e.g. in kvm-nested.sh's --out directory, so
 #                     that they outlive a nested kernel that panics); the console of a dead guest,
-#                     the kernel log's tail, the VMs' stderr and (blkmig) two x-query-vcpus
-#                     dumps of a VM that still runs are saved beside it
+#                     the kernel log's tail, the VMs' stderr and, of a VM that still runs, two
+#                     dumps of its vCPU (x-query-vcpus; QEMU's info registers) beside it
 # Output: a `start N` line before each migration (a run that ends without the next line died with
 # the machine), one `RESULT {json}` line after it, and a `SUMMARY {json}` line at the end.
 # Exit status: 0 when every migration left a running guest, 1 when one did not, 77 without KVM.
 set -uo pipefail
-case ${1:-} in -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+case ${1:-} in -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 SIDE=${SIDE:-blkmig} ITER=${ITER:-12} MODE=${MODE:-disk} PIN=${PIN:-}
-RAM_M=${RAM_M:-256} DISK_M=${DISK_M:-512}
+RAM_M=${RAM_M:-256} DISK_M=${DISK_M:-512} STATUS_MS=${STATUS_MS:-500}
 WORKLOAD=${WORKLOAD:-mem=32M/s,hot=64M,disk=4M/s,ram-fill=64M,disk-fill=128M}
 top=$(cd "$(dirname "$0")/../.." && pwd)
 BLKMIG=${BLKMIG:-$top/blkmig} GUEST=${GUEST:-$top/vm/guest/blkmig-guest.elf}
@@ -39,9 +42,11 @@ OUT=${OUT:-/dev/null}
 PY=/usr/bin/python3
 case $SIDE in blkmig|qemu) ;; *) echo "nested-pingpong: SIDE must be blkmig or qemu" >&2; exit 2 ;; esac
 case $MODE in disk|ram) ;; *) echo "nested-pingpong: MODE must be disk or ram" >&2; exit 2 ;; esac
-for v in ITER RAM_M DISK_M; do
+for v in ITER RAM_M DISK_M STATUS_MS; do
     [[ ${!v} =~ ^[1-9][0-9]{0,5}$ ]] || { echo "nested-pingpong: $v must be a positive number, not '${!v}'" >&2; exit 2; }
 done
+WINDOW=$(((STATUS_MS * 5 + 1999) / 2000)) # 2.5 status periods, at least 5 s
+[ "$WINDOW" -ge 5 ] || WINDOW=5
 # A CPU list for taskset; anything else would leave the vCPU free while the results say pinned.
 [[ -z $PIN || $PIN =~ ^[0-9]+([-,][0-9]+)*$ ]] || { echo "nested-pingpong: PIN must be a CPU list (e.g. 1), not '$PIN'" >&2; exit 2; }
 # The run's settings, JSON-quoted once, at the head of every RESULT and SUMMARY line.
@@ -181,7 +186,7 @@ start_vm() {
         qemu-system-x86_64 -M microvm,acpi=off -accel "${QEMU_ACCEL:-kvm}" -m "${RAM_M}M" -nodefaults \
             -no-user-config -display none -no-reboot -name pingpong,debug-threads=on \
             -kernel "$GUEST" \
-            -append "blkmig.workload=$WORKLOAD blkmig.run=100000 blkmig.status_ms=500" \
+            -append "blkmig.workload=$WORKLOAD blkmig.run=100000 blkmig.status_ms=$STATUS_MS" \
             -global virtio-mmio.force-legacy=false \
             -drive "id=vda,file=$img,format=raw,if=none,cache=writeback,aio=threads" \
             -device virtio-blk-device,drive=vda -device isa-debug-exit,iobase=0xf4,iosize=4 \
@@ -191,7 +196,7 @@ start_vm() {
         "$BLKMIG" run --kvm --guest "$GUEST" --ram "${RAM_M}M" \
             --disk "vda=$W/vda$s.img,size=${DISK_M}M" --workload "$WORKLOAD" \
             --console "$W/con$s" --control "$W/ctl$s" \
-            --append "blkmig.run=100000 blkmig.status_ms=500" 2>> "$W/err" &
+            --append "blkmig.run=100000 blkmig.status_ms=$STATUS_MS" 2>> "$W/err" &
     else
         local disk=(--disk-dir "$W/d$s" --force)
         [ "$MODE" = disk ] || disk=(--disk "vda=$W/vda0.img")
@@ -266,25 +271,30 @@ print(json.dumps({"status": d.get("status"), "downtime_ms": d.get("downtime_ms")
         live=$cur
     fi
     a=$(hb "$W/con$live")
-    sleep 5
+    sleep "$WINDOW"
     b=$(hb "$W/con$live")
     sched=$(vcpu_sched "${PID[$live]}")
     proc=running
     kill -0 "${PID[$live]}" 2>/dev/null || { wait "${PID[$live]}"; proc="exited $?"; }
     state=ok
     [ "$proc" = running ] && [ "$b" -gt "$a" ] || state=dead
-    say "RESULT {$CONF, \"iter\": $i, \"guest\": \"$state\", \"on\": \"$([ $live = $nxt ] && echo destination || echo source)\", \"process\": \"$proc\", \"status_lines_in_5s\": $((b - a)), $sched, \"ms\": $ms, \"migration\": $mig}"
+    say "RESULT {$CONF, \"iter\": $i, \"guest\": \"$state\", \"on\": \"$([ $live = $nxt ] && echo destination || echo source)\", \"process\": \"$proc\", \"status_lines_in_${WINDOW}s\": $((b - a)), $sched, \"ms\": $ms, \"migration\": $mig}"
     if [ $state = dead ]; then
         dead=$((dead + 1))
         [ "$OUT" = /dev/null ] || {
             cp "$W/con$live" "${OUT%.*}-dead-$SIDE-$i.console"
             dmesg 2>/dev/null | tail -40 > "${OUT%.*}-dead-$SIDE-$i.dmesg"
             tail -40 "$W/err" > "${OUT%.*}-dead-$SIDE-$i.err" 2>/dev/null
-            # A blkmig VM that still runs: where its vCPU is, twice, 1 s apart (a loop or a stall).
-            if [ "$SIDE" = blkmig ] && [ "$proc" = running ]; then
+            # A VM that still runs: where its vCPU is, twice, 1 s apart (a loop or a stall).
+            if [ "$proc" = running ]; then
                 for n in 1 2; do
-                    timeout 10 "$BLKMIG" control "$W/ctl$live" x-query-vcpus 2>&1
-                    timeout 10 "$BLKMIG" control "$W/ctl$live" query-status 2>&1
+                    if [ "$SIDE" = blkmig ]; then
+                        timeout 10 "$BLKMIG" control "$W/ctl$live" x-query-vcpus 2>&1
+                        timeout 10 "$BLKMIG" control "$W/ctl$live" query-status 2>&1
+                    else
+                        qmp "$W/ctl$live" human-monitor-command '{"command-line": "info registers"}'
+                        qmp "$W/ctl$live" query-status
+                    fi
                     sleep 1
                 done > "${OUT%.*}-dead-$SIDE-$i.vcpus"
             fi
