@@ -375,11 +375,12 @@ bool mig_converge(struct mig_source *m)
                 }
                 m->last_send_ns = now;
             }
-            /* Nothing to send: wait for the peer or the next tick. */
+            /* Nothing to send: wait for the peer (its acknowledgement opens a full window) or
+             * the next tick; at most 20 ms, for the other work of this loop. */
             uint64_t next = l.last_tick + TICK_NS;
             int ms = next > now ? (int)((next - now) / 1000000u) + 1 : 1;
             struct pollfd pfd = {.fd = m->c.fd, .events = POLLIN};
-            poll(&pfd, 1, window_full ? 1 : ms > 20 ? 20 : ms);
+            poll(&pfd, 1, ms > 20 ? 20 : ms);
         }
     }
 }

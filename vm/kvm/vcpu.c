@@ -191,13 +191,16 @@ static void *vcpu_main(void *arg)
 }
 
 /* Throttle ticker: kicks the vCPUs every slice so that the run loop can sleep its share even
- * when the guest never exits by itself (a polling guest in ring 3). */
+ * when the guest never exits by itself (a polling guest in ring 3). Unthrottled it sleeps until
+ * kvm_throttle or the end wakes it: no wakeups at all while nothing is throttled. */
 static void *ticker_main(void *arg)
 {
     struct kvm_vmm *k = arg;
     pthread_setname_np(pthread_self(), "vcpu-ticker");
     for (;;) {
         pthread_mutex_lock(&k->mu);
+        while (!k->quit && !atomic_load(&k->throttle))
+            pthread_cond_wait(&k->cv, &k->mu);
         bool quit = k->quit;
         pthread_mutex_unlock(&k->mu);
         if (quit)
@@ -429,7 +432,11 @@ struct json_object *kvm_x_vcpus(struct vm *vm)
 
 void kvm_throttle(struct vm *vm, unsigned pct)
 {
-    atomic_store(&K(vm)->throttle, pct > 99 ? 99 : pct);
+    struct kvm_vmm *k = K(vm);
+    pthread_mutex_lock(&k->mu);
+    atomic_store(&k->throttle, pct > 99 ? 99 : pct);
+    pthread_cond_broadcast(&k->cv); /* the ticker waits for a throttle */
+    pthread_mutex_unlock(&k->mu);
 }
 
 void kvm_vcpu_signals(void)
