@@ -113,9 +113,20 @@ if sys.argv[2] == "disk-migrate":
     # SRC disk-migrate DST PORT NBD-SOCKET: libvirt's order (guest-migrate-bench.sh)
     d = connect(sys.argv[3]); cmd("qmp_capabilities", f=d)
     nbd = {"type": "unix", "path": sys.argv[5]}
-    job = "mig%d" % (time.time() * 1000)  # a failed try leaves its node on the source
+    job = "mig%d" % (time.time() * 1000)
+    def undo():  # a failed try ends its mirror and drops its node: the next try makes its own
+        try:
+            cmd("block-job-cancel", device=job, force=True)
+            for _ in range(3000):
+                if not cmd("query-block-jobs").get("return"):
+                    break
+                time.sleep(0.01)
+            cmd("blockdev-del", **{"node-name": job})
+        except (OSError, ValueError):
+            pass
     def ok(r, what):
         if "error" in r:
+            undo()
             print(json.dumps({"status": "failed", "downtime_ms": None,
                               "error": "%s: %s" % (what, r["error"].get("desc"))}))
             sys.exit(1)
@@ -127,6 +138,7 @@ if sys.argv[2] == "disk-migrate":
     end = time.time() + 300
     while not any(j.get("ready") for j in ok(cmd("query-block-jobs"), "query-block-jobs")):
         if time.time() > end:
+            undo()
             print(json.dumps({"status": "timeout", "downtime_ms": None, "error": "mirror not ready"}))
             sys.exit(1)
         time.sleep(0.1)
@@ -134,7 +146,7 @@ if sys.argv[2] == "disk-migrate":
         {"capability": "pause-before-switchover", "state": True}]), "migrate-set-capabilities")
     ok(cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 30}), "migrate-set-parameters")
     ok(cmd("migrate", uri="tcp:127.0.0.1:" + sys.argv[4]), "migrate")
-    continued = False
+    continued, r = False, {}
     while time.time() < end:
         r = ok(cmd("query-migrate"), "query-migrate")
         if r.get("status") == "pre-switchover" and not continued:
@@ -153,6 +165,8 @@ if sys.argv[2] == "disk-migrate":
             time.sleep(0.01)
         ok(cmd("nbd-server-stop", f=d), "nbd-server-stop")
         ok(cmd("cont", f=d), "cont")
+    else:
+        undo()
     print(json.dumps({"status": st, "downtime_ms": r.get("downtime"), "error": r.get("error-desc", "")}))
 elif sys.argv[2] == "wait-migrate":
     end = time.time() + 300
