@@ -21,9 +21,9 @@
 #                     CPUs (a taskset list, e.g. 1)
 #   BLKMIG, GUEST     the binary and the guest ELF (default: this checkout's build)
 #   RAM_M=256 DISK_M=512 WORKLOAD=mem=32M/s,hot=64M,disk=4M/s,ram-fill=64M,disk-fill=128M
-#   STATUS_MS=500     the guest's status period (each line is one exit on blkmig's console page,
-#                     ~150 port I/O exits on QEMU's 8250); a guest is alive when a line comes
-#                     within 5 s, or 2.5 periods if longer
+#   STATUS_MS=500     the guest's status period, at most 20000 (each line is one exit on
+#                     blkmig's console page, ~150 port I/O exits on QEMU's 8250); a guest is
+#                     alive when a line comes within 5 s, or 2.5 periods if longer
 #   OUT=FILE          append result lines here too (e.g. in kvm-nested.sh's --out directory, so
 #                     that they outlive a nested kernel that panics); the console of a dead guest,
 #                     the kernel log's tail, the VMs' stderr and, of a VM that still runs, two
@@ -45,6 +45,7 @@ case $MODE in disk|ram) ;; *) echo "nested-pingpong: MODE must be disk or ram" >
 for v in ITER RAM_M DISK_M STATUS_MS; do
     [[ ${!v} =~ ^[1-9][0-9]{0,5}$ ]] || { echo "nested-pingpong: $v must be a positive number, not '${!v}'" >&2; exit 2; }
 done
+[ "$STATUS_MS" -le 20000 ] || { echo "nested-pingpong: STATUS_MS must be at most 20000 (boot waits 120 s for 3 lines)" >&2; exit 2; }
 WINDOW=$(((STATUS_MS * 5 + 1999) / 2000)) # 2.5 status periods, at least 5 s
 [ "$WINDOW" -ge 5 ] || WINDOW=5
 # A CPU list for taskset; anything else would leave the vCPU free while the results say pinned.
@@ -94,93 +95,90 @@ vcpu_sched() {
     done
     echo "\"vcpu_migrations\": ${m:-null}, \"vcpu_switches\": ${sw:-null}"
 }
-qmp() { # SOCKET COMMAND [ARGS-JSON]; "wait-migrate" polls query-migrate to an end state
+qmp() { # SOCKET COMMAND [ARGS-JSON], or SOCKET migrate DST-SOCKET PORT [NBD-SOCKET] (below)
     "$PY" - "$@" <<'PY'
 import json, socket, sys, time
 def connect(path):
     s = socket.socket(socket.AF_UNIX); s.settimeout(30); s.connect(path); f = s.makefile("rw")
     f.readline()
+    cmd("qmp_capabilities", f=f)
     return f
-f = connect(sys.argv[1])
-def cmd(c, f=f, **a):
+def cmd(c, f=None, **a):
+    f = f or src
     f.write(json.dumps({"execute": c, "arguments": a}) + "\n"); f.flush()
     while True:
         r = json.loads(f.readline())
         if "return" in r or "error" in r:
             return r
-cmd("qmp_capabilities")
-if sys.argv[2] == "disk-migrate":
-    # SRC disk-migrate DST PORT NBD-SOCKET: libvirt's order (guest-migrate-bench.sh)
-    d = connect(sys.argv[3]); cmd("qmp_capabilities", f=d)
-    nbd = {"type": "unix", "path": sys.argv[5]}
-    job = "mig%d" % (time.time() * 1000)
-    def undo():  # a failed try ends its mirror and drops its node: the next try makes its own
-        try:
-            cmd("block-job-cancel", device=job, force=True)
-            for _ in range(3000):
-                if not cmd("query-block-jobs").get("return"):
-                    break
-                time.sleep(0.01)
-            cmd("blockdev-del", **{"node-name": job})
-        except (OSError, ValueError):
-            pass
-    def ok(r, what):
-        if "error" in r:
-            undo()
-            print(json.dumps({"status": "failed", "downtime_ms": None,
-                              "error": "%s: %s" % (what, r["error"].get("desc"))}))
-            sys.exit(1)
-        return r["return"]
-    ok(cmd("nbd-server-start", f=d, addr={"type": "unix", "data": {"path": sys.argv[5]}}), "nbd-server-start")
-    ok(cmd("nbd-server-add", f=d, device="vda", writable=True), "nbd-server-add")
-    ok(cmd("blockdev-add", driver="nbd", **{"node-name": job}, server=nbd, export="vda"), "blockdev-add")
-    ok(cmd("blockdev-mirror", **{"job-id": job}, device="vda", target=job, sync="full"), "blockdev-mirror")
-    end = time.time() + 300
-    while not any(j.get("ready") for j in ok(cmd("query-block-jobs"), "query-block-jobs")):
-        if time.time() > end:
-            undo()
-            print(json.dumps({"status": "timeout", "downtime_ms": None, "error": "mirror not ready"}))
-            sys.exit(1)
-        time.sleep(0.1)
-    ok(cmd("migrate-set-capabilities", capabilities=[
-        {"capability": "pause-before-switchover", "state": True}]), "migrate-set-capabilities")
+class Failed(Exception):
+    pass
+def ok(r, what):
+    if "error" in r:
+        raise Failed("%s: %s" % (what, r["error"].get("desc")))
+    return r["return"]
+src = connect(sys.argv[1])
+if sys.argv[2] != "migrate":
+    print(json.dumps(cmd(sys.argv[2], **json.loads(sys.argv[3] if len(sys.argv) > 3 else "{}"))))
+    sys.exit(0)
+# migrate DST PORT [NBD]: RAM at 1 GiB/s; with NBD, the disk first, in libvirt's order (as
+# guest-migrate-bench.sh): the destination (started with -S) exports its empty image, the source
+# mirrors into it, the migration stops before the switchover until the mirror is cancelled
+# (drained), and the destination runs once its NBD server is gone. Prints {status, downtime_ms,
+# error}; exit 0 only when it completed. A failed try ends its mirror and drops its node, so the
+# next try can make its own.
+nbd = sys.argv[5] if len(sys.argv) > 5 else None
+job = "mig%d" % (time.time() * 1000)
+end = time.time() + 300
+out = {"status": "failed", "downtime_ms": None, "error": ""}
+try:
+    if nbd:
+        dst = connect(sys.argv[3])
+        ok(cmd("nbd-server-start", f=dst, addr={"type": "unix", "data": {"path": nbd}}), "nbd-server-start")
+        ok(cmd("nbd-server-add", f=dst, device="vda", writable=True), "nbd-server-add")
+        ok(cmd("blockdev-add", driver="nbd", **{"node-name": job},
+               server={"type": "unix", "path": nbd}, export="vda"), "blockdev-add")
+        ok(cmd("blockdev-mirror", **{"job-id": job}, device="vda", target=job, sync="full"), "blockdev-mirror")
+        while not any(j.get("ready") for j in ok(cmd("query-block-jobs"), "query-block-jobs")):
+            if time.time() > end:
+                raise Failed("the mirror was not ready in 300 s")
+            time.sleep(0.1)
+        ok(cmd("migrate-set-capabilities", capabilities=[
+            {"capability": "pause-before-switchover", "state": True}]), "migrate-set-capabilities")
     ok(cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 30}), "migrate-set-parameters")
     ok(cmd("migrate", uri="tcp:127.0.0.1:" + sys.argv[4]), "migrate")
-    continued, r = False, {}
-    while time.time() < end:
+    while True:
         r = ok(cmd("query-migrate"), "query-migrate")
-        if r.get("status") == "pre-switchover" and not continued:
+        out = {"status": r.get("status"), "downtime_ms": r.get("downtime"), "error": r.get("error-desc", "")}
+        if r.get("status") == "pre-switchover":
             ok(cmd("block-job-cancel", device=job), "block-job-cancel")
             while ok(cmd("query-block-jobs"), "query-block-jobs"):
                 time.sleep(0.01)
             ok(cmd("migrate-continue", state="pre-switchover"), "migrate-continue")
-            continued = True
-        if r.get("status") in ("completed", "failed", "cancelled"):
+        elif r.get("status") in ("completed", "failed", "cancelled"):
             break
-        time.sleep(0.01 if r.get("status") == "pre-switchover" else 0.1)
-    st = r.get("status") if time.time() < end else "timeout"
-    if st == "completed":  # the destination (started with -S) runs once its NBD server stops
-        while (ok(cmd("query-migrate", f=d), "query-migrate").get("status") != "completed" or
-               ok(cmd("query-status", f=d), "query-status")["status"] != "paused"):
+        if time.time() > end:
+            raise Failed("no end in 300 s (%s)" % r.get("status"))
+        time.sleep(0.01)
+    if out["status"] == "completed" and nbd:
+        while (ok(cmd("query-migrate", f=dst), "query-migrate").get("status") != "completed" or
+               ok(cmd("query-status", f=dst), "query-status")["status"] != "paused"):
             time.sleep(0.01)
-        ok(cmd("nbd-server-stop", f=d), "nbd-server-stop")
-        ok(cmd("cont", f=d), "cont")
-    else:
-        undo()
-    print(json.dumps({"status": st, "downtime_ms": r.get("downtime"), "error": r.get("error-desc", "")}))
-elif sys.argv[2] == "wait-migrate":
-    end = time.time() + 300
-    while time.time() < end:
-        r = cmd("query-migrate")["return"]
-        if r.get("status") in ("completed", "failed", "cancelled"):
-            print(json.dumps({"status": r["status"], "downtime_ms": r.get("downtime"),
-                              "error": r.get("error-desc", "")}))
-            break
-        time.sleep(0.2)
-    else:
-        print(json.dumps({"status": "timeout"}))
-else:
-    print(json.dumps(cmd(sys.argv[2], **json.loads(sys.argv[3] if len(sys.argv) > 3 else "{}"))))
+        ok(cmd("nbd-server-stop", f=dst), "nbd-server-stop")
+        ok(cmd("cont", f=dst), "cont")
+except (Failed, OSError, ValueError) as e:
+    out = {"status": "failed", "downtime_ms": None, "error": str(e) or type(e).__name__}
+if out["status"] != "completed" and nbd:
+    try:
+        cmd("block-job-cancel", device=job, force=True)
+        for _ in range(3000):
+            if not cmd("query-block-jobs").get("return"):
+                break
+            time.sleep(0.01)
+        cmd("blockdev-del", **{"node-name": job})
+    except (OSError, ValueError):
+        pass
+print(json.dumps(out))
+sys.exit(0 if out["status"] == "completed" else 1)
 PY
 }
 
@@ -251,15 +249,10 @@ for i in $(seq 1 "$ITER"); do
     sleep 1
     say "start $i $(date +%T)"
     t0=$(date +%s%N)
-    if [ "$SIDE" = qemu ] && [ "$MODE" = disk ]; then
-        mig=$(qmp "$W/ctl$cur" disk-migrate "$W/ctl$nxt" "$port" "$W/nbd$nxt")
-        [ "$($PY -c 'import json,sys; print(json.loads(sys.argv[1])["status"])' "$mig" 2>/dev/null)" = completed ]
-        ok=$?
-    elif [ "$SIDE" = qemu ]; then
-        qmp "$W/ctl$cur" migrate-set-parameters '{"max-bandwidth": 1073741824}' >/dev/null
-        qmp "$W/ctl$cur" migrate "{\"uri\": \"tcp:127.0.0.1:$port\"}" >/dev/null
-        mig=$(qmp "$W/ctl$cur" wait-migrate)
-        [ "$($PY -c 'import json,sys; print(json.loads(sys.argv[1])["status"])' "$mig")" = completed ]
+    if [ "$SIDE" = qemu ]; then
+        nbd=
+        [ "$MODE" = ram ] || nbd=$W/nbd$nxt
+        mig=$(qmp "$W/ctl$cur" migrate "$W/ctl$nxt" "$port" $nbd)
         ok=$?
     else
         wd=--with-disk
