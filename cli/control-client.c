@@ -18,6 +18,7 @@ static void usage(FILE *f)
             "Send COMMAND (with an optional JSON object of arguments) to the control socket of\n"
             "a running blkmig job and print the reply as one JSON line.\n"
             "  --events    also print the events that arrive before the reply\n"
+            "  -h, --help  show this help\n"
             "Examples:\n"
             "  blkmig control /run/mirror.sock query\n"
             "  blkmig control /run/mirror.sock set-speed '{\"speed\": \"100M\"}'\n"

@@ -65,7 +65,8 @@ static void usage(FILE *f)
             "  --rate RATE       shape the link with tc tbf (e.g. 1gbit; namespaces only)\n"
             "  --loopback        do not make namespaces even as root\n"
             "  --keep            keep the temporary folder with the images and logs\n"
-            "  --json            the migration's events and report as JSON lines\n");
+            "  --json            the migration's events and report as JSON lines\n"
+            "  -h, --help        show this help\n");
 }
 
 /* Run a command, wait, return its exit status (or -1). Output goes where ours goes, or nowhere. */

@@ -35,6 +35,7 @@ static void usage(FILE *f)
             "  DISK-IMAGE    raw images of the guest's virtio disks, in their order (the order of\n"
             "                its virtio_mmio.device= entries); disks not given are not checked\n"
             "  --json        print the result as one JSON object\n"
+            "  -h, --help    show this help\n"
             "Exit status: 0 clean, 1 mismatches found, 2 bad usage, an unreadable file or no\n"
             "valid layout record (not the test guest, or not booted far enough).\n",
             (unsigned long long)BM_LAYOUT_GPA);

@@ -39,8 +39,11 @@ static void usage(FILE *f)
             "  --max-ram SIZE       refuse a VM with more RAM than SIZE (e.g. 8G)\n"
             "  --max-disk SIZE      refuse disks larger than SIZE in all (--disk-dir/--disk)\n"
             "  --control SOCKET     the VM's control socket once it runs here\n"
+            "  --json               once the VM runs here, print its events as JSON lines\n"
             "  --peer-timeout MS    silence that counts as a lost source (default 10000)\n"
             "  --accept-timeout S   give up if no source connects in time (default: wait)\n"
+            "  --log-level LEVEL    error, warn, info or debug (default warn)\n"
+            "  -h, --help           show this help\n"
             "Exit status: as `blkmig run` once the VM runs here; 1 if the migration failed\n"
             "(everything received is discarded), 2 for usage errors.\n");
 }

@@ -38,6 +38,7 @@ static void usage(FILE *f)
             "  --connections N       NBD connections per disk (default 4)\n"
             "  --json                print events and the final report as JSON lines on stdout\n"
             "  --no-progress         no progress line on stderr\n"
+            "  -h, --help            show this help\n"
             "Exit status: 0 migrated, 1 failed (the VM runs on the source), 2 usage,\n"
             "3 cancelled, 4 outcome unknown (the VM is paused on the source).\n");
 }

@@ -52,6 +52,8 @@ static void usage(FILE *f)
             "                         unix:PATH sends them to the unix socket listening there\n"
             "  --append WORDS         --kvm: words added at the end of the guest's command line\n"
             "                         (e.g. 'blkmig.run=60 blkmig.status_ms=10'; see docs/guest.md)\n"
+            "  --log-level LEVEL      error, warn, info or debug (default warn)\n"
+            "  -h, --help             show this help\n"
             "Commands on the socket: query-status, migrate, query-migrate, migrate-cancel,\n"
             "stop, cont, guest-check, x-state-roundtrip (testing), x-query-vcpus (debugging),\n"
             "quit. 'blkmig migrate' drives a migration.\n",
