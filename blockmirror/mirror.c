@@ -37,7 +37,7 @@ void mirror_opts_default(struct mirror_opts *o)
     *o = (struct mirror_opts){
         .granularity = 0, /* chosen from the disk size */
         /* nbdcopy's finding, and ours: 256 KiB x 64 copied 512 MiB into qemu-nbd in 0.8-1.1 s
-         * where 1 MiB x 16 took 2.6-2.7 s (contrib/bench/RESULTS.md). */
+         * where 1 MiB x 16 took 2.6-2.7 s (docs/architecture.md, "Mirror defaults"). */
         .request_size = 256 * 1024,
         .in_flight = 64,
         .connections = 4,
@@ -1030,9 +1030,9 @@ void mirror_query(struct mirror_job *j, struct mirror_stats *st)
 
 int mirror_wait(struct mirror_job *j, char *err, size_t errlen)
 {
-    /* Joined, connections closed. (Returning before the close was tried: in the migration
+    /* Joined, connections closed. (Returning before the close gains nothing: in the migration
      * benchmark it moved ~10 ms of the pause from the source's disk step to the wait for
-     * RESUMED, the destination stopping its NBD server under closing connections: no gain.) */
+     * RESUMED, the destination stopping its NBD server under closing connections.) */
     if (j->started) {
         pthread_join(j->thread, NULL);
         j->started = false;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # kvm-nested.sh: run a command on a machine with a working /dev/kvm when this one has none.
 # It boots a Debian 12 kernel under QEMU with TCG and a CPU that has AMD SVM (QEMU emulates it,
-# nested paging included), loads kvm-amd there, and runs COMMAND in a chroot of this machine's
+# nested paging included), loads kvm-amd there, and runs COMMAND in a chroot of the host's
 # own filesystem (shared read-only over virtio-9p, with writes kept in the VM's RAM), as root,
 # with /dev/kvm. Everything the nested guest does is emulated, so it is slow (expect 10x or
 # more), but it is real KVM: the ioctls, the dirty log, the vCPU state. The kernel and busybox
@@ -12,7 +12,7 @@
 # Usage: contrib/kvm-nested.sh [--mem MIB] [--cpus N] [--timeout S] [--env VAR=VALUE]...
 #                              [--out DIR] [--monitor SOCKET] [--append ARGS] [--] COMMAND...
 #   e.g. contrib/kvm-nested.sh -- tests/integration/kvm-guest.sh
-# COMMAND runs in the current directory (it must be on this machine's filesystem). --out DIR
+# COMMAND runs in the current directory (it must be on the host's filesystem). --out DIR
 # (created if missing) is shared writable at the same path: what COMMAND writes there stays.
 # --monitor SOCKET: QEMU's human monitor on a unix socket, to look into a nested VM that hangs
 # (e.g. `info registers -a`; `sendkey alt-sysrq-l` prints every CPU's backtrace on the console).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# contrib/bench/guest-migrate-bench.sh: the headline comparison of issue 5. The same test guest
+# contrib/bench/guest-migrate-bench.sh: blkmig against QEMU with the test guest. The same test guest
 # (vm/guest/blkmig-guest.elf), workload and disk migrated between two hosts
 # (contrib/netns-hosts.sh namespaces, unshaped or tc tbf RATE) by
 #   (a) blkmig: `blkmig run --kvm` -> `blkmig migrate --with-disk` -> `blkmig incoming`

@@ -36,7 +36,7 @@
 # After every run the target must equal the source (a hole-aware byte compare of the two files;
 # md5 of both is printed on a mismatch, which aborts the benchmark); after writer runs the source
 # is restored to the pristine image (only differing chunks rewritten, holes punched again).
-# Knobs: QUICK=1 (512 MiB image, 1 rep: ~2 minutes), FULL=1 (the issue's 4 GiB image, 3 reps:
+# Knobs: QUICK=1 (512 MiB image, 1 rep: ~2 minutes), FULL=1 (a 4 GiB image, 3 reps:
 # ~20 minutes); the default is a 2 GiB image (1 GiB allocated) x 3 reps, ~10 minutes on the
 # 2-core machine (a rep is 10 mirror runs); SIZE_M (image size in MiB, a multiple of 128),
 # REPS, SHAPED=0|1|both (default both; shaping needs root), RATE (1gbit), MTU (of the shaped
@@ -194,7 +194,7 @@ for rep in $(seq "$REPS"); do
                 line=$(cat "$work/run.json")
                 [ -n "$line" ] || { echo "bench: the driver printed nothing" >&2; exit 1; }
                 echo "$line" >>"$work/runs.jsonl"
-                if ! python3 "$drv" brief "$rep" "$line"; then
+                if ! python3 "$drv" oneline "$rep" "$line"; then
                     echo "bench: *** run failed (see above); aborting ***" >&2
                     exit 1
                 fi
@@ -230,7 +230,7 @@ Subcommands:
                                  the chunks that differ, punches what PRISTINE has as holes)
   calib NS_A NS_B ADDR_B SECS    TCP goodput A -> B (bytes/s), one stream, after 1 s of warm-up
   run --side blkmig|qemu|nbdcopy ...   one mirror run; prints one JSON line
-  brief REP JSON                 one line about a run; exit 1 when it failed
+  oneline REP JSON               one line about a run; exit 1 when it failed
   report RUNS.jsonl              table of medians, ratios, bars, RESULT line (params from env)
 """
 import argparse
@@ -949,7 +949,7 @@ def main():
             die("%s and %s differ at byte %d" % (sys.argv[2], sys.argv[3], d))
     elif c == "restore":
         restore(sys.argv[2], sys.argv[3])
-    elif c == "brief":
+    elif c == "oneline":
         r = json.loads(sys.argv[3])
         w = ""
         if r.get("during") and r.get("before"):

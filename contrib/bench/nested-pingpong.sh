@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # nested-pingpong.sh: migrate one running KVM test guest back and forth between two VM processes
-# on this machine, ITER times, and after each migration check that the guest still runs (its
+# on one machine, ITER times, and after each migration check that the guest still runs (its
 # console's status lines keep coming and its process lives). A stress rig for the VM platform
 # more than a speed benchmark: on this project's nested KVM (contrib/kvm-nested.sh, SVM emulated
 # by QEMU TCG) it reproduces in minutes the guest deaths that guest-migrate-bench.sh meets about
-# once in ten migrations (contrib/bench/RESULTS.md).
+# once in ten migrations (docs/vmm.md, "Nested KVM under TCG"; figures in
+# contrib/bench/RESULTS.md).
 #
 # Needs a usable /dev/kvm; run it under contrib/kvm-nested.sh where there is none, e.g.
 #   contrib/kvm-nested.sh --cpus 2 --timeout 900 --out /tmp/pp --env SIDE=qemu \
@@ -32,7 +33,7 @@
 # the machine), one `RESULT {json}` line after it, and a `SUMMARY {json}` line at the end.
 # Exit status: 0 when every migration left a running guest, 1 when one did not, 77 without KVM.
 set -uo pipefail
-case ${1:-} in -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+case ${1:-} in -h|--help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 SIDE=${SIDE:-blkmig} ITER=${ITER:-12} MODE=${MODE:-disk} PIN=${PIN:-}
 RAM_M=${RAM_M:-256} DISK_M=${DISK_M:-512} STATUS_MS=${STATUS_MS:-500}
 WORKLOAD=${WORKLOAD:-mem=32M/s,hot=64M,disk=4M/s,ram-fill=64M,disk-fill=128M}
@@ -54,7 +55,7 @@ WINDOW=$(((STATUS_MS * 5 + 1999) / 2000)) # 2.5 status periods, at least 5 s
 CONF=$("$PY" -c 'import json, sys
 k = ("side", "mode", "pin", "qemu_accel", "qemu_args")
 print(json.dumps(dict(zip(k, sys.argv[1:])))[1:-1])' "$SIDE" "$MODE" "$PIN" "${QEMU_ACCEL:-kvm}" "${QEMU_ARGS:-}")
-# What the run needs from this machine (77: it cannot run here).
+# What the run needs from the machine it runs on (77: it cannot run here).
 [ -r /dev/kvm ] && [ -w /dev/kvm ] || { echo "nested-pingpong: no usable /dev/kvm (try contrib/kvm-nested.sh)" >&2; exit 77; }
 if [ "$SIDE" = blkmig ]; then
     [ -x "$BLKMIG" ] || { echo "nested-pingpong: no blkmig at $BLKMIG (make, or set BLKMIG)" >&2; exit 77; }

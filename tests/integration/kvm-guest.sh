@@ -33,9 +33,9 @@ if [ ! -c /dev/kvm ]; then
     [ ! -e "$TMP/vm.sock" ] || fail "run --kvm without /dev/kvm left its control socket"
     log "no /dev/kvm here: run --kvm and demo --kvm refuse with the reason"
     # Then the real test, on real KVM, in a VM that has it: QEMU with TCG emulating AMD SVM
-    # runs Debian's kernel with kvm-amd and this machine's filesystem (contrib/kvm-nested.sh;
+    # runs Debian's kernel with kvm-amd and the host's filesystem (contrib/kvm-nested.sh;
     # 77 from it = it cannot be set up here). KVM_NESTED=0 skips instead.
-    [ "${KVM_NESTED:-1}" != 0 ] || skip "no /dev/kvm on this machine (KVM_NESTED=0: not trying a nested VM)"
+    [ "${KVM_NESTED:-1}" != 0 ] || skip "no /dev/kvm here (KVM_NESTED=0: not trying a nested VM)"
     [ "${KVM_NESTED:-1}" != inside ] || skip "no /dev/kvm in the nested VM either (kvm-amd did not load)"
     log "running this test in a nested VM with KVM (contrib/kvm-nested.sh; slow: everything is emulated)"
     "$top_srcdir/contrib/kvm-nested.sh" --timeout 1500 \
@@ -47,7 +47,7 @@ if [ ! -c /dev/kvm ]; then
     rc=0
     wait $! || rc=$?
     grep -E '^(# |FAIL|SKIP|kvm-nested:)|Kernel panic' "$TMP/nested.log" >&2 || true
-    [ $rc -ne 77 ] || skip "no /dev/kvm on this machine, and no nested VM with KVM either ($(grep '^kvm-nested:' "$TMP/nested.log" | tail -1))"
+    [ $rc -ne 77 ] || skip "no /dev/kvm here, and no nested VM with KVM either ($(grep '^kvm-nested:' "$TMP/nested.log" | tail -1))"
     [ $rc -eq 0 ] || { tail -n 40 "$TMP/nested.log" >&2; fail "the test in the nested VM with KVM: exit $rc"; }
     log "ok (in the nested VM)"
     exit 0
