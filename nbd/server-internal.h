@@ -23,6 +23,10 @@
 #define NBD_HANDSHAKE_TIMEOUT 30
 /* Size of a connection's input buffer. */
 #define NBD_CONN_RBUF_SIZE (64u * 1024)
+/* Request payload bytes (READ and WRITE buffers) one connection, and the whole server, may
+ * hold at once; past either, a connection stops reading requests until replies drain. */
+#define NBD_CONN_MAX_INFLIGHT   (64u * 1024 * 1024)
+#define NBD_SERVER_MAX_INFLIGHT (256u * 1024 * 1024)
 /* Context id for base:allocation. */
 #define NBD_CONTEXT_BASE_ALLOCATION 1
 
@@ -48,6 +52,11 @@ struct nbd_server {
     struct nbd_conn *conns;
     unsigned nconns;
     uint64_t next_conn_id;
+    /* mem_lock protects mem_inflight and every conn's mem_inflight; mem_cond signals a
+     * release. */
+    pthread_mutex_t mem_lock;
+    pthread_cond_t mem_cond;
+    uint64_t mem_inflight;
 };
 
 /* One client connection. Negotiated fields are written by the handshake (one thread) before
@@ -76,6 +85,7 @@ struct nbd_conn {
     unsigned nthreads;
     unsigned busy;
     bool closing;
+    uint64_t mem_inflight;        /* payload bytes of running requests, under server->mem_lock */
     struct nbd_conn *next, *prev; /* server->conns, under server->lock */
 };
 

@@ -34,6 +34,8 @@ struct nbd_server *nbd_server_new(const struct nbd_server_config *cfg)
     }
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
+    pthread_mutex_init(&s->mem_lock, NULL);
+    pthread_cond_init(&s->mem_cond, NULL);
     return s;
 }
 
@@ -304,5 +306,7 @@ void nbd_server_free(struct nbd_server *s)
     close(s->stop_pipe[1]);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->cond);
+    pthread_mutex_destroy(&s->mem_lock);
+    pthread_cond_destroy(&s->mem_cond);
     free(s);
 }

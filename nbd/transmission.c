@@ -348,6 +348,51 @@ static int conn_read(struct nbd_conn *c, uint8_t *dst, uint64_t len, bool at_bou
     return 0;
 }
 
+/* Payload bytes a request holds in its worker's buffer while it runs. */
+static uint64_t req_mem(const struct nbd_request *req)
+{
+    return req->type == NBD_CMD_READ || req->type == NBD_CMD_WRITE ? req->length : 0;
+}
+
+/* Reserve n payload bytes for a request of c before its buffer is filled. Called with
+ * read_lock held: while the connection's or the server's budget is spent, c reads no further
+ * requests and the client's own send buffer fills (backpressure). Alone in flight, a request
+ * always fits the connection's budget (n <= NBD_SERVER_MAX_PAYLOAD), and so the server's when
+ * nothing else is in flight, so some request always makes progress; the bytes held are only
+ * released by replies being written, which SO_SNDTIMEO bounds. */
+static void mem_acquire(struct nbd_conn *c, uint64_t n)
+{
+    struct nbd_server *s = c->server;
+    if (n == 0)
+        return;
+    pthread_mutex_lock(&s->mem_lock);
+    bool waited = false;
+    while ((c->mem_inflight && c->mem_inflight + n > NBD_CONN_MAX_INFLIGHT) ||
+           (s->mem_inflight && s->mem_inflight + n > NBD_SERVER_MAX_INFLIGHT)) {
+        if (!waited)
+            bm_debug("nbd conn %llu: %llu bytes in flight here, %llu in the server: waiting",
+                     (unsigned long long)c->id, (unsigned long long)c->mem_inflight,
+                     (unsigned long long)s->mem_inflight);
+        waited = true;
+        pthread_cond_wait(&s->mem_cond, &s->mem_lock);
+    }
+    c->mem_inflight += n;
+    s->mem_inflight += n;
+    pthread_mutex_unlock(&s->mem_lock);
+}
+
+static void mem_release(struct nbd_conn *c, uint64_t n)
+{
+    struct nbd_server *s = c->server;
+    if (n == 0)
+        return;
+    pthread_mutex_lock(&s->mem_lock);
+    c->mem_inflight -= n;
+    s->mem_inflight -= n;
+    pthread_cond_broadcast(&s->mem_cond);
+    pthread_mutex_unlock(&s->mem_lock);
+}
+
 enum read_outcome { REQ_RUN, REQ_REJECT, REQ_STOP };
 
 /* Read one request (and its payload) under read_lock. */
@@ -373,9 +418,13 @@ static enum read_outcome read_request(struct worker *w, struct nbd_request *req,
                                     .structured = c->structured,
                                     .base_allocation = c->base_allocation};
     *reject = nbd_request_validate(req, &caps);
+    if (*reject == 0)
+        mem_acquire(c, req_mem(req));
     if (req->type == NBD_CMD_WRITE) {
-        if (*reject == 0 && ensure_buf(w, req->length) < 0)
+        if (*reject == 0 && ensure_buf(w, req->length) < 0) {
+            mem_release(c, req_mem(req));
             *reject = ENOMEM;
+        }
         if (*reject == 0)
             r = conn_read(c, w->buf, req->length, false);
         else
@@ -383,6 +432,8 @@ static enum read_outcome read_request(struct worker *w, struct nbd_request *req,
         if (r < 0) {
             bm_info("nbd conn %llu: write payload: %s", (unsigned long long)c->id,
                     strerror(r == -ENODATA ? ECONNRESET : -r));
+            if (*reject == 0)
+                mem_release(c, req_mem(req));
             return REQ_STOP;
         }
     }
@@ -431,6 +482,8 @@ void *nbd_conn_worker(void *arg)
 
         int r = o == REQ_REJECT ? send_error_reply(c, &req, reject)
                                 : execute(&w, &req, inject_err, inject_delay);
+        if (o == REQ_RUN)
+            mem_release(c, req_mem(&req));
         if (w.cap > BUF_KEEP) {
             /* Keep at most BUF_KEEP per idle thread: big requests are rare. */
             free(w.buf);

@@ -1,13 +1,16 @@
 /* test-kvm.c: unit tests for the KVM micro-VM's parts that run without /dev/kvm: the PVH
  * loader (on the real test guest ELF and on bad files), the virtio-mmio block device driven
  * register by register as a guest driver would (handshake, writes, reads, flush, GET_ID, bad
- * descriptors, refused features), the dirty marks of the VMM's own writes into guest RAM, and
- * the console (MMIO lines, the serial port, status lines feeding the counters). */
+ * descriptors, refused features) and by a hostile driver (rings that overlap, misaligned or
+ * outside RAM, a runaway avail index: the device must not hang), the dirty marks of the VMM's own
+ * writes into guest RAM, and the console (MMIO lines, the serial port, status lines feeding the
+ * counters). */
 #include <config.h>
 
 #include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -73,6 +76,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fx *f = *state;
+    kvm_io_stop(&f->k); /* a test that failed with the I/O thread running */
     bm_disk_close(f->k.blk[0].disk);
     fclose(f->k.console);
     free(f->k.ram);
@@ -125,8 +129,18 @@ struct vdesc {
     uint16_t flags, next;
 };
 
-/* The driver's side of the handshake; returns the final status register. */
+/* The driver's side of the handshake with its rings at desc, avail and used; returns the
+ * final status register. */
+static uint32_t handshake_at(struct fx *f, uint32_t feat_hi, uint64_t desc, uint64_t avail,
+                             uint64_t used);
+
 static uint32_t handshake(struct fx *f, uint32_t feat_hi)
+{
+    return handshake_at(f, feat_hi, DESC, AVAIL, USED);
+}
+
+static uint32_t handshake_at(struct fx *f, uint32_t feat_hi, uint64_t desc, uint64_t avail,
+                             uint64_t used)
 {
     assert_int_equal(mmio_r(f, VB + 0x000), 0x74726976);
     assert_int_equal(mmio_r(f, VB + 0x004), 2);
@@ -146,12 +160,12 @@ static uint32_t handshake(struct fx *f, uint32_t feat_hi)
     mmio_w(f, VB + 0x030, 0, 4);
     assert_true(mmio_r(f, VB + 0x034) >= QN);
     mmio_w(f, VB + 0x038, QN, 4);
-    mmio_w(f, VB + 0x080, DESC, 4);
-    mmio_w(f, VB + 0x084, 0, 4);
-    mmio_w(f, VB + 0x090, AVAIL, 4);
-    mmio_w(f, VB + 0x094, 0, 4);
-    mmio_w(f, VB + 0x0a0, USED, 4);
-    mmio_w(f, VB + 0x0a4, 0, 4);
+    mmio_w(f, VB + 0x080, (uint32_t)desc, 4);
+    mmio_w(f, VB + 0x084, desc >> 32, 4);
+    mmio_w(f, VB + 0x090, (uint32_t)avail, 4);
+    mmio_w(f, VB + 0x094, avail >> 32, 4);
+    mmio_w(f, VB + 0x0a0, (uint32_t)used, 4);
+    mmio_w(f, VB + 0x0a4, used >> 32, 4);
     mmio_w(f, VB + 0x044, 1, 4);
     mmio_w(f, VB + 0x070, 15, 4);
     return mmio_r(f, VB + 0x070);
@@ -423,6 +437,154 @@ static void test_iothread(void **state)
     assert_false(atomic_load(&f->k.quit)); /* the vCPUs' flag is not the thread's */
 }
 
+/* ---- a hostile guest driver ---- */
+
+/* A device that hangs fails the test instead of hanging it. */
+static void hung(int sig)
+{
+    (void)sig;
+    static const char msg[] = "FAIL: the virtio device did not return (hung)\n";
+    ssize_t r = write(2, msg, sizeof msg - 1);
+    (void)r;
+    _exit(1);
+}
+
+static void watchdog(unsigned seconds)
+{
+    signal(SIGALRM, hung);
+    alarm(seconds);
+}
+
+#define NEEDS_RESET 0x40u
+
+/* Resets the device and makes the driver's ring memory all zeroes. */
+static void reset_device(struct fx *f)
+{
+    mmio_w(f, VB + 0x070, 0, 4);
+    assert_int_equal(mmio_r(f, VB + 0x070), 0);
+    memset(f->k.ram + DESC, 0, USED + 0x1000 - DESC);
+    avail_idx = 0;
+}
+
+/* The avail and used rings at the same address, and a first avail entry that names no
+ * descriptor (the device skips it, so its used index trails its avail index by one): each
+ * used index the device publishes lands on the avail index it compares with, one short of
+ * the entry it has just taken, for ever. Served through the I/O thread, as on a real VM, whose
+ * hang would take pause (kvm_io_pause: dev_mu) with it. */
+static void test_virtio_rings_overlap(void **state)
+{
+    struct fx *f = *state;
+    f->k.set_irq = record_irq;
+    f->k.assign_notify = fake_assign;
+    assign_result = 0;
+    assert_int_equal(kvm_io_start(&f->k), 0);
+    reset_device(f);
+    uint8_t *ram = f->k.ram;
+    uint16_t *ring = (uint16_t *)(void *)(ram + AVAIL);
+    queue_request(f, 4, 0, 0, 0); /* descriptors 0 and 1: a FLUSH */
+    ring[0] = 1;                  /* VRING_AVAIL_F_NO_INTERRUPT */
+    ring[1] = 2;                  /* two entries available: */
+    ring[2] = 0xffff;             /* no such descriptor */
+    ring[3] = 0;                  /* the FLUSH */
+    watchdog(20);
+    uint32_t st = handshake_at(f, 1, DESC, AVAIL, AVAIL);
+    notify_by_eventfd(f);
+    mmio_w(f, VB + 0x050, 0, 4);
+    kvm_io_pause(&f->k); /* waits for the I/O thread to be off the device */
+    kvm_io_resume(&f->k);
+    alarm(0);
+    /* Refused when the queue was made ready: it stayed unready and the device needs a
+     * reset; nothing was served, nothing written over the driver's ring. */
+    assert_true(st & NEEDS_RESET);
+    assert_int_equal(mmio_r(f, VB + 0x044), 0);
+    assert_int_equal(ring[1], 2);
+    assert_int_equal(ram[STATUS], 0xee);
+    /* The driver cannot clear NEEDS_RESET by writing the status... */
+    mmio_w(f, VB + 0x070, 15, 4);
+    assert_true(mmio_r(f, VB + 0x070) & NEEDS_RESET);
+    /* ...a reset does, and the device then works again, through the I/O thread. */
+    reset_device(f);
+    assert_int_equal(handshake(f, 1), 15);
+    memset(ram + DATA, 0x3c, 4096);
+    queue_request(f, 1, 24, DATA, 4096);
+    notify_by_eventfd(f);
+    assert_true(wait_used(f, avail_idx));
+    pthread_mutex_lock(&f->k.dev_mu);
+    pthread_mutex_unlock(&f->k.dev_mu);
+    assert_int_equal(ram[STATUS], 0);
+    uint8_t back[4096];
+    assert_int_equal(bm_disk_pread(f->k.blk[0].disk, back, sizeof back, 24 * 512), 0);
+    assert_memory_equal(back, ram + DATA, sizeof back);
+    kvm_io_stop(&f->k);
+}
+
+/* Rings that pass the checks at QueueReady, and a driver index that then runs more than a
+ * queue ahead of the device (which overlapping writes, or a broken driver, would make):
+ * nothing is served, the device needs a reset and raises a configuration interrupt. */
+static void test_virtio_avail_runaway(void **state)
+{
+    struct fx *f = *state;
+    f->k.set_irq = record_irq;
+    irq_calls = 0;
+    reset_device(f);
+    assert_int_equal(handshake(f, 1), 15);
+    uint32_t gen = mmio_r(f, VB + 0x0fc);
+    queue_request(f, 4, 0, 0, 0);
+    uint16_t *avail = (uint16_t *)(void *)(f->k.ram + AVAIL);
+    avail[0] = 1; /* no used-buffer interrupts: the one raised is the configuration's */
+    avail[1] = QN + 1;
+    watchdog(20);
+    mmio_w(f, VB + 0x050, 0, 4);
+    alarm(0);
+    assert_int_equal(used_idx_now(f), 0);
+    assert_true(mmio_r(f, VB + 0x070) & NEEDS_RESET);
+    assert_int_equal(mmio_r(f, VB + 0x060), 2);
+    assert_int_equal(mmio_r(f, VB + 0x0fc), gen + 1);
+    assert_int_equal(irq_calls, 1);
+    assert_true(irq_level);
+    /* Stopped: a sane index now is not served either, until a reset. */
+    avail[1] = 1;
+    mmio_w(f, VB + 0x050, 0, 4);
+    assert_int_equal(used_idx_now(f), 0);
+    reset_device(f);
+    assert_int_equal(handshake(f, 1), 15);
+    assert_int_equal(request(f, 4, 0, 0, 0), 0);
+}
+
+/* Rings placed against the virtio rules are refused when the queue is made ready. */
+static void test_virtio_rings_refused(void **state)
+{
+    struct fx *f = *state;
+    static const struct {
+        uint64_t desc, avail, used;
+    } bad[] = {
+        {DESC + 8, AVAIL, USED},              /* descriptor table not 16-byte aligned */
+        {DESC, AVAIL + 1, USED},              /* driver area not 2-byte aligned */
+        {DESC, AVAIL, USED + 2},              /* device area not 4-byte aligned */
+        {DESC, AVAIL, RAM - 16},              /* device area past the end of RAM */
+        {RAM, AVAIL, USED},                   /* descriptor table outside RAM */
+        {0xfffffffffffffff0ull, AVAIL, USED}, /* wraps around */
+        {DESC, DESC + 0x40, USED},            /* driver area inside the descriptor table */
+        {DESC, AVAIL, AVAIL + 16},            /* device area over the driver area's end */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        reset_device(f);
+        uint32_t st = handshake_at(f, 1, bad[i].desc, bad[i].avail, bad[i].used);
+        assert_true(st & NEEDS_RESET);
+        assert_int_equal(mmio_r(f, VB + 0x044), 0);
+        assert_int_equal(f->k.blk[0].qready, 0);
+    }
+    /* Rings back to back, each as small as it may be, are fine. */
+    reset_device(f);
+    assert_int_equal(handshake_at(f, 1, DESC, DESC + 16 * QN, DESC + 16 * QN + 6 + 2 * QN + 2), 15);
+    assert_int_equal(mmio_r(f, VB + 0x044), 1);
+    /* While ready, the rings and the queue size do not move. */
+    mmio_w(f, VB + 0x0a0, AVAIL, 4);
+    mmio_w(f, VB + 0x038, 2, 4);
+    assert_int_equal(f->k.blk[0].used, DESC + 16 * QN + 6 + 2 * QN + 2);
+    assert_int_equal(f->k.blk[0].qnum, QN);
+}
+
 static char *slurp(FILE *fp)
 {
     fflush(fp);
@@ -653,6 +815,17 @@ static void test_load_state_malformed(void **state)
     struct kvm_vblk v = {.qnum = 1000};
     put_section(b, &n, 64 /* T_VBLK */, &v, sizeof v);
     assert_int_equal(kvm_load(&f->k.vm, b, n), -EPROTO);
+    /* A ready queue whose rings overlap, or lie outside guest RAM. */
+    v = (struct kvm_vblk){.qnum = 8, .qready = 1, .desc = DESC, .avail = AVAIL, .used = AVAIL};
+    n = 8;
+    put_section(b, &n, 64, &v, sizeof v);
+    assert_int_equal(kvm_load(&f->k.vm, b, n), -EPROTO);
+    assert_int_equal(f->k.blk[0].qready, 0); /* refused before it reached the device */
+    v.used = RAM;
+    n = 8;
+    put_section(b, &n, 64, &v, sizeof v);
+    assert_int_equal(kvm_load(&f->k.vm, b, n), -EPROTO);
+    assert_int_equal(f->k.blk[0].qready, 0);
     /* A TSC section whose length is not a header and whole vCPU entries; one for 2 vCPUs in a
      * VM of 1; one that says 2 vCPUs but holds 1. */
     struct {
@@ -801,6 +974,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_virtio_refuses_legacy_driver, setup, teardown),
         cmocka_unit_test_setup_teardown(test_virtio_irq, setup, teardown),
         cmocka_unit_test_setup_teardown(test_iothread, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_virtio_rings_overlap, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_virtio_avail_runaway, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_virtio_rings_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_console_socket, setup, teardown),
         cmocka_unit_test_setup_teardown(test_console, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dead, setup, teardown),

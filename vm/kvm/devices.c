@@ -206,6 +206,53 @@ void kvm_devices_loaded(struct kvm_vmm *k)
     }
 }
 
+#define VIRTIO_STATUS_DRIVER_OK   4u
+#define VIRTIO_STATUS_NEEDS_RESET 0x40u
+
+/* Whether two guest ranges [a, a + la) and [b, b + lb), both inside RAM, overlap. */
+static bool overlaps(uint64_t a, uint64_t la, uint64_t b, uint64_t lb)
+{
+    return a < b + lb && b < a + la;
+}
+
+const char *kvm_vblk_rings_bad(struct kvm_vmm *k, const struct kvm_vblk *b)
+{
+    if (b->qnum == 0 || b->qnum > KVM_QUEUE_MAX || (b->qnum & (b->qnum - 1)))
+        return "no valid queue size";
+    /* The split virtqueue's areas (virtio 1.1, 2.6): descriptor table, driver area with its
+     * flags, idx, ring and used_event, device area with its flags, idx, ring and avail_event. */
+    uint64_t ld = 16ull * b->qnum, la = 6 + 2ull * b->qnum, lu = 6 + 8ull * b->qnum;
+    if ((b->desc & 15) || (b->avail & 1) || (b->used & 3))
+        return "a ring is misaligned";
+    if (!kvm_gpa(k, b->desc, ld) || !kvm_gpa(k, b->avail, la) || !kvm_gpa(k, b->used, lu))
+        return "a ring is outside guest RAM";
+    if (overlaps(b->desc, ld, b->avail, la) || overlaps(b->desc, ld, b->used, lu) ||
+        overlaps(b->avail, la, b->used, lu))
+        return "rings overlap";
+    return NULL;
+}
+
+/* The driver broke the device's rules: stop serving the queue until it resets the device,
+ * and tell it through a configuration change interrupt (what QEMU's virtio_error does). */
+static void blk_needs_reset(struct kvm_vmm *k, struct kvm_vblk *b, const char *why)
+{
+    unsigned idx = (unsigned)(b - k->blk);
+    if (b->status & VIRTIO_STATUS_NEEDS_RESET)
+        return;
+    /* One warning per disk: a guest that repeats the offence after each reset is not logged
+     * again. */
+    if (!k->blk_warned[idx])
+        bm_warn("kvm: disk %s: the guest driver is broken (%s): the device needs a reset",
+                k->vm.disks[idx].name, why);
+    k->blk_warned[idx] = true;
+    b->status |= VIRTIO_STATUS_NEEDS_RESET;
+    if (b->status & VIRTIO_STATUS_DRIVER_OK) {
+        b->config_gen++;
+        b->isr |= 2; /* configuration change notification */
+        blk_update_irq(k, b);
+    }
+}
+
 static void blk_reset(struct kvm_vblk *b)
 {
     struct bm_disk *d = b->disk;
@@ -291,21 +338,28 @@ static uint32_t blk_request(struct kvm_vmm *k, struct kvm_vblk *b, uint16_t head
     return written;
 }
 
+/* Serves what the driver has made available. The driver's index is read once: everything the
+ * device writes (used ring, read data) may land on the driver's ring if the guest put it
+ * there, so re-reading it could chase the device's own writes for ever. */
 static void blk_notify(struct kvm_vmm *k, struct kvm_vblk *b)
 {
-    if (!b->qready || !(b->status & 4) || b->qnum == 0)
+    if (!b->qready || !(b->status & VIRTIO_STATUS_DRIVER_OK) || b->qnum == 0 ||
+        (b->status & VIRTIO_STATUS_NEEDS_RESET))
         return;
     volatile uint16_t *avail_flags = kvm_gpa(k, b->avail, 4);
     uint8_t *used = kvm_gpa(k, b->used, 4 + 8ull * b->qnum + 2);
     uint16_t *ring = kvm_gpa(k, b->avail + 4, 2ull * b->qnum);
     if (!avail_flags || !used || !ring) {
-        b->status |= 0x40; /* DEVICE_NEEDS_RESET */
+        blk_needs_reset(k, b, "a ring is outside guest RAM");
         return;
     }
-    volatile uint16_t *avail_idx = avail_flags + 1;
+    uint16_t avail_idx = __atomic_load_n(avail_flags + 1, __ATOMIC_ACQUIRE);
+    if ((uint16_t)(avail_idx - b->last_avail) > b->qnum) {
+        blk_needs_reset(k, b, "more buffers available than the queue holds");
+        return;
+    }
     bool served = false;
-    while (b->last_avail != *avail_idx) {
-        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    while (b->last_avail != avail_idx) {
         uint16_t head = ring[b->last_avail % b->qnum];
         b->last_avail++;
         if (head >= b->qnum)
@@ -347,12 +401,21 @@ static void blk_write(struct kvm_vmm *k, struct kvm_vblk *b, uint64_t off, uint3
         b->queue_sel = v;
         break;
     case 0x038:
-        if (b->queue_sel == 0 && v && v <= KVM_QUEUE_MAX && !(v & (v - 1)))
+        if (b->queue_sel == 0 && !b->qready && v && v <= KVM_QUEUE_MAX && !(v & (v - 1)))
             b->qnum = v;
         break;
     case 0x044:
-        if (b->queue_sel == 0)
-            b->qready = v & 1;
+        if (b->queue_sel != 0)
+            break;
+        /* The rings are checked once, here; while the queue is ready they cannot move. */
+        if (v & 1) {
+            const char *why = kvm_vblk_rings_bad(k, b);
+            if (why) {
+                blk_needs_reset(k, b, why);
+                break;
+            }
+        }
+        b->qready = v & 1;
         break;
     case 0x050:
         if (v == 0)
@@ -371,7 +434,8 @@ static void blk_write(struct kvm_vmm *k, struct kvm_vblk *b, uint64_t off, uint3
             if ((v & 8) && !(b->status & 8) &&
                 ((b->drv_features & ~DEV_FEATURES) || !(b->drv_features & VIRTIO_F_VERSION_1)))
                 v &= ~8u;
-            b->status = v;
+            /* NEEDS_RESET is the device's to set, and only a reset clears it. */
+            b->status = (v & ~VIRTIO_STATUS_NEEDS_RESET) | (b->status & VIRTIO_STATUS_NEEDS_RESET);
         }
         break;
     case 0x080:
@@ -381,7 +445,7 @@ static void blk_write(struct kvm_vmm *k, struct kvm_vblk *b, uint64_t off, uint3
     case 0x0a0:
     case 0x0a4: {
         uint64_t *q = off < 0x90 ? &b->desc : off < 0xa0 ? &b->avail : &b->used;
-        if (b->queue_sel != 0)
+        if (b->queue_sel != 0 || b->qready)
             break;
         if (off & 4)
             *q = (*q & 0xffffffffull) | ((uint64_t)v << 32);

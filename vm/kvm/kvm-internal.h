@@ -126,6 +126,7 @@ struct kvm_vmm {
     /* Each disk's interrupt line as last set (it follows isr != 0; not saved: a loaded VM
      * starts with its lines low and kvm_devices_loaded raises those whose isr is set). */
     bool irq_level[VM_MAX_DISKS];
+    bool blk_warned[VM_MAX_DISKS]; /* a broken driver was logged for this disk (under dev_mu) */
     /* Sets an interrupt line of the in-kernel irqchip (kvm.c: KVM_IRQ_LINE; the unit tests
      * record the calls). NULL: no interrupts. */
     void (*set_irq)(struct kvm_vmm *k, unsigned gsi, bool level);
@@ -197,6 +198,9 @@ int kvm_setup_cpuid(struct kvm_vmm *k, struct kvm_vcpu *c, char *err, size_t err
 void kvm_handle_io(struct kvm_vmm *k, struct kvm_run *run);
 void kvm_handle_mmio(struct kvm_vmm *k, struct kvm_run *run);
 void kvm_console_line(struct kvm_vmm *k, const char *line);
+/* Why queue b's rings cannot be served (no valid size; not inside guest RAM; misaligned;
+ * overlapping), or NULL when they can: checked at QueueReady and on load_state. */
+const char *kvm_vblk_rings_bad(struct kvm_vmm *k, const struct kvm_vblk *b);
 /* After load_state: set each disk's interrupt line from its loaded isr. */
 void kvm_devices_loaded(struct kvm_vmm *k);
 /* Starts the I/O thread with one ioeventfd per disk (k->assign_notify). 0, or -errno (then

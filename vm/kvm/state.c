@@ -490,6 +490,12 @@ int kvm_load(struct vm *vm, const void *buf, size_t len)
                         r = -EPROTO;
                         break;
                     }
+                    const char *why = v->qready ? kvm_vblk_rings_bad(k, v) : NULL;
+                    if (why) {
+                        bm_error("kvm: loading state: disk %u: %s", disk, why);
+                        r = -EPROTO;
+                        break;
+                    }
                     v->disk = k->blk[disk].disk;
                     v->size = k->blk[disk].size;
                     k->blk[disk++] = *v;
