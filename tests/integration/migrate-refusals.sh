@@ -50,10 +50,10 @@ sys.exit(os.waitstatus_to_exitcode(status) & 255)
         --control "$TMP/$c.sock" --peer-timeout 60000 --log-level info "$@" 2>"$DST_LOG" &
     DST_PID=$!
     track_pid "$DST_PID"
-    local deadline=$((SECONDS + 30))
+    local deadline=$((SECONDS + 60))
     until grep -q "listening on" "$DST_LOG" 2>/dev/null; do
         kill -0 "$DST_PID" 2>/dev/null || fail "$c: blkmig incoming exited: $(tail -3 "$DST_LOG")"
-        [ $SECONDS -lt $deadline ] || fail "$c: blkmig incoming does not listen"
+        [ $SECONDS -lt $deadline ] || fail "$c: blkmig incoming does not listen after 60 s"
         sleep 0.05
     done
 }
