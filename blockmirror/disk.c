@@ -44,6 +44,12 @@ int bm_disk_open(const char *path, unsigned open_flags, struct bm_disk **out)
         bm_error("cannot open %s%s: %s", path, ro ? " read-only" : "", strerror(e));
         return -e;
     }
+    return bm_disk_open_fd(fd, path, open_flags, out);
+}
+
+int bm_disk_open_fd(int fd, const char *path, unsigned open_flags, struct bm_disk **out)
+{
+    bool ro = open_flags & BM_DISK_OPEN_READONLY;
     struct stat st;
     if (fstat(fd, &st) < 0) {
         int e = errno;
@@ -103,6 +109,16 @@ uint64_t bm_disk_size(const struct bm_disk *d)
 const char *bm_disk_path(const struct bm_disk *d)
 {
     return d->path;
+}
+
+int bm_disk_set_path(struct bm_disk *d, const char *path)
+{
+    char *p = strdup(path);
+    if (!p)
+        return -ENOMEM;
+    free(d->path);
+    d->path = p;
+    return 0;
 }
 
 bool bm_disk_is_readonly(const struct bm_disk *d)

@@ -39,10 +39,15 @@ struct bm_extent {
 #define BM_DISK_MAX_BITMAPS 8
 
 int bm_disk_open(const char *path, unsigned open_flags, struct bm_disk **out);
+/* The same over an open descriptor (read-write unless BM_DISK_OPEN_READONLY), which the disk
+ * owns from then on, even on failure; path is only its name (bm_disk_path). */
+int bm_disk_open_fd(int fd, const char *path, unsigned open_flags, struct bm_disk **out);
 void bm_disk_close(struct bm_disk *d);
 
 uint64_t bm_disk_size(const struct bm_disk *d);
 const char *bm_disk_path(const struct bm_disk *d);
+/* Give the disk a new name (its file was renamed); only while nobody else uses the disk. */
+int bm_disk_set_path(struct bm_disk *d, const char *path);
 bool bm_disk_is_readonly(const struct bm_disk *d);
 bool bm_disk_is_blockdev(const struct bm_disk *d);
 

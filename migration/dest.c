@@ -18,12 +18,12 @@
 #include "common/io.h"
 #include "common/log.h"
 #include "common/sock.h"
+#include "migration/dest-internal.h"
 #include "migration/migration.h"
 #include "migration/stream.h"
 #include "nbd/server.h"
 #include "ram/ram.h"
 
-#define MAX_DISK_SIZE (1ull << 50)
 /* Extra patience while the peer digests RAM and disks for --verify. */
 #define VERIFY_GRACE_MS 600000
 /* Progress PINGs go at least every 50 ms and every ACK_BYTES of stream applied. */
@@ -38,9 +38,8 @@ struct dest {
     pthread_t nbd_thread;
     bool nbd_running;
     struct vm *vm;
+    struct mig_images images; /* they own the disks until the VM runs here */
     struct vm_disk disks[VM_MAX_DISKS];
-    char paths[VM_MAX_DISKS][4096];
-    bool created[VM_MAX_DISKS];
     unsigned ndisks;
     bool with_disk, verify;
     uint8_t *state;
@@ -109,73 +108,17 @@ static int accept_source(struct dest *d)
     }
 }
 
-static const char *disk_path(struct dest *d, const char *name, char *buf, size_t len)
+/* The images of the announced disks (dest-images.c), as the VM's disks. */
+static int open_images(struct dest *d, struct json_object *disks)
 {
-    for (unsigned i = 0; i < d->o->nmap; i++)
-        if (strcmp(d->o->map[i].name, name) == 0)
-            return d->o->map[i].path;
-    if (!d->o->disk_dir)
-        return NULL;
-    snprintf(buf, len, "%s/%s.img", d->o->disk_dir, name);
-    return buf;
-}
-
-/* Create (with --with-disk) or open (shared storage) the image of each announced disk. */
-static int open_disks(struct dest *d, struct json_object *disks)
-{
-    if (!json_object_is_type(disks, json_type_array) ||
-        json_object_array_length(disks) > VM_MAX_DISKS)
-        return failf(d, -EPROTO, "the VM description has a bad disk list");
-    size_t n = json_object_array_length(disks);
-    for (size_t i = 0; i < n; i++) {
-        struct json_object *e = json_object_array_get_idx(disks, i), *jn, *js;
-        if (!json_object_object_get_ex(e, "name", &jn) ||
-            !json_object_object_get_ex(e, "size", &js) || !json_object_is_type(js, json_type_int))
-            return failf(d, -EPROTO, "the VM description has a bad disk entry");
-        const char *name = json_object_get_string(jn);
-        int64_t size = json_object_get_int64(js);
-        if (!vm_disk_name_ok(name) || size <= 0 || (uint64_t)size > MAX_DISK_SIZE ||
-            size % 512)
-            return failf(d, -EPROTO, "the VM description has a bad disk (name or size)");
-        for (unsigned k = 0; k < d->ndisks; k++)
-            if (strcmp(d->disks[k].name, name) == 0)
-                return failf(d, -EPROTO, "the VM description names disk %s twice", name);
-        char buf[4096];
-        const char *path = disk_path(d, name, buf, sizeof buf);
-        if (!path)
-            return failf(d, -ENOENT, "no image path for disk %s (give --disk %s=PATH or "
-                                     "--disk-dir)", name, name);
-        unsigned k = d->ndisks;
-        snprintf(d->paths[k], sizeof d->paths[k], "%s", path);
-        if (d->with_disk) {
-            int flags = O_RDWR | O_CREAT | O_CLOEXEC | (d->o->force ? 0 : O_EXCL);
-            int fd = open(path, flags, 0600);
-            if (fd < 0)
-                return failf(d, -errno, "cannot create the image of disk %s at %s: %s%s", name,
-                             path, strerror(errno),
-                             errno == EEXIST ? " (use --force to overwrite it)" : "");
-            struct stat sb;
-            bool regular = fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode);
-            d->created[k] = !d->o->force;
-            if (regular && (ftruncate(fd, 0) < 0 || ftruncate(fd, size) < 0)) {
-                int e2 = errno;
-                close(fd);
-                return failf(d, -e2, "cannot size the image %s: %s", path, strerror(e2));
-            }
-            close(fd);
-        }
-        struct bm_disk *disk;
-        int r = bm_disk_open(path, 0, &disk);
-        if (r < 0)
-            return failf(d, r, "cannot open the image of disk %s at %s: %s", name, path,
-                         strerror(-r));
-        snprintf(d->disks[k].name, sizeof d->disks[k].name, "%s", name);
-        d->disks[k].disk = disk;
-        d->ndisks++;
-        if (bm_disk_size(disk) != (uint64_t)size)
-            return failf(d, -EINVAL, "the image %s has %llu bytes, the source's disk %s %lld",
-                         path, (unsigned long long)bm_disk_size(disk), name, (long long)size);
+    int r = mig_images_open(&d->images, d->o, d->with_disk, disks, d->err, d->errlen);
+    if (r < 0)
+        return r;
+    for (unsigned k = 0; k < d->images.n; k++) {
+        memcpy(d->disks[k].name, d->images.img[k].name, sizeof d->disks[k].name);
+        d->disks[k].disk = d->images.img[k].disk;
     }
+    d->ndisks = d->images.n;
     return 0;
 }
 
@@ -223,33 +166,6 @@ static int serve_disks(struct dest *d, struct json_object *ack)
     return 0;
 }
 
-/* --max-ram and --max-disk: what this host agreed to take, checked before anything is made. */
-static int check_limits(struct dest *d, struct json_object *vmd, struct json_object *disks)
-{
-    struct json_object *jr, *e, *js;
-    if (d->o->max_ram && json_object_object_get_ex(vmd, "ram", &jr) &&
-        json_object_is_type(jr, json_type_int) &&
-        (uint64_t)json_object_get_int64(jr) > d->o->max_ram)
-        return failf(d, -EFBIG, "the VM has %lld bytes of RAM, more than --max-ram %llu",
-                     (long long)json_object_get_int64(jr), (unsigned long long)d->o->max_ram);
-    if (!d->o->max_disk || !d->with_disk || !json_object_is_type(disks, json_type_array))
-        return 0;
-    uint64_t total = 0;
-    for (size_t i = 0; i < json_object_array_length(disks); i++) {
-        e = json_object_array_get_idx(disks, i);
-        if (json_object_object_get_ex(e, "size", &js) && json_object_is_type(js, json_type_int) &&
-            json_object_get_int64(js) > 0) {
-            uint64_t size = (uint64_t)json_object_get_int64(js);
-            total = size > UINT64_MAX - total ? UINT64_MAX : total + size;
-        }
-    }
-    if (total > d->o->max_disk)
-        return failf(d, -EFBIG,
-                     "the VM's disks are %llu bytes in all, more than --max-disk %llu",
-                     (unsigned long long)total, (unsigned long long)d->o->max_disk);
-    return 0;
-}
-
 static int hello(struct dest *d)
 {
     uint32_t type, len;
@@ -271,9 +187,10 @@ static int hello(struct dest *d)
     struct json_object *wd, *vf;
     d->with_disk = json_object_object_get_ex(h, "with_disk", &wd) && json_object_get_boolean(wd);
     d->verify = json_object_object_get_ex(h, "verify", &vf) && json_object_get_boolean(vf);
-    r = check_limits(d, vmd, x);
+    /* What this host agreed to take, checked before anything is made. */
+    r = mig_dest_check_ram(d->o, vmd, d->err, d->errlen);
     if (r == 0)
-        r = open_disks(d, x);
+        r = open_images(d, x);
     if (r == 0) {
         d->vm = d->o->factory(d->o->opaque, vmd, d->disks, d->ndisks, d->err, d->errlen);
         if (!d->vm)
@@ -455,11 +372,7 @@ static void discard(struct dest *d)
     stop_nbd(d);
     vm_destroy(d->vm);
     d->vm = NULL;
-    for (unsigned k = 0; k < d->ndisks; k++) {
-        bm_disk_close(d->disks[k].disk);
-        if (d->created[k])
-            unlink(d->paths[k]);
-    }
+    mig_images_discard(&d->images);
     d->ndisks = 0;
 }
 
@@ -525,6 +438,12 @@ int mig_incoming_run(const struct mig_incoming_opts *o, struct mig_incoming_resu
         verified = true;
     }
     json_object_put(complete);
+    /* The migration is complete: the new images take their names now, before RESUMED, so
+     * that a failure here still leaves the VM to the source. */
+    uint64_t t_p = now_ns();
+    if ((r = mig_images_place(&d.images, err, errlen)) < 0)
+        goto fail;
+    bm_info("incoming: images in place in %.1f ms", (double)(now_ns() - t_p) / 1e6);
     struct json_object *rs = json_object_new_object();
     json_object_object_add(rs, "digest_ms", json_object_new_int64((int64_t)digest_ms));
     json_object_object_add(rs, "verified", json_object_new_boolean(verified));
@@ -535,6 +454,7 @@ int mig_incoming_run(const struct mig_incoming_opts *o, struct mig_incoming_resu
         failf(&d, r, "cannot tell the source RESUMED: %s", strerror(-r));
         goto fail;
     }
+    mig_images_keep(&d.images); /* the VM is the source's no more: never remove its disks */
     r = vm_resume(d.vm);
     if (r < 0) {
         bm_error("incoming: RESUMED was sent but the VM does not resume: %s", strerror(-r));

@@ -77,12 +77,12 @@ struct mig_disk_map {
 struct mig_incoming_opts {
     const char *host, *port; /* where to listen for the migration stream */
     const char *nbd_port;    /* where to serve the disks (default port + 1) */
-    const char *disk_dir;    /* create DIR/NAME.img for each announced disk, or: */
-    const struct mig_disk_map *map;
+    const char *disk_dir;    /* with_disk: create DIR/NAME.img for each announced disk, or: */
+    const struct mig_disk_map *map; /* the only images opened without with_disk */
     unsigned nmap;
-    bool force;               /* overwrite existing images */
-    uint64_t max_ram;         /* refuse a VM with more RAM than this (0 = no limit) */
-    uint64_t max_disk;        /* refuse disks to create larger than this in all (0 = no limit) */
+    bool force;               /* replace existing images once the migration has completed */
+    uint64_t max_ram;         /* refuse a VM with more RAM (0 = the memory available) */
+    uint64_t max_disk;        /* refuse disks larger in all (0 = each file system's free space) */
     unsigned peer_timeout_ms; /* default 10000 */
     unsigned accept_timeout_s; /* 0 = wait for ever */
     mig_vm_factory factory;
@@ -106,8 +106,10 @@ struct mig_incoming_result {
     struct json_object *stats; /* what the destination measured */
 };
 
-/* Wait for one source, receive the VM, resume it. On failure everything received is discarded
- * (images this call created are removed) and -errno comes back with a message in err. */
+/* Wait for one source, receive the VM, resume it. New images are received into temporary files
+ * and renamed into place once the migration is complete, before RESUMED. On failure
+ * everything received is discarded (the temporary files are removed, the names left as they
+ * were) and -errno comes back with a message in err. */
 int mig_incoming_run(const struct mig_incoming_opts *o, struct mig_incoming_result *res,
                      char *err, size_t errlen);
 

@@ -2,7 +2,8 @@
 # Integration: `blkmig migrate` end to end between two hosts (network namespaces when root,
 # loopback otherwise): idle and moderate guests with --with-disk --verify (completed, verified,
 # source gone, destination guest running and clean, downtime within the limit), shared storage
-# (no --with-disk, the destination opens the same image), and bad input (a bad URI, nobody
+# (no --with-disk, the destination opens the same image), --force over an old image (replaced
+# once the migration has completed), and bad input (a bad URI, nobody
 # listening, an existing image without --force, a VM over the destination's --max-ram or
 # --max-disk): the source keeps running, untouched.
 . "$(dirname "$0")/../lib.sh"
@@ -143,13 +144,21 @@ for scen in idle moderate; do
     if [ "$scen" = idle ]; then wl=$IDLE; else wl=$MODERATE; fi
     log "$scen ($wl; RAM $MIG_RAM, disk $MIG_DISK, $MIG_FILL): migrate --with-disk --verify"
     mig_start_source "$wl"
-    mig_start_dest
+    if [ "$scen" = idle ]; then
+        # --force over an old image of another size: the copy replaces it on completion.
+        mig_start_dest --force
+        head -c $((3 << 20)) /dev/urandom >"$DST_IMG"
+    else
+        mig_start_dest
+    fi
     sleep 1 # let the workload run a while first
     mig_migrate 180 --with-disk --verify
     if [ "$scen" = idle ]; then check_completed "$scen"; else check_completed "$scen" writes; fi
     vm_status "$DST_SOCK" || true
     [ "$VM_DISK_PATH" = "$DST_IMG" ] ||
         soft_fail "$scen: the destination's disk is '$VM_DISK_PATH', expected $DST_IMG"
+    [ "$(ls -A "$DST_DIR")" = vda.img ] ||
+        soft_fail "$scen: the destination's disk folder holds $(ls -A "$DST_DIR" | tr '\n' ' ')"
     if [ "$scen" = idle ]; then
         # An idle guest writes no disk blocks after the switchover: the destination's image
         # must equal the source's (as of the switchover, when the source stopped), by content.

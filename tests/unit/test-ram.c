@@ -209,6 +209,33 @@ static void test_apply_outside_ram(void **state)
     }
 }
 
+/* A page that a region holds only in part is refused whole, raw or zero: nothing past the
+ * region's end is touched. */
+static void test_apply_partial_page(void **state)
+{
+    struct vm *vm = *state;
+    uint8_t buf[REC_RAW_LEN], page[VM_PAGE_SIZE];
+    fill_page(page, 5);
+    uint64_t last = RAM_SIZE - VM_PAGE_SIZE, pages = 0;
+    uint8_t *tail = host(vm, last);
+    memset(tail, 0x5a, VM_PAGE_SIZE);
+    vm->regions[0].size -= 100; /* the region ends 100 bytes short of its last page's end */
+    bool z;
+    size_t n = ram_encode_page(buf, last, page, &z);
+    int r1 = ram_apply(vm, NULL, buf, n, &pages);
+    bm_put_be64(buf, last | RAM_REC_ZERO);
+    int r2 = ram_apply(vm, NULL, buf, 8, &pages);
+    n = ram_encode_page(buf, last - VM_PAGE_SIZE, page, &z);
+    int r3 = ram_apply(vm, NULL, buf, n, &pages);
+    vm->regions[0].size += 100;
+    assert_int_equal(r1, -EBADMSG);
+    assert_int_equal(r2, -EBADMSG);
+    assert_int_equal(r3, 0); /* the page before is whole */
+    assert_int_equal(pages, 1);
+    for (unsigned i = 0; i < VM_PAGE_SIZE; i++)
+        assert_int_equal(tail[i], 0x5a);
+}
+
 /* With a loaded map, a zero record for a page the stream never wrote leaves fresh RAM alone;
  * raw records mark their page, and a later zero record for it clears it. */
 static void test_apply_loaded(void **state)
@@ -741,6 +768,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_apply_truncated, vm_setup, vm_teardown),
         cmocka_unit_test_setup_teardown(test_apply_bad_kind, vm_setup, vm_teardown),
         cmocka_unit_test_setup_teardown(test_apply_outside_ram, vm_setup, vm_teardown),
+        cmocka_unit_test_setup_teardown(test_apply_partial_page, vm_setup, vm_teardown),
         cmocka_unit_test_setup_teardown(test_apply_loaded, vm_setup, vm_teardown),
         cmocka_unit_test_setup_teardown(test_apply_zlib, vm_setup, vm_teardown),
         cmocka_unit_test_setup_teardown(test_apply_zlib_bad, vm_setup, vm_teardown),
