@@ -94,6 +94,8 @@ void mirror_set_state(struct mirror_job *j, enum mirror_state s, const char *det
     event(j, mirror_state_name(s), detail);
 }
 
+/* Record why the job fails (the first cause only). It is not logged here: the owner reports it
+ * once, from the failed event or from mirror_wait's message. */
 static void fail(struct mirror_job *j, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void fail(struct mirror_job *j, int err, const char *fmt, ...)
@@ -105,7 +107,6 @@ static void fail(struct mirror_job *j, int err, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(j->errmsg, sizeof j->errmsg, fmt, ap);
     va_end(ap);
-    bm_error("mirror: %s", j->errmsg);
 }
 
 int mirror_new(struct bm_disk *src, const struct mirror_opts *o, mirror_event_fn fn, void *opaque,

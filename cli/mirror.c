@@ -142,7 +142,9 @@ static void on_event(void *opaque, const char *event, const struct mirror_stats 
         pthread_mutex_unlock(&m->out_lock);
         json_object_put(o);
     } else if (strcmp(event, "stats") != 0 && bm_log_get_level() >= BM_LOG_INFO) {
-        bm_info("mirror: %s%s%s", event, detail ? ": " : "", detail ? detail : "");
+        /* A failure's cause is printed once, with the summary. */
+        bool say = detail && strcmp(event, "failed") != 0;
+        bm_info("mirror: %s%s%s", event, say ? ": " : "", say ? detail : "");
     }
     if (strcmp(event, "stats") != 0) {
         struct json_object *d = stats_json(st);
@@ -473,6 +475,8 @@ int cmd_mirror(int argc, char **argv)
             json_object_object_add(o, "error", json_object_new_string(err));
         printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
         json_object_put(o);
+        if (r != 0 && r != -ECANCELED)
+            bm_error("mirror failed: %s", err); /* the one line on stderr that says why */
     } else {
         char a[32], b[32], c2[32], d[32];
         cli_human(st.bytes_sent, a, sizeof a);
