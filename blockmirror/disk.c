@@ -298,11 +298,10 @@ int bm_disk_zero(struct bm_disk *d, uint64_t offset, uint64_t len, unsigned flag
     struct bm_disk_hooks h;
     int token = change_begin(d, offset, len, &h);
     bool redir = redirected(d);
-    int r = redir ? d->redir.zero(d->redir.opaque, offset, len, flags)
-                  : do_zero(d, offset, len, flags);
+    int r =
+        redir ? d->redir.zero(d->redir.opaque, offset, len, flags) : do_zero(d, offset, len, flags);
     /* A refused fast zero changed nothing. */
-    return change_end(d, &h, token, BM_CHANGE_ZERO, NULL, offset, len, r,
-                      !redir && r != -ENOTSUP);
+    return change_end(d, &h, token, BM_CHANGE_ZERO, NULL, offset, len, r, !redir && r != -ENOTSUP);
 }
 
 int bm_disk_trim(struct bm_disk *d, uint64_t offset, uint64_t len, unsigned flags)

@@ -45,8 +45,8 @@ struct pivot_req {
     void *rbuf;       /* read: into here */
     const void *wbuf; /* write: from here */
     uint64_t offset, len;
-    bool fua;      /* flush the target once the request is done */
-    bool flushing; /* that flush is in flight */
+    bool fua;       /* flush the target once the request is done */
+    bool flushing;  /* that flush is in flight */
     unsigned parts; /* target commands out, plus one while submitting */
     int err;        /* first error, positive errno */
     bool done;

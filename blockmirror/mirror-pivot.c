@@ -78,11 +78,14 @@ static int submit_part(struct mirror_job *j, struct pivot_req *r, uint64_t off, 
         return bm_target_read(j->t, (uint8_t *)r->rbuf + (off - r->offset), (size_t)n, off,
                               part_done, r);
     case PIVOT_WRITE:
-        return bm_target_write(j->t, (const uint8_t *)r->wbuf + (off - r->offset), (size_t)n,
-                               off, 0, part_done, r);
-    case PIVOT_ZERO: return bm_target_zero(j->t, off, n, part_done, r);
-    case PIVOT_TRIM: return bm_target_trim(j->t, off, n, part_done, r);
-    case PIVOT_FLUSH: return bm_target_flush(j->t, part_done, r);
+        return bm_target_write(j->t, (const uint8_t *)r->wbuf + (off - r->offset), (size_t)n, off,
+                               0, part_done, r);
+    case PIVOT_ZERO:
+        return bm_target_zero(j->t, off, n, part_done, r);
+    case PIVOT_TRIM:
+        return bm_target_trim(j->t, off, n, part_done, r);
+    case PIVOT_FLUSH:
+        return bm_target_flush(j->t, part_done, r);
     }
     return -EINVAL;
 }
@@ -188,11 +191,10 @@ static int pivot_pread(void *opaque, void *buf, size_t len, uint64_t offset)
     return call(opaque, &r);
 }
 
-static int pivot_pwrite(void *opaque, const void *buf, size_t len, uint64_t offset,
-                        unsigned flags)
+static int pivot_pwrite(void *opaque, const void *buf, size_t len, uint64_t offset, unsigned flags)
 {
-    struct pivot_req r = {.kind = PIVOT_WRITE, .wbuf = buf, .offset = offset, .len = len,
-                          .fua = flags & BM_DISK_FUA};
+    struct pivot_req r = {
+        .kind = PIVOT_WRITE, .wbuf = buf, .offset = offset, .len = len, .fua = flags & BM_DISK_FUA};
     return call(opaque, &r);
 }
 
@@ -202,15 +204,15 @@ static int pivot_zero(void *opaque, uint64_t offset, uint64_t len, unsigned flag
      * own zeroes instead. */
     if (flags & BM_DISK_FAST)
         return -ENOTSUP;
-    struct pivot_req r = {.kind = PIVOT_ZERO, .offset = offset, .len = len,
-                          .fua = flags & BM_DISK_FUA};
+    struct pivot_req r = {
+        .kind = PIVOT_ZERO, .offset = offset, .len = len, .fua = flags & BM_DISK_FUA};
     return call(opaque, &r);
 }
 
 static int pivot_trim(void *opaque, uint64_t offset, uint64_t len, unsigned flags)
 {
-    struct pivot_req r = {.kind = PIVOT_TRIM, .offset = offset, .len = len,
-                          .fua = flags & BM_DISK_FUA};
+    struct pivot_req r = {
+        .kind = PIVOT_TRIM, .offset = offset, .len = len, .fua = flags & BM_DISK_FUA};
     return call(opaque, &r);
 }
 

@@ -218,8 +218,7 @@ static struct json_object *on_control(void *opaque, const char *cmd, struct json
 /* What completion made of the target, for the --json summary. */
 static void add_completion_json(struct json_object *o, bool pivoted, unsigned writers)
 {
-    json_object_object_add(o, "on_complete", json_object_new_string(pivoted ? "pivot"
-                                                                            : "release"));
+    json_object_object_add(o, "on_complete", json_object_new_string(pivoted ? "pivot" : "release"));
     json_object_object_add(o, "point_in_time", json_object_new_boolean(!pivoted));
     json_object_object_add(o, "writers_connected", json_object_new_int64(writers));
 }

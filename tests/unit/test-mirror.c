@@ -304,6 +304,7 @@ struct counter_writer {
     struct bm_disk *d;
     _Atomic bool stop;
     _Atomic uint64_t last; /* the last value whose write succeeded */
+    _Atomic bool ended;    /* by a failed write, or stop */
 };
 
 static void *counter_main(void *arg)
@@ -317,6 +318,7 @@ static void *counter_main(void *arg)
             break;
         atomic_store(&w->last, v);
     }
+    atomic_store(&w->ended, true);
     return NULL;
 }
 
@@ -353,11 +355,12 @@ static void test_pivot(void **state)
     int raw = open(f->src_path, O_RDONLY);
     assert_true(raw >= 0);
     uint64_t at_pivot = counter_at(raw);
-    while (atomic_load(&w.last) < at_pivot + 20)
+    while (atomic_load(&w.last) < at_pivot + 20 && !atomic_load(&w.ended))
         usleep(1000);
     atomic_store(&w.stop, true);
     pthread_join(wt, NULL);
     uint64_t last = atomic_load(&w.last);
+    assert_true(last >= at_pivot + 20); /* no write failed after the pivot */
     /* The target holds the last acknowledged write; the image stopped at the pivot. */
     uint64_t v = 0;
     assert_int_equal(bm_disk_pread(f->dst, &v, sizeof v, 3 << 20), 0);
