@@ -20,12 +20,13 @@ done
 # summary_field NAME FIELD: FIELD of the --json summary of the mirror started as NAME.
 summary_field() { json_get "$TMP/$1.json" summary "$2"; }
 
-# serve_and_mirror NAME: a fresh source (src-NAME.img) and target, and `blkmig mirror` serving
-# the source on serve-NAME.sock, with --on-ready wait and control socket ctl-NAME.sock.
+# serve_and_mirror NAME [KIND]: a fresh source (src-NAME.img) and target (served by KIND, default
+# blkmig), and `blkmig mirror` serving the source on serve-NAME.sock, with --on-ready wait and
+# control socket ctl-NAME.sock.
 serve_and_mirror() {
     cp --sparse=always "$MASTER" "$TMP/src-$1.img"
     truncate -s 128M "$TMP/tgt-$1.img"
-    start_target blkmig "$TMP/tgt-$1.img"
+    start_target "${2:-blkmig}" "$TMP/tgt-$1.img"
     start_mirror "$1" --serve-unix "$TMP/serve-$1.sock" --on-ready wait \
         --control "$TMP/ctl-$1.sock" "$TMP/src-$1.img" "$TARGET_URI"
     wait_unix "$TMP/serve-$1.sock"
@@ -33,56 +34,99 @@ serve_and_mirror() {
 }
 
 # ---- 1. qemu-io connected across complete: it keeps working, and its disk is the target ----
-log "pivot: qemu-io writes, complete, qemu-io writes/reads/zeroes/trims/flushes again"
-serve_and_mirror q
-mkfifo "$TMP/qemu-io.in"
-timeout 60 qemu-io -f raw "nbd+unix:///?socket=$TMP/serve-q.sock" <"$TMP/qemu-io.in" \
-    >"$TMP/qemu-io.out" 2>&1 &
-QIO_PID=$!
-track_pid $QIO_PID
-exec 7>"$TMP/qemu-io.in"
-echo "write -P 0xa1 0 64k" >&7
-wait_event "$TMP/q.json" ready 30 || fail "q: no ready event within 30 s"
-"$BLKMIG" control "$TMP/ctl-q.sock" complete >/dev/null || fail "q: control complete failed"
-wait_event "$TMP/q.json" summary 30 || fail "q: no summary within 30 s of complete"
-kill -0 "$MIRROR_PID" 2>/dev/null ||
-    fail "q: blkmig mirror exited at done with qemu-io still connected: $(tail -3 "$TMP/q.err")"
-src_at_done=$(sum "$TMP/src-q.img")
-for c in "write -P 0xb2 64k 64k" "read -P 0xa1 0 64k" "read -P 0xb2 64k 64k" \
-    "write -f -P 0xc3 128k 64k" "write -z 192k 64k" "discard 256k 64k" "flush" \
-    "read -P 0xc3 128k 64k" "read -P 0 192k 64k" "quit"; do
-    echo "$c" >&7
-done
-exec 7>&-
-wait_pid $QIO_PID 30
-[ "$WAIT_RC" -eq 0 ] || soft_fail "q: qemu-io exited $WAIT_RC"
-! grep -qiE 'error|fail|pattern|mismatch' "$TMP/qemu-io.out" ||
-    soft_fail "q: qemu-io saw an error after the pivot: $(grep -m3 -iE 'error|fail|pattern|mismatch' "$TMP/qemu-io.out" | tr '\n' ' ')"
-n=$(grep -cE '^(qemu-io> )?(wrote|read|discard) ' "$TMP/qemu-io.out" || true)
-[ "$n" -eq 8 ] || soft_fail "q: qemu-io completed $n of 8 requests: $(tr '\n' ' ' <"$TMP/qemu-io.out")"
-log "pivot: the writer disconnected -> blkmig mirror exits 0; the summary says pivot"
-wait_pid "$MIRROR_PID" 30
-check_sanitizer_log "$TMP/q.err"
-[ "$WAIT_RC" -eq 0 ] || soft_fail "q: blkmig mirror exited $WAIT_RC: $(tail -3 "$TMP/q.err")"
-[ "$(summary_field q result)" = done ] || soft_fail "q: result $(summary_field q result)"
-[ "$(summary_field q on_complete)" = pivot ] || soft_fail "q: on_complete $(summary_field q on_complete)"
-[ "$(summary_field q point_in_time)" = False ] ||
-    soft_fail "q: point_in_time $(summary_field q point_in_time)"
-[ "$(summary_field q writers_connected)" = 1 ] ||
-    soft_fail "q: writers_connected $(summary_field q writers_connected), expected 1"
-stop_target
-check_sanitizer_log "$TMP/target.log"
-log "pivot: the target holds every write (before and after done), SOURCE none of those after"
-expect() { # FILE OFFSET_KIB BYTE: the 64 KiB at OFFSET_KIB are all BYTE
+# expect FILE OFFSET_KIB BYTE: the 64 KiB at OFFSET_KIB are all BYTE.
+expect() {
     "$PY3" -c 'import sys; d=open(sys.argv[1],"rb"); d.seek(int(sys.argv[2])*1024); sys.exit(d.read(65536) != bytes([int(sys.argv[3],16)])*65536)' "$@"
 }
-expect "$TMP/tgt-q.img" 0 a1 || soft_fail "q: the target lacks the write made before done"
-expect "$TMP/tgt-q.img" 64 b2 || soft_fail "q: the target lacks the write made after done"
-expect "$TMP/tgt-q.img" 128 c3 || soft_fail "q: the target lacks the FUA write made after done"
-expect "$TMP/tgt-q.img" 192 00 || soft_fail "q: the target lacks the zero made after done"
-expect "$TMP/src-q.img" 0 a1 || soft_fail "q: SOURCE lacks the write made before done"
-[ "$(sum "$TMP/src-q.img")" = "$src_at_done" ] || soft_fail "q: SOURCE was written after done"
-rm -f "$TMP/src-q.img" "$TMP/tgt-q.img"
+
+# qemu_io_across KIND: the target served by KIND (blkmig, qemu-nbd, nbdkit).
+qemu_io_across() {
+    local kind=$1 n=q-$1
+    log "[$kind] pivot: qemu-io writes, complete, qemu-io writes/reads/zeroes/trims/flushes again"
+    serve_and_mirror "$n" "$kind"
+    mkfifo "$TMP/$n.in"
+    timeout 60 qemu-io -f raw "nbd+unix:///?socket=$TMP/serve-$n.sock" <"$TMP/$n.in" \
+        >"$TMP/$n.out" 2>&1 &
+    QIO_PID=$!
+    track_pid $QIO_PID
+    exec 7>"$TMP/$n.in"
+    echo "write -P 0xa1 0 64k" >&7
+    wait_event "$TMP/$n.json" ready 30 || fail "$n: no ready event within 30 s"
+    "$BLKMIG" control "$TMP/ctl-$n.sock" complete >/dev/null || fail "$n: control complete failed"
+    wait_event "$TMP/$n.json" summary 30 || fail "$n: no summary within 30 s of complete"
+    kill -0 "$MIRROR_PID" 2>/dev/null ||
+        fail "$n: blkmig mirror exited at done with qemu-io still connected: $(tail -3 "$TMP/$n.err")"
+    local src_at_done c
+    src_at_done=$(sum "$TMP/src-$n.img")
+    for c in "write -P 0xb2 64k 64k" "read -P 0xa1 0 64k" "read -P 0xb2 64k 64k" \
+        "write -f -P 0xc3 128k 64k" "write -z 192k 64k" "discard 256k 64k" "flush" \
+        "read -P 0xc3 128k 64k" "read -P 0 192k 64k" "quit"; do
+        echo "$c" >&7
+    done
+    exec 7>&-
+    wait_pid $QIO_PID 30
+    [ "$WAIT_RC" -eq 0 ] || soft_fail "$n: qemu-io exited $WAIT_RC"
+    ! grep -qiE 'error|fail|pattern|mismatch' "$TMP/$n.out" ||
+        soft_fail "$n: qemu-io saw an error after the pivot: $(grep -m3 -iE 'error|fail|pattern|mismatch' "$TMP/$n.out" | tr '\n' ' ')"
+    local answered
+    answered=$(grep -cE '^(qemu-io> )?(wrote|read|discard) ' "$TMP/$n.out" || true)
+    [ "$answered" -eq 8 ] ||
+        soft_fail "$n: qemu-io completed $answered of 8 requests: $(tr '\n' ' ' <"$TMP/$n.out")"
+    log "[$kind] pivot: the writer disconnected -> blkmig mirror exits 0; the summary says pivot"
+    wait_pid "$MIRROR_PID" 30
+    check_sanitizer_log "$TMP/$n.err"
+    [ "$WAIT_RC" -eq 0 ] || soft_fail "$n: blkmig mirror exited $WAIT_RC: $(tail -3 "$TMP/$n.err")"
+    [ "$(summary_field "$n" result)" = done ] || soft_fail "$n: result $(summary_field "$n" result)"
+    [ "$(summary_field "$n" on_complete)" = pivot ] ||
+        soft_fail "$n: on_complete $(summary_field "$n" on_complete)"
+    [ "$(summary_field "$n" point_in_time)" = False ] ||
+        soft_fail "$n: point_in_time $(summary_field "$n" point_in_time)"
+    [ "$(summary_field "$n" writers_connected)" = 1 ] ||
+        soft_fail "$n: writers_connected $(summary_field "$n" writers_connected), expected 1"
+    stop_target
+    check_sanitizer_log "$TMP/target.log"
+    log "[$kind] pivot: the target holds every write (before and after done), SOURCE none of those after"
+    expect "$TMP/tgt-$n.img" 0 a1 || soft_fail "$n: the target lacks the write made before done"
+    expect "$TMP/tgt-$n.img" 64 b2 || soft_fail "$n: the target lacks the write made after done"
+    expect "$TMP/tgt-$n.img" 128 c3 || soft_fail "$n: the target lacks the FUA write made after done"
+    expect "$TMP/tgt-$n.img" 192 00 || soft_fail "$n: the target lacks the zero made after done"
+    expect "$TMP/src-$n.img" 0 a1 || soft_fail "$n: SOURCE lacks the write made before done"
+    [ "$(sum "$TMP/src-$n.img")" = "$src_at_done" ] || soft_fail "$n: SOURCE was written after done"
+    rm -f "$TMP/src-$n.img" "$TMP/tgt-$n.img"
+}
+
+for kind in blkmig qemu-nbd nbdkit; do
+    case $kind in
+    qemu-nbd) command -v qemu-nbd >/dev/null || { log "qemu-nbd not installed (qemu-utils): target skipped"; continue; } ;;
+    nbdkit) command -v nbdkit >/dev/null || { log "nbdkit not installed: target skipped"; continue; } ;;
+    esac
+    qemu_io_across "$kind"
+done
+
+log "[blkmig] pivot, then the target dies: the writer's next requests fail (EIO), SOURCE stays as at done"
+serve_and_mirror d
+mkfifo "$TMP/d.in"
+timeout 60 qemu-io -f raw "nbd+unix:///?socket=$TMP/serve-d.sock" <"$TMP/d.in" >"$TMP/d.out" 2>&1 &
+QIO_PID=$!
+track_pid $QIO_PID
+exec 7>"$TMP/d.in"
+wait_event "$TMP/d.json" ready 30 || fail "d: no ready event within 30 s"
+"$BLKMIG" control "$TMP/ctl-d.sock" complete >/dev/null || fail "d: control complete failed"
+wait_event "$TMP/d.json" summary 30 || fail "d: no summary within 30 s of complete"
+src_at_done=$(sum "$TMP/src-d.img")
+kill -KILL "$TARGET_PID"
+wait "$TARGET_PID" 2>/dev/null || true
+printf '%s\n' "write -P 0xd4 0 64k" "flush" "read 0 64k" "quit" >&7
+exec 7>&-
+wait_pid $QIO_PID 30
+grep -qE 'write failed: Input/output error' "$TMP/d.out" ||
+    soft_fail "d: qemu-io's write after the target died did not fail with EIO: $(tr '\n' ' ' <"$TMP/d.out")"
+! grep -qE '^(qemu-io> )?wrote ' "$TMP/d.out" || soft_fail "d: a write succeeded with the target dead"
+wait_pid "$MIRROR_PID" 30
+check_sanitizer_log "$TMP/d.err"
+[ "$WAIT_RC" -eq 0 ] || soft_fail "d: blkmig mirror exited $WAIT_RC: $(tail -3 "$TMP/d.err")"
+[ "$(sum "$TMP/src-d.img")" = "$src_at_done" ] || soft_fail "d: SOURCE was written after done"
+rm -f "$TMP/src-d.img" "$TMP/tgt-d.img"
 
 # ---- 2. a verifying fio that never stops across complete ----
 # 96 MiB of random 4-64 KiB writes at 8 MiB/s (12 s at least), then fio reads all of it back and
