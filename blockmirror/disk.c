@@ -6,6 +6,7 @@
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -33,6 +34,10 @@ struct bm_disk {
     pthread_rwlock_t bitmaps_lock;
     struct bm_bitmap *bitmaps[BM_DISK_MAX_BITMAPS];
     unsigned nbitmaps;
+    /* Written once, under gate_lock, before redirected is set (release); read after an acquire
+     * load of redirected. */
+    struct bm_disk_redirect redir;
+    atomic_bool redirected;
 };
 
 int bm_disk_open(const char *path, unsigned open_flags, struct bm_disk **out)
@@ -146,10 +151,17 @@ static void mark_dirty(struct bm_disk *d, uint64_t offset, uint64_t len)
     pthread_rwlock_unlock(&d->bitmaps_lock);
 }
 
+static bool redirected(const struct bm_disk *d)
+{
+    return atomic_load_explicit(&d->redirected, memory_order_acquire);
+}
+
 int bm_disk_pread(struct bm_disk *d, void *buf, size_t len, uint64_t offset)
 {
     if (!in_range(d, offset, len))
         return -EINVAL;
+    if (redirected(d))
+        return d->redir.pread(d->redir.opaque, buf, len, offset);
     uint8_t *p = buf;
     while (len > 0) {
         ssize_t r = pread(d->fd, p, len, (off_t)offset);
@@ -228,8 +240,10 @@ int bm_disk_pwrite(struct bm_disk *d, const void *buf, size_t len, uint64_t offs
         return -EINVAL;
     struct bm_disk_hooks h;
     int token = change_begin(d, offset, len, &h);
-    int r = write_all(d, buf, len, offset, flags);
-    return change_end(d, &h, token, BM_CHANGE_WRITE, buf, offset, len, r, true);
+    bool redir = redirected(d);
+    int r = redir ? d->redir.pwrite(d->redir.opaque, buf, len, offset, flags)
+                  : write_all(d, buf, len, offset, flags);
+    return change_end(d, &h, token, BM_CHANGE_WRITE, buf, offset, len, r, !redir);
 }
 
 static int write_zero_buffers(struct bm_disk *d, uint64_t offset, uint64_t len)
@@ -299,9 +313,11 @@ int bm_disk_zero(struct bm_disk *d, uint64_t offset, uint64_t len, unsigned flag
         return c < 0 ? c : 0;
     struct bm_disk_hooks h;
     int token = change_begin(d, offset, len, &h);
-    int r = do_zero(d, offset, len, flags);
+    bool redir = redirected(d);
+    int r =
+        redir ? d->redir.zero(d->redir.opaque, offset, len, flags) : do_zero(d, offset, len, flags);
     /* A refused fast zero changed nothing. */
-    return change_end(d, &h, token, BM_CHANGE_ZERO, NULL, offset, len, r, r != -ENOTSUP);
+    return change_end(d, &h, token, BM_CHANGE_ZERO, NULL, offset, len, r, !redir && r != -ENOTSUP);
 }
 
 int bm_disk_trim(struct bm_disk *d, uint64_t offset, uint64_t len, unsigned flags)
@@ -311,6 +327,10 @@ int bm_disk_trim(struct bm_disk *d, uint64_t offset, uint64_t len, unsigned flag
         return c < 0 ? c : 0;
     struct bm_disk_hooks h;
     int token = change_begin(d, offset, len, &h);
+    if (redirected(d)) {
+        int rr = d->redir.trim(d->redir.opaque, offset, len, flags);
+        return change_end(d, &h, token, BM_CHANGE_TRIM, NULL, offset, len, rr, false);
+    }
     int r;
     if (d->blockdev) {
         uint64_t range[2] = {offset, len};
@@ -376,6 +396,8 @@ void bm_disk_release(struct bm_disk *d)
 
 int bm_disk_flush(struct bm_disk *d)
 {
+    if (redirected(d))
+        return d->redir.flush(d->redir.opaque);
     if (fdatasync(d->fd) < 0)
         return -errno;
     return 0;
@@ -385,6 +407,8 @@ int bm_disk_cache(struct bm_disk *d, uint64_t offset, uint64_t len)
 {
     if (!in_range(d, offset, len))
         return -EINVAL;
+    if (redirected(d))
+        return 0;
     int r = posix_fadvise(d->fd, (off_t)offset, (off_t)len, POSIX_FADV_WILLNEED);
     return r == 0 || r == ESPIPE ? 0 : -r;
 }
@@ -396,7 +420,7 @@ int bm_disk_extents(struct bm_disk *d, uint64_t offset, uint64_t len, struct bm_
         return -EINVAL;
     uint64_t end = offset + len;
     size_t k = 0;
-    if (d->blockdev) {
+    if (d->blockdev || redirected(d)) {
         ext[0] = (struct bm_extent){offset, len, 0};
         *n = 1;
         return 0;
@@ -430,6 +454,21 @@ int bm_disk_extents(struct bm_disk *d, uint64_t offset, uint64_t len, struct bm_
     }
     *n = k;
     return 0;
+}
+
+void bm_disk_redirect(struct bm_disk *d, const struct bm_disk_redirect *r)
+{
+    pthread_mutex_lock(&d->gate_lock);
+    if (!redirected(d)) {
+        d->redir = *r;
+        atomic_store_explicit(&d->redirected, true, memory_order_release);
+    }
+    pthread_mutex_unlock(&d->gate_lock);
+}
+
+bool bm_disk_is_redirected(const struct bm_disk *d)
+{
+    return redirected(d);
 }
 
 int bm_disk_open_direct(struct bm_disk *d)

@@ -98,6 +98,29 @@ unsigned bm_disk_changes_in_progress(struct bm_disk *d);
 void bm_disk_quiesce(struct bm_disk *d);
 void bm_disk_release(struct bm_disk *d);
 
+/*
+ * Redirection, for good: once bm_disk_redirect returns, reads, writes, zeroes, trims and flushes
+ * go to these functions instead of the image (a mirror whose writers pivoted to its target),
+ * and the image is never touched again through this disk. Changes still pass the gate (a held
+ * change waits, then goes to the redirect) and run the hooks, but mark no bitmap: the image did
+ * not change. Extents then report all data, and cache hints do nothing. Each function returns 0
+ * or -errno; flags are the operation flags above.
+ */
+struct bm_disk_redirect {
+    int (*pread)(void *opaque, void *buf, size_t len, uint64_t offset);
+    int (*pwrite)(void *opaque, const void *buf, size_t len, uint64_t offset, unsigned flags);
+    int (*zero)(void *opaque, uint64_t offset, uint64_t len, unsigned flags);
+    int (*trim)(void *opaque, uint64_t offset, uint64_t len, unsigned flags);
+    int (*flush)(void *opaque);
+    void *opaque;
+};
+
+/* Redirect d (once; a second call is ignored). Call it with the gate held (bm_disk_hold), so that
+ * no change is split between the image and the redirect; reads in progress may still finish on
+ * the image. r->opaque must stay valid for as long as anyone uses d. */
+void bm_disk_redirect(struct bm_disk *d, const struct bm_disk_redirect *r);
+bool bm_disk_is_redirected(const struct bm_disk *d);
+
 /* A new read-only O_DIRECT descriptor for the same image (the caller closes it), for readers
  * that bypass the page cache with aligned I/O. Returns the fd or -errno. */
 int bm_disk_open_direct(struct bm_disk *d);

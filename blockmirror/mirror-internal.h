@@ -36,6 +36,23 @@ struct active_req {
     struct active_req *next;
 };
 
+/* A request of the source disk's users after a pivot, served from the target by the pivot
+ * thread (mirror-pivot.c). It lives on the caller's stack until done. */
+enum pivot_kind { PIVOT_READ, PIVOT_WRITE, PIVOT_ZERO, PIVOT_TRIM, PIVOT_FLUSH };
+struct pivot_req {
+    struct mirror_job *j;
+    enum pivot_kind kind;
+    void *rbuf;       /* read: into here */
+    const void *wbuf; /* write: from here */
+    uint64_t offset, len;
+    bool fua;       /* flush the target once the request is done */
+    bool flushing;  /* that flush is in flight */
+    unsigned parts; /* target commands out, plus one while submitting */
+    int err;        /* first error, positive errno */
+    bool done;
+    struct pivot_req *next;
+};
+
 /* Target ranges known to read as zeroes (from its block status at setup). */
 struct zero_range {
     uint64_t offset, len;
@@ -118,6 +135,14 @@ struct mirror_job {
     struct flush_wait fw; /* the completion flush's answer */
     bool held;            /* completion hold taken on the source */
     bool released;
+    /* The pivot (o.pivot): once done, the pivot thread owns t and serves the source disk's
+     * users from it. busy_lock protects the queue and pivot_stopping; busy_cond signals a
+     * request done. */
+    bool pivoted;
+    pthread_t pivot_thread;
+    struct pivot_req *pq_head, *pq_tail;
+    bool pivot_stopping;
+    struct pivot_req *pq_fua; /* the pivot thread's own: FUA requests waiting for a flush */
     int err;
     char errmsg[256];
     /* Tests only: called on the job's thread right after a copy read its data. */
@@ -139,7 +164,16 @@ void mirror_active_submit(struct mirror_job *j);
 /* End of job: wake every waiting writer. */
 void mirror_active_stop(struct mirror_job *j);
 
+/* mirror-pivot.c */
+/* On the job's thread, at done with the source held: start the pivot thread and redirect the
+ * source disk to it. Returns 0 or -errno (nothing changed then). */
+int mirror_pivot_start(struct mirror_job *j);
+/* Answer what is queued, wait for the target's answers (at most CANCEL_WAIT_NS), join. */
+void mirror_pivot_stop(struct mirror_job *j);
+
 /* mirror.c */
+/* How long a cancelled job, or a stopping pivot, waits for a target that does not answer. */
+#define CANCEL_WAIT_NS 2000000000ull
 void mirror_wake(struct mirror_job *j);
 void mirror_set_state(struct mirror_job *j, enum mirror_state s, const char *detail);
 uint64_t mirror_now_ns(void);

@@ -16,8 +16,6 @@
 
 #define TICK_MS       100
 #define DIRTY_POLL_MS 10
-/* How long a cancelled job waits for a target that does not answer. */
-#define CANCEL_WAIT_NS 2000000000ull
 /* Hole ranges are zeroed on the target in pieces of at most this many bytes. */
 #define MAX_ZERO_CHUNK (1u << 30)
 /* Auto mode: how long the copy must fail to gain (or keep up easily) before switching. */
@@ -94,6 +92,8 @@ void mirror_set_state(struct mirror_job *j, enum mirror_state s, const char *det
     event(j, mirror_state_name(s), detail);
 }
 
+/* Record why the job fails (the first cause only). It is not logged here: the owner reports it
+ * once, from the failed event or from mirror_wait's message. */
 static void fail(struct mirror_job *j, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void fail(struct mirror_job *j, int err, const char *fmt, ...)
@@ -105,7 +105,6 @@ static void fail(struct mirror_job *j, int err, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(j->errmsg, sizeof j->errmsg, fmt, ap);
     va_end(ap);
-    bm_error("mirror: %s", j->errmsg);
 }
 
 int mirror_new(struct bm_disk *src, const struct mirror_opts *o, mirror_event_fn fn, void *opaque,
@@ -921,6 +920,22 @@ static int setup(struct mirror_job *j, bool *attached)
     return 0;
 }
 
+/* Done, pivoting: the writers held at completion, and every later request, go to the target. */
+static void pivot(struct mirror_job *j)
+{
+    int r = mirror_pivot_start(j);
+    if (r < 0) {
+        fail(j, -r, "cannot start serving the writers from the target: %s", strerror(-r));
+        bm_disk_release(j->src); /* to the source: the target is not their disk */
+        j->released = true;
+        mirror_set_state(j, MIRROR_FAILED, j->errmsg);
+        return;
+    }
+    mirror_set_state(j, MIRROR_DONE, "pivoted: the writers' disk is now the target");
+    bm_disk_release(j->src);
+    j->released = true;
+}
+
 static void *job_main(void *arg)
 {
     struct mirror_job *j = arg;
@@ -960,10 +975,12 @@ static void *job_main(void *arg)
         if (r < 0)
             bm_warn("mirror: flushing the target on cancel: %s", strerror(-r));
         mirror_set_state(j, MIRROR_CANCELLED, NULL);
+    } else if (j->o.pivot) {
+        pivot(j);
     } else {
         mirror_set_state(j, MIRROR_DONE, NULL);
     }
-    if (j->t) {
+    if (j->t && !j->pivoted) {
         bm_target_close(j->t);
         j->t = NULL;
     }
@@ -1045,6 +1062,11 @@ int mirror_wait(struct mirror_job *j, char *err, size_t errlen)
     return -(j->err ? j->err : EIO);
 }
 
+bool mirror_pivoted(struct mirror_job *j)
+{
+    return j->pivoted;
+}
+
 void mirror_release(struct mirror_job *j)
 {
     if (j->held && !j->released) {
@@ -1062,6 +1084,7 @@ void mirror_free(struct mirror_job *j)
         pthread_join(j->thread, NULL);
     }
     mirror_release(j);
+    mirror_pivot_stop(j);
     bm_target_close(j->t);
     if (j->slots)
         for (unsigned i = 0; i < j->nslots; i++)

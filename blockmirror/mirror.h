@@ -39,6 +39,7 @@ struct mirror_opts {
     unsigned retries;   /* consecutive target failures tolerated before failing */
     unsigned stats_ms;  /* period of "stats" events (0 = none) */
     bool direct;        /* read the source with O_DIRECT through libaio where aligned */
+    bool pivot;         /* at done, make the target the source's disk (see mirror_complete) */
 };
 
 void mirror_opts_default(struct mirror_opts *o);
@@ -76,7 +77,11 @@ int mirror_new(struct bm_disk *src, const struct mirror_opts *o, mirror_event_fn
 /* Start the job's thread. */
 int mirror_start(struct mirror_job *j);
 /* Ask for completion: from ready (or as soon as it is), hold the source's writers, copy what is
- * left, flush the target, and end in done. */
+ * left, flush the target, and end in done. With o.pivot the job then redirects the source disk
+ * to the target (bm_disk_redirect) and lets the held writers go on, to the target only: from
+ * done on, every read, write, zero, trim and flush of the source disk is served from the target
+ * until mirror_free, which its users must not outlive. Without it the writers stay held until
+ * mirror_release, which lets them go on to the source only. */
 void mirror_complete(struct mirror_job *j);
 /* The same, without waiting for ready once the bulk pass is over: for a caller whose writers
  * are stopped already (a paused VM), so the last dirty blocks go at once. */
@@ -92,8 +97,11 @@ void mirror_set_speed(struct mirror_job *j, uint64_t bytes_per_second);
 void mirror_query(struct mirror_job *j, struct mirror_stats *st);
 /* Wait for the end. 0 = done, -ECANCELED = cancelled, other = failed (message in err). */
 int mirror_wait(struct mirror_job *j, char *err, size_t errlen);
-/* After mirror_wait: let the writers held by a completed job go on (to the source only). */
+/* After mirror_wait: let the writers held by a completed job go on (to the source only). A
+ * pivoted job released them to the target already: nothing to do. */
 void mirror_release(struct mirror_job *j);
+/* After mirror_wait: whether the job pivoted (the source disk now serves from the target). */
+bool mirror_pivoted(struct mirror_job *j);
 void mirror_free(struct mirror_job *j);
 
 const char *mirror_state_name(enum mirror_state s);

@@ -27,7 +27,7 @@ struct bm_target {
     struct conn conns[MAX_CONNS];
     unsigned nconns;
     uint64_t size;
-    bool can_zero, multi_conn, can_flush, base_allocation;
+    bool can_zero, can_trim, multi_conn, can_flush, base_allocation;
     unsigned in_flight;
     unsigned next; /* round-robin start */
     struct cmd *cmds; /* every command record not yet settled (freed at close if libnbd
@@ -159,6 +159,7 @@ static int connect_all(struct bm_target *t, char *err, size_t errlen)
     }
     t->size = (uint64_t)size;
     t->can_zero = nbd_can_zero(h) == 1;
+    t->can_trim = nbd_can_trim(h) == 1;
     t->can_flush = nbd_can_flush(h) == 1;
     t->multi_conn = nbd_can_multi_conn(h) == 1;
     t->base_allocation = nbd_can_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) == 1;
@@ -393,6 +394,32 @@ int bm_target_zero(struct bm_target *t, uint64_t offset, uint64_t len, bm_target
         return err;
     nbd_completion_callback cc = {.callback = on_complete, .user_data = cmd};
     return submitted(t, cmd, nbd_aio_zero(cmd->c->h, len, offset, cc, 0));
+}
+
+int bm_target_read(struct bm_target *t, void *buf, size_t len, uint64_t offset, bm_target_cb cb,
+                   void *opaque)
+{
+    int err;
+    struct cmd *cmd = prepare(t, cb, opaque, &err);
+    if (!cmd)
+        return err;
+    nbd_completion_callback cc = {.callback = on_complete, .user_data = cmd};
+    return submitted(t, cmd, nbd_aio_pread(cmd->c->h, buf, len, offset, cc, 0));
+}
+
+int bm_target_trim(struct bm_target *t, uint64_t offset, uint64_t len, bm_target_cb cb,
+                   void *opaque)
+{
+    if (!t->can_trim) {
+        cb(opaque, 0);
+        return 0;
+    }
+    int err;
+    struct cmd *cmd = prepare(t, cb, opaque, &err);
+    if (!cmd)
+        return err;
+    nbd_completion_callback cc = {.callback = on_complete, .user_data = cmd};
+    return submitted(t, cmd, nbd_aio_trim(cmd->c->h, len, offset, cc, 0));
 }
 
 int bm_target_flush(struct bm_target *t, bm_target_cb cb, void *opaque)

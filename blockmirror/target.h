@@ -46,7 +46,14 @@ int bm_target_write(struct bm_target *t, const void *buf, size_t len, uint64_t o
  * BM_TARGET_ZERO_FALLBACK_MAX then, -EINVAL beyond). */
 int bm_target_zero(struct bm_target *t, uint64_t offset, uint64_t len, bm_target_cb cb,
                    void *opaque);
-/* Flush every connection; cb runs once, when all have answered. */
+/* Read into buf (which must stay valid until cb runs). */
+int bm_target_read(struct bm_target *t, void *buf, size_t len, uint64_t offset, bm_target_cb cb,
+                   void *opaque);
+/* Trim a range; a target without trim does nothing (cb runs at once with 0: trim is advice). */
+int bm_target_trim(struct bm_target *t, uint64_t offset, uint64_t len, bm_target_cb cb,
+                   void *opaque);
+/* Flush the target (one connection when it advertises multi-conn, else each); cb runs once,
+ * when all have answered. */
 int bm_target_flush(struct bm_target *t, bm_target_cb cb, void *opaque);
 
 unsigned bm_target_in_flight(const struct bm_target *t);

@@ -68,6 +68,11 @@ static void usage(FILE *f)
         "      --on-ready ACTION    complete (default): hold writers, copy the rest, flush, exit;\n"
         "                           wait: stay in sync until `complete` (control) or SIGUSR1;\n"
         "                           cancel: stop; the target holds what was copied, flushed\n"
+        "      --on-complete MODE   pivot (default): at done the writers' disk becomes the\n"
+        "                           target: held and later requests are served from it until\n"
+        "                           the writers disconnect; SOURCE is no longer written;\n"
+        "                           release: held and later writes go to SOURCE only; the\n"
+        "                           target is a point-in-time copy as of completion\n"
         "Reporting and control:\n"
         "      --control PATH       control socket (JSON lines: query, complete, cancel,\n"
         "                           set-speed)\n"
@@ -78,7 +83,8 @@ static void usage(FILE *f)
         "\n"
         "Exit status: 0 done (target identical to SOURCE at completion), 1 failed, 2 usage\n"
         "error, 3 cancelled. SIGINT/SIGTERM cancel; SIGUSR1 completes. A failed or cancelled\n"
-        "mirror keeps serving SOURCE until its writers disconnect (or another signal).\n");
+        "mirror keeps serving SOURCE until its writers disconnect (or another signal); a\n"
+        "pivoted one serves them from the target the same way.\n");
 }
 
 static struct json_object *stats_json(const struct mirror_stats *st)
@@ -142,7 +148,9 @@ static void on_event(void *opaque, const char *event, const struct mirror_stats 
         pthread_mutex_unlock(&m->out_lock);
         json_object_put(o);
     } else if (strcmp(event, "stats") != 0 && bm_log_get_level() >= BM_LOG_INFO) {
-        bm_info("mirror: %s%s%s", event, detail ? ": " : "", detail ? detail : "");
+        /* A failure's cause is printed once, with the summary. */
+        bool say = detail && strcmp(event, "failed") != 0;
+        bm_info("mirror: %s%s%s", event, say ? ": " : "", say ? detail : "");
     }
     if (strcmp(event, "stats") != 0) {
         struct json_object *d = stats_json(st);
@@ -207,6 +215,27 @@ static struct json_object *on_control(void *opaque, const char *cmd, struct json
     return json_object_new_object();
 }
 
+/* What completion made of the target, for the --json summary. */
+static void add_completion_json(struct json_object *o, bool pivoted, unsigned writers)
+{
+    json_object_object_add(o, "on_complete", json_object_new_string(pivoted ? "pivot" : "release"));
+    json_object_object_add(o, "point_in_time", json_object_new_boolean(!pivoted));
+    json_object_object_add(o, "writers_connected", json_object_new_int64(writers));
+}
+
+/* The same, for people. */
+static void print_completion(bool pivoted, unsigned writers)
+{
+    if (pivoted)
+        fprintf(stderr,
+                "  pivoted: the writers' disk is now the target; SOURCE is no longer written%s\n",
+                writers ? "; serving the connected writers from the target until they disconnect"
+                        : "");
+    else
+        fprintf(stderr, "  released: the target is a point-in-time copy of SOURCE as of "
+                        "completion; SOURCE stays the writers' disk and kept being written\n");
+}
+
 struct server_thread {
     struct nbd_server *s;
     pthread_t t;
@@ -235,7 +264,7 @@ int cmd_mirror(int argc, char **argv)
 {
     enum { O_SERVE_UNIX = 256, O_SERVE_PORT, O_SERVE_BIND, O_GRAN, O_REQ, O_INFLIGHT, O_CONNS,
            O_SPEED, O_MODE, O_READY_MS, O_RETRIES, O_ON_READY, O_CONTROL, O_JSON, O_NOPROG,
-           O_SOURCE_IO };
+           O_SOURCE_IO, O_ON_COMPLETE };
     static const struct option opts[] = {
         {"serve-unix", required_argument, NULL, O_SERVE_UNIX},
         {"serve-port", required_argument, NULL, O_SERVE_PORT},
@@ -249,6 +278,7 @@ int cmd_mirror(int argc, char **argv)
         {"ready-ms", required_argument, NULL, O_READY_MS},
         {"retries", required_argument, NULL, O_RETRIES},
         {"on-ready", required_argument, NULL, O_ON_READY},
+        {"on-complete", required_argument, NULL, O_ON_COMPLETE},
         {"control", required_argument, NULL, O_CONTROL},
         {"json", no_argument, NULL, O_JSON},
         {"no-progress", no_argument, NULL, O_NOPROG},
@@ -260,6 +290,7 @@ int cmd_mirror(int argc, char **argv)
     bm_log_set_prefix("blkmig mirror");
     struct mirror_opts mo;
     mirror_opts_default(&mo);
+    mo.pivot = true;
     struct mirror_cli m = {.on_ready = ON_READY_COMPLETE, .progress = true};
     pthread_mutex_init(&m.out_lock, NULL);
     const char *serve_unix = NULL, *serve_port = NULL, *serve_bind = "127.0.0.1";
@@ -345,6 +376,16 @@ int cmd_mirror(int argc, char **argv)
                 m.on_ready = ON_READY_CANCEL;
             else {
                 bm_error("--on-ready %s: expected complete, wait or cancel", optarg);
+                return 2;
+            }
+            break;
+        case O_ON_COMPLETE:
+            if (strcmp(optarg, "pivot") == 0)
+                mo.pivot = true;
+            else if (strcmp(optarg, "release") == 0)
+                mo.pivot = false;
+            else {
+                bm_error("--on-complete %s: expected pivot or release", optarg);
                 return 2;
             }
             break;
@@ -462,6 +503,8 @@ int cmd_mirror(int argc, char **argv)
     if (m.progress && m.progress_shown)
         fprintf(stderr, "\r\033[K");
     const char *result = r == 0 ? "done" : r == -ECANCELED ? "cancelled" : "failed";
+    bool pivoted = r == 0 && mirror_pivoted(m.job);
+    unsigned writers = srv.running ? nbd_server_connections(srv.s) : 0;
     double secs = (double)st.elapsed_ms / 1000.0;
     uint64_t mean = st.elapsed_ms ? (st.bytes_sent + st.active_bytes) * 1000 / st.elapsed_ms : 0;
     if (m.json) {
@@ -471,8 +514,12 @@ int cmd_mirror(int argc, char **argv)
         json_object_object_add(o, "mean_throughput", json_object_new_int64((int64_t)mean));
         if (r != 0 && r != -ECANCELED)
             json_object_object_add(o, "error", json_object_new_string(err));
+        if (r == 0)
+            add_completion_json(o, pivoted, writers);
         printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
         json_object_put(o);
+        if (r != 0 && r != -ECANCELED)
+            bm_error("mirror failed: %s", err); /* the one line on stderr that says why */
     } else {
         char a[32], b[32], c2[32], d[32];
         cli_human(st.bytes_sent, a, sizeof a);
@@ -489,13 +536,17 @@ int cmd_mirror(int argc, char **argv)
                 (unsigned long long)st.retries, (unsigned long long)st.mode_switches);
         if (r != 0 && r != -ECANCELED)
             fprintf(stderr, "  error: %s\n", err);
+        if (r == 0)
+            print_completion(pivoted, writers);
     }
     fflush(stdout);
     status = r == 0 ? 0 : r == -ECANCELED ? 3 : 1;
-    if (r != 0 && srv.running && nbd_server_connections(srv.s) > 0) {
-        /* The copy stopped, the disk did not: its writers keep it until they let go. */
-        bm_warn("the mirror %s; still serving %s to its writers until they disconnect "
-                "(SIGINT or SIGTERM to stop now)", result, src_path);
+    if ((r != 0 || pivoted) && srv.running && nbd_server_connections(srv.s) > 0) {
+        /* The copy stopped, the disk did not: its writers keep it until they let go (after
+         * a pivot the disk they keep is the target; the summary said so). */
+        if (!pivoted)
+            bm_warn("the mirror %s; still serving %s to its writers until they disconnect "
+                    "(SIGINT or SIGTERM to stop now)", result, src_path);
         while (nbd_server_connections(srv.s) > 0) {
             struct pollfd pfd = {.fd = sfd, .events = POLLIN};
             if (poll(&pfd, 1, 200) > 0) {
@@ -509,8 +560,10 @@ out:
     if (m.ctl)
         bm_control_stop(m.ctl);
     if (srv.running) {
-        /* Stop reading new requests first; the writes completion held then go on, to the
-         * source only (the copy is complete as of the hold). */
+        /* Stop reading new requests first; without a pivot the writes completion held then
+         * go on, to the source only (the copy is complete as of the hold). After a pivot they
+         * went on to the target at done, and the target serves the server's last requests:
+         * the job is freed only once the server has stopped. */
         nbd_server_shutdown(srv.s);
         if (m.job)
             mirror_release(m.job);

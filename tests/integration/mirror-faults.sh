@@ -50,6 +50,16 @@ log "bad input: a target nobody listens on (TCP, unix) -> exit 1, cannot connect
 P=$(free_port)
 bad_run 1 "cannot connect to nbd://127\.0\.0\.1:$P.*refused" mirror "$SMALL" "nbd://127.0.0.1:$P"
 bad_run 1 "cannot connect.*nobody\.sock" mirror "$SMALL" "nbd+unix:///?socket=$TMP/nobody.sock"
+log "a failing mirror prints its cause once on stderr (the summary's error line), also at -l info"
+for lvl in warn info; do
+    rc=0
+    timeout 20 "$BLKMIG" mirror --no-progress -l $lvl "$SMALL" "nbd://127.0.0.1:$P" \
+        </dev/null >/dev/null 2>"$TMP/once.err" || rc=$?
+    check_sanitizer_log "$TMP/once.err"
+    [ $rc -eq 1 ] || soft_fail "-l $lvl: a mirror to nobody exited $rc, expected 1"
+    n=$(grep -c "cannot connect to nbd://127\.0\.0\.1:$P" "$TMP/once.err" || true)
+    [ "$n" -eq 1 ] || soft_fail "-l $lvl: the cause is printed $n times, not once: $(cat "$TMP/once.err")"
+done
 log "bad input: a target (32 MiB) smaller than the source (64 MiB) -> exit 1, says so"
 bad_run 1 'smaller than the source' mirror "$SMALL" "$TARGET_URI"
 stop_target
@@ -145,6 +155,8 @@ log "  exit 1 after $((SECONDS - t0)) s; error: $err"
 [[ $err =~ target.*(Input/output error) ]] || soft_fail "inject always: summary error '$err'"
 grep -q 'error:.*Input/output error' "$TMP/injall.err" ||
     soft_fail "inject always: no error line on stderr: $(tail -2 "$TMP/injall.err")"
+n=$(grep -cE 'the target failed [0-9]+ times in a row' "$TMP/injall.err" || true)
+[ "$n" -eq 1 ] || soft_fail "inject always (--json): the cause is on stderr $n times, not once"
 stop_target
 check_sanitizer_log "$TMP/target.log"
 

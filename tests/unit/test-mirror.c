@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -298,6 +299,95 @@ static void test_bad_options(void **state)
     assert_int_equal(mirror_new(f->src, &o, NULL, NULL, &j, err, sizeof err), -EINVAL);
 }
 
+/* A writer that keeps writing a counter into one block of the source, through the bm_disk. */
+struct counter_writer {
+    struct bm_disk *d;
+    _Atomic bool stop;
+    _Atomic uint64_t last; /* the last value whose write succeeded */
+    _Atomic bool ended;    /* by a failed write, or stop */
+};
+
+static void *counter_main(void *arg)
+{
+    struct counter_writer *w = arg;
+    uint8_t buf[4096];
+    for (uint64_t v = 1; !atomic_load(&w->stop); v++) {
+        memset(buf, 0, sizeof buf);
+        memcpy(buf, &v, sizeof v);
+        if (bm_disk_pwrite(w->d, buf, sizeof buf, 3 << 20, 0) != 0)
+            break;
+        atomic_store(&w->last, v);
+    }
+    atomic_store(&w->ended, true);
+    return NULL;
+}
+
+static uint64_t counter_at(int fd)
+{
+    uint64_t v = 0;
+    assert_int_equal(pread(fd, &v, sizeof v, 3 << 20), (ssize_t)sizeof v);
+    return v;
+}
+
+/* A pivot: a writer running across completion never loses a write it was told succeeded, and
+ * after done every request of the source disk is served from the target, none from the image. */
+static void test_pivot(void **state)
+{
+    struct fx *f = *state;
+    struct mirror_opts o;
+    mirror_opts_default(&o);
+    o.target_uri = f->uri;
+    o.stats_ms = 0;
+    o.pivot = true;
+    struct mirror_job *j;
+    char err[256];
+    assert_int_equal(mirror_new(f->src, &o, on_event, f, &j, err, sizeof err), 0);
+    assert_int_equal(mirror_start(j), 0);
+    struct counter_writer w = {.d = f->src};
+    pthread_t wt;
+    pthread_create(&wt, NULL, counter_main, &w);
+    wait_state(j, MIRROR_READY);
+    mirror_complete(j);
+    assert_int_equal(mirror_wait(j, err, sizeof err), 0);
+    assert_true(mirror_pivoted(j));
+    assert_true(bm_disk_is_redirected(f->src));
+    /* Let the writer go on past the pivot, then stop it. */
+    int raw = open(f->src_path, O_RDONLY);
+    assert_true(raw >= 0);
+    uint64_t at_pivot = counter_at(raw);
+    while (atomic_load(&w.last) < at_pivot + 20 && !atomic_load(&w.ended))
+        usleep(1000);
+    atomic_store(&w.stop, true);
+    pthread_join(wt, NULL);
+    uint64_t last = atomic_load(&w.last);
+    assert_true(last >= at_pivot + 20); /* no write failed after the pivot */
+    /* The target holds the last acknowledged write; the image stopped at the pivot. */
+    uint64_t v = 0;
+    assert_int_equal(bm_disk_pread(f->dst, &v, sizeof v, 3 << 20), 0);
+    assert_int_equal(v, last);
+    assert_int_equal(counter_at(raw), at_pivot);
+    assert_int_equal(bm_disk_pread(f->src, &v, sizeof v, 3 << 20), 0);
+    assert_int_equal(v, last);
+    /* Zero, trim, flush and FUA go to the target too; a fast zero is refused. */
+    fill(f->src, 6 << 20, 8192, 0x66);
+    assert_int_equal(bm_disk_pwrite(f->src, "fua", 3, 7 << 20, BM_DISK_FUA), 0);
+    assert_int_equal(bm_disk_zero(f->src, 6 << 20, 4096, BM_DISK_FUA), 0);
+    assert_int_equal(bm_disk_zero(f->src, 6 << 20, 4096, BM_DISK_FAST), -ENOTSUP);
+    assert_int_equal(bm_disk_trim(f->src, 1 << 20, 4096, 0), 0);
+    assert_int_equal(bm_disk_flush(f->src), 0);
+    uint8_t b[8192];
+    assert_int_equal(bm_disk_pread(f->dst, b, sizeof b, 6 << 20), 0);
+    assert_int_equal(b[0], 0);
+    assert_int_equal(b[4096], 0x66);
+    assert_int_equal(bm_disk_pread(f->dst, b, 3, 7 << 20), 0);
+    assert_memory_equal(b, "fua", 3);
+    assert_int_equal(pread(raw, b, sizeof b, 6 << 20), (ssize_t)sizeof b);
+    assert_int_equal(b[4096], 0); /* never written to the image */
+    close(raw);
+    mirror_free(j);
+    assert_string_equal(f->events, "setup,bulk,dirty,ready,completing,done");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -309,6 +399,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_target, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_options, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pivot, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

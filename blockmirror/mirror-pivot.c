@@ -1,0 +1,260 @@
+/* mirror-pivot.c: after a pivoting completion, serve the source disk's users from the target. */
+#include <config.h>
+
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "blockmirror/mirror-internal.h"
+#include "common/log.h"
+
+/*
+ * At done the target holds exactly what the source holds, and the source's writers are held.
+ * A pivot makes the target their disk from then on: the source disk is redirected (bm_disk
+ * redirect) to the functions below, so the held changes and every later request go to the
+ * target and none to the source. The callers are the disk's users (the NBD server's workers);
+ * each queues its request and waits, and the pivot thread, which owns the target's connections
+ * as the job's thread did, submits it and answers it.
+ *
+ * A target connection that dies after the pivot is not reconnected: writes it acknowledged may
+ * not be durable, and a flush on a new connection would claim they are. Every later request
+ * fails with EIO instead, which the writer sees.
+ */
+
+/* The largest read or write sent as one command: below every server's limit (32 MiB usually). */
+#define DATA_CHUNK (4u << 20)
+/* The largest zero or trim sent as one command. */
+#define RANGE_CHUNK (1u << 30)
+
+static void req_finish(struct pivot_req *r)
+{
+    struct mirror_job *j = r->j;
+    pthread_mutex_lock(&j->busy_lock);
+    r->done = true;
+    pthread_cond_broadcast(&j->busy_cond);
+    pthread_mutex_unlock(&j->busy_lock);
+}
+
+/* One target command of r answered (or, with parts counting the submitter's hold, the
+ * submission over). After the last one a FUA request waits for a flush of the target, which
+ * the pivot thread sends (not from here: this may run inside a libnbd callback, which must not
+ * submit on its handle); any other request is answered. */
+static void part_done(void *opaque, int err)
+{
+    struct pivot_req *r = opaque;
+    if (err && !r->err)
+        r->err = err;
+    if (--r->parts > 0)
+        return;
+    if (r->fua && !r->flushing && !r->err) {
+        r->flushing = true;
+        r->next = r->j->pq_fua;
+        r->j->pq_fua = r;
+        return;
+    }
+    req_finish(r);
+}
+
+/* Send the flushes FUA requests wait for. */
+static void flush_fua(struct mirror_job *j)
+{
+    while (j->pq_fua) {
+        struct pivot_req *r = j->pq_fua;
+        j->pq_fua = r->next;
+        r->parts = 1;
+        int rc = bm_target_flush(j->t, part_done, r);
+        if (rc < 0) {
+            r->err = -rc;
+            req_finish(r);
+        }
+    }
+}
+
+static int submit_part(struct mirror_job *j, struct pivot_req *r, uint64_t off, uint64_t n)
+{
+    switch (r->kind) {
+    case PIVOT_READ:
+        return bm_target_read(j->t, (uint8_t *)r->rbuf + (off - r->offset), (size_t)n, off,
+                              part_done, r);
+    case PIVOT_WRITE:
+        return bm_target_write(j->t, (const uint8_t *)r->wbuf + (off - r->offset), (size_t)n, off,
+                               0, part_done, r);
+    case PIVOT_ZERO:
+        return bm_target_zero(j->t, off, n, part_done, r);
+    case PIVOT_TRIM:
+        return bm_target_trim(j->t, off, n, part_done, r);
+    case PIVOT_FLUSH:
+        return bm_target_flush(j->t, part_done, r);
+    }
+    return -EINVAL;
+}
+
+/* Send r to the target in pieces the target takes. */
+static void submit(struct mirror_job *j, struct pivot_req *r)
+{
+    r->parts = 1; /* held until every part is queued */
+    if (bm_target_dead(j->t)) {
+        part_done(r, EIO);
+        return;
+    }
+    if (r->len == 0 && r->kind != PIVOT_FLUSH) {
+        part_done(r, 0);
+        return;
+    }
+    uint64_t chunk = r->kind == PIVOT_READ || r->kind == PIVOT_WRITE ? DATA_CHUNK
+                     : r->kind == PIVOT_ZERO && !bm_target_can_zero(j->t)
+                         ? BM_TARGET_ZERO_FALLBACK_MAX
+                         : RANGE_CHUNK;
+    uint64_t end = r->offset + r->len;
+    uint64_t off = r->offset;
+    do { /* a flush has no range: one pass */
+        uint64_t n = end - off < chunk ? end - off : chunk;
+        r->parts++;
+        int rc = submit_part(j, r, off, n);
+        if (rc < 0) {
+            r->parts--;
+            if (!r->err)
+                r->err = -rc;
+        }
+        off += n;
+    } while (off < end && !r->err);
+    part_done(r, 0);
+}
+
+static void *pivot_main(void *arg)
+{
+    struct mirror_job *j = arg;
+    uint64_t stop_ns = 0;
+    for (;;) {
+        pthread_mutex_lock(&j->busy_lock);
+        struct pivot_req *q = j->pq_head;
+        j->pq_head = j->pq_tail = NULL;
+        bool stopping = j->pivot_stopping;
+        pthread_mutex_unlock(&j->busy_lock);
+        while (q) {
+            struct pivot_req *next = q->next; /* q may be answered and gone after submit */
+            submit(j, q);
+            q = next;
+        }
+        flush_fua(j);
+        if (stopping) {
+            if (!stop_ns)
+                stop_ns = mirror_now_ns();
+            if (bm_target_in_flight(j->t) == 0)
+                break;
+            if (mirror_now_ns() - stop_ns > CANCEL_WAIT_NS) {
+                bm_warn("mirror: the target did not answer within %llu s; giving up on it",
+                        CANCEL_WAIT_NS / 1000000000ull);
+                bm_target_abandon(j->t);
+                break;
+            }
+        }
+        struct pollfd wake = {.fd = j->wake_fd, .events = POLLIN};
+        bm_target_poll(j->t, &wake, 1, 100); /* a dead connection fails its commands itself */
+        flush_fua(j);
+        if (wake.revents & POLLIN) {
+            uint64_t v;
+            ssize_t n = read(j->wake_fd, &v, sizeof v);
+            (void)n;
+        }
+    }
+    return NULL;
+}
+
+/* Queue r for the pivot thread and wait for its answer. */
+static int call(struct mirror_job *j, struct pivot_req *r)
+{
+    r->j = j;
+    pthread_mutex_lock(&j->busy_lock);
+    if (j->pivot_stopping) {
+        pthread_mutex_unlock(&j->busy_lock);
+        return -EIO;
+    }
+    if (j->pq_tail)
+        j->pq_tail->next = r;
+    else
+        j->pq_head = r;
+    j->pq_tail = r;
+    pthread_mutex_unlock(&j->busy_lock);
+    mirror_wake(j);
+    pthread_mutex_lock(&j->busy_lock);
+    while (!r->done)
+        pthread_cond_wait(&j->busy_cond, &j->busy_lock);
+    pthread_mutex_unlock(&j->busy_lock);
+    return r->err ? -r->err : 0;
+}
+
+static int pivot_pread(void *opaque, void *buf, size_t len, uint64_t offset)
+{
+    struct pivot_req r = {.kind = PIVOT_READ, .rbuf = buf, .offset = offset, .len = len};
+    return call(opaque, &r);
+}
+
+static int pivot_pwrite(void *opaque, const void *buf, size_t len, uint64_t offset, unsigned flags)
+{
+    struct pivot_req r = {
+        .kind = PIVOT_WRITE, .wbuf = buf, .offset = offset, .len = len, .fua = flags & BM_DISK_FUA};
+    return call(opaque, &r);
+}
+
+static int pivot_zero(void *opaque, uint64_t offset, uint64_t len, unsigned flags)
+{
+    /* Whether the target zeroes fast is not known: a writer asking for a fast zero writes its
+     * own zeroes instead. */
+    if (flags & BM_DISK_FAST)
+        return -ENOTSUP;
+    struct pivot_req r = {
+        .kind = PIVOT_ZERO, .offset = offset, .len = len, .fua = flags & BM_DISK_FUA};
+    return call(opaque, &r);
+}
+
+static int pivot_trim(void *opaque, uint64_t offset, uint64_t len, unsigned flags)
+{
+    struct pivot_req r = {
+        .kind = PIVOT_TRIM, .offset = offset, .len = len, .fua = flags & BM_DISK_FUA};
+    return call(opaque, &r);
+}
+
+static int pivot_flush(void *opaque)
+{
+    struct pivot_req r = {.kind = PIVOT_FLUSH};
+    return call(opaque, &r);
+}
+
+int mirror_pivot_start(struct mirror_job *j)
+{
+    int r = pthread_create(&j->pivot_thread, NULL, pivot_main, j);
+    if (r)
+        return -r;
+    j->pivoted = true;
+    struct bm_disk_redirect rd = {.pread = pivot_pread,
+                                  .pwrite = pivot_pwrite,
+                                  .zero = pivot_zero,
+                                  .trim = pivot_trim,
+                                  .flush = pivot_flush,
+                                  .opaque = j};
+    bm_disk_redirect(j->src, &rd);
+    return 0;
+}
+
+void mirror_pivot_stop(struct mirror_job *j)
+{
+    if (!j->pivoted)
+        return;
+    pthread_mutex_lock(&j->busy_lock);
+    j->pivot_stopping = true;
+    pthread_mutex_unlock(&j->busy_lock);
+    mirror_wake(j);
+    pthread_join(j->pivot_thread, NULL);
+    /* Requests still queued (none when the disk's users stopped first, as they must) fail. */
+    pthread_mutex_lock(&j->busy_lock);
+    for (struct pivot_req *r = j->pq_head; r; r = r->next) {
+        r->err = EIO;
+        r->done = true;
+    }
+    j->pq_head = j->pq_tail = NULL;
+    pthread_cond_broadcast(&j->busy_cond);
+    pthread_mutex_unlock(&j->busy_lock);
+    j->pivoted = false;
+}
