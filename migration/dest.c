@@ -366,21 +366,18 @@ static int receive(struct dest *d, struct json_object **complete)
                 _exit(9);
             while (test_fault("dest-hang-on-complete"))
                 pause();
+            if (!d->state)
+                return failf(d, -EPROTO, "COMPLETE before the VM state");
             *complete = mig_parse_json(pl, len);
             if (!*complete)
                 return failf(d, -EPROTO, "a malformed COMPLETE from the source");
-            if (!d->state)
-                return failf(d, -EPROTO, "COMPLETE before the VM state");
             if (test_fault("dest-miss-ram-record"))
                 d->pages--; /* as if one record had not arrived */
             return 0;
         case MIG_ABORT: {
-            struct json_object *o = mig_parse_json(pl, len), *x;
-            failf(d, -ECONNABORTED, "the source gave up: %s",
-                  o && json_object_object_get_ex(o, "reason", &x) ? json_object_get_string(x)
-                                                                  : "(no reason)");
-            json_object_put(o);
-            return -ECONNABORTED;
+            char reason[256];
+            return failf(d, -ECONNABORTED, "the source gave up: %s",
+                         mig_abort_reason(pl, len, reason, sizeof reason));
         }
         default:
             return failf(d, -EPROTO, "an unexpected %s frame from the source",
