@@ -15,9 +15,9 @@
 struct mig_accept_opts {
     const int *lfds; /* listening sockets */
     int nl;
-    unsigned hello_timeout_ms;          /* each connection's time to send its header and HELLO */
-    uint64_t deadline_ns;               /* CLOCK_MONOTONIC; UINT64_MAX: wait for ever */
-    const volatile sig_atomic_t *stop;  /* set: give up with -EINTR (may be NULL) */
+    unsigned hello_timeout_ms;         /* each connection's time to send its header and HELLO */
+    uint64_t deadline_ns;              /* CLOCK_MONOTONIC; UINT64_MAX: wait for ever */
+    const volatile sig_atomic_t *stop; /* set: give up with -EINTR (may be NULL) */
 };
 
 /* Accept connections on o->lfds, several at once, each sent our stream header at once, until

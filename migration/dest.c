@@ -77,9 +77,9 @@ static int failf(struct dest *d, int r, const char *fmt, ...)
  * once, and how long requests may still run after COMPLETE (the source has none then: its
  * mirrors flushed and finished; it is also kept under half the peer timeout, which the
  * source waits for RESUMED). */
-#define NBD_HANDSHAKE_MS 10000u
+#define NBD_HANDSHAKE_MS    10000u
 #define NBD_MAX_NEGOTIATING 16u
-#define NBD_DRAIN_MS 5000u
+#define NBD_DRAIN_MS        5000u
 
 /* Wait for the source: the first connection that sends a valid HELLO (migration/accept.c);
  * strays are dropped and listening goes on. Then nobody else gets in. */
@@ -484,8 +484,8 @@ int mig_incoming_run(const struct mig_incoming_opts *o, struct mig_incoming_resu
         .hide_exports = true,
         .handshake_timeout_ms = NBD_HANDSHAKE_MS,
         .max_negotiating = NBD_MAX_NEGOTIATING,
-        .drain_timeout_ms = o->peer_timeout_ms / 2 < NBD_DRAIN_MS ? o->peer_timeout_ms / 2
-                                                                   : NBD_DRAIN_MS,
+        .drain_timeout_ms =
+            o->peer_timeout_ms / 2 < NBD_DRAIN_MS ? o->peer_timeout_ms / 2 : NBD_DRAIN_MS,
     };
     d.nbd = nbd_server_new(&cfg);
     r = d.nbd ? nbd_server_listen_tcp(d.nbd, o->host, o->nbd_port) : -ENOMEM;
@@ -505,8 +505,9 @@ int mig_incoming_run(const struct mig_incoming_opts *o, struct mig_incoming_resu
     /* The source's mirrors flushed and finished: no NBD writes after this. */
     uint64_t t_c = now_ns();
     if ((r = stop_nbd(&d)) < 0) {
-        failf(&d, r, "a request on the migration's NBD port was still unfinished after the "
-                     "source's COMPLETE (another client?); its connection was shut down");
+        failf(&d, r,
+              "a request on the migration's NBD port was still unfinished after the "
+              "source's COMPLETE (another client?); its connection was shut down");
         json_object_put(complete);
         goto fail;
     }

@@ -105,7 +105,7 @@ unsigned nbd_server_connections(struct nbd_server *s)
 const char *nbd_conn_export_label(const struct nbd_conn *c)
 {
     return c->server->cfg.hide_exports && bm_log_get_level() < BM_LOG_DEBUG ? "(secret)"
-                                                                              : c->exp->name;
+                                                                            : c->exp->name;
 }
 
 enum bm_log_level nbd_server_name_log_level(const struct nbd_server *s)
@@ -232,8 +232,7 @@ static int make_room_locked(struct nbd_server *s)
         v->evicted = true;
         shutdown(v->fd, SHUT_RDWR);
         bm_info("nbd conn %llu: dropped to make room (%s, %u negotiating)",
-                (unsigned long long)v->id, v == oldest_silent ? "silent" : "oldest",
-                negotiating);
+                (unsigned long long)v->id, v == oldest_silent ? "silent" : "oldest", negotiating);
     }
     return s->nconns >= s->cfg.max_connections + 2 * s->cfg.max_negotiating ? -EAGAIN : 0;
 }
