@@ -46,6 +46,35 @@ void bm_log_set_prefix(const char *prefix)
     log_prefix = prefix;
 }
 
+const char *bm_log_escape(const char *in, char *out, size_t outlen)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    if (!in)
+        in = "(null)";
+    for (const unsigned char *p = (const unsigned char *)in; *p; p++) {
+        char e[4];
+        size_t n = 0;
+        if (*p == '\\' || *p == '\n' || *p == '\r' || *p == '\t') {
+            e[n++] = '\\';
+            e[n++] = *p == '\\' ? '\\' : *p == '\n' ? 'n' : *p == '\r' ? 'r' : 't';
+        } else if (*p < 0x20 || *p >= 0x7f) {
+            e[n++] = '\\';
+            e[n++] = 'x';
+            e[n++] = hex[*p >> 4];
+            e[n++] = hex[*p & 15];
+        } else {
+            e[n++] = (char)*p;
+        }
+        if (o + n >= outlen)
+            break;
+        memcpy(out + o, e, n);
+        o += n;
+    }
+    out[o] = '\0';
+    return out;
+}
+
 void bm_log(enum bm_log_level level, const char *fmt, ...)
 {
     if ((int)level > atomic_load(&log_level))

@@ -18,6 +18,7 @@
 #include "common/io.h"
 #include "common/log.h"
 #include "common/sock.h"
+#include "migration/accept.h"
 #include "migration/dest-internal.h"
 #include "migration/migration.h"
 #include "migration/stream.h"
@@ -37,6 +38,7 @@ struct dest {
     struct nbd_server *nbd;
     pthread_t nbd_thread;
     bool nbd_running;
+    int nbd_result; /* nbd_server_run's, once nbd_thread is joined */
     struct vm *vm;
     struct mig_images images; /* they own the disks until the VM runs here */
     struct vm_disk disks[VM_MAX_DISKS];
@@ -67,45 +69,51 @@ static int failf(struct dest *d, int r, const char *fmt, ...)
     return r;
 }
 
-static int accept_source(struct dest *d)
+/* Per connection, the time to send the stream header and HELLO: a stray holds nothing for
+ * longer than this (nor for longer than the peer timeout, as before). */
+#define HELLO_TIMEOUT_MS 5000u
+/* The migration's NBD server: a connection's time to negotiate, how many may negotiate at
+ * once, and how long requests may still run after COMPLETE (the source has none then: its
+ * mirrors flushed and finished; it is also kept under half the peer timeout, which the
+ * source waits for RESUMED). */
+#define NBD_HANDSHAKE_MS    10000u
+#define NBD_MAX_NEGOTIATING 16u
+#define NBD_DRAIN_MS        5000u
+
+/* Wait for the source: the first connection that sends a valid HELLO (migration/accept.c);
+ * strays are dropped and listening goes on. Then nobody else gets in. */
+static int accept_source(struct dest *d, struct json_object **hello)
 {
-    struct pollfd pfd[8];
-    for (int i = 0; i < d->nl; i++)
-        pfd[i] = (struct pollfd){.fd = d->lfds[i], .events = POLLIN};
-    uint64_t deadline = d->o->accept_timeout_s
-                            ? now_ns() + (uint64_t)d->o->accept_timeout_s * 1000000000u
-                            : UINT64_MAX;
-    for (;;) {
-        if (d->o->stop && *d->o->stop)
-            return failf(d, -EINTR, "interrupted while waiting for the source");
-        int n = poll(pfd, (nfds_t)d->nl, 100);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return failf(d, -errno, "waiting for the source: %s", strerror(errno));
-        if (n == 0 && now_ns() >= deadline)
-            return failf(d, -ETIMEDOUT, "no source connected within %u s",
-                         d->o->accept_timeout_s);
-        for (int i = 0; i < d->nl; i++) {
-            if (!(pfd[i].revents & POLLIN))
-                continue;
-            int fd = accept4(d->lfds[i], NULL, NULL, SOCK_CLOEXEC);
-            if (fd < 0)
-                continue;
-            /* One source per migration: nobody else gets in. */
-            for (int k = 0; k < d->nl; k++)
-                close(d->lfds[k]);
-            d->nl = 0;
-            bm_sock_nodelay(fd);
-            unsigned t = d->o->peer_timeout_ms;
-            struct timeval tv = {t / 1000, (t % 1000) * 1000};
-            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-            mig_conn_init(&d->c, fd);
-            d->c.frame_timeout_ms = (int)t;
-            d->last_heard_ns = now_ns();
-            return 0;
-        }
-    }
+    unsigned t = d->o->peer_timeout_ms;
+    struct mig_accept_opts ao = {
+        .lfds = d->lfds,
+        .nl = d->nl,
+        .hello_timeout_ms = t < HELLO_TIMEOUT_MS ? t : HELLO_TIMEOUT_MS,
+        .deadline_ns = d->o->accept_timeout_s
+                           ? now_ns() + (uint64_t)d->o->accept_timeout_s * 1000000000u
+                           : UINT64_MAX,
+        .stop = d->o->stop,
+    };
+    int fd;
+    uint64_t bytes_in;
+    int r = mig_accept_hello(&ao, &fd, hello, &bytes_in, d->err, d->errlen);
+    if (r == -ETIMEDOUT)
+        return failf(d, r, "no source connected within %u s", d->o->accept_timeout_s);
+    if (r < 0)
+        return r;
+    for (int k = 0; k < d->nl; k++)
+        close(d->lfds[k]);
+    d->nl = 0;
+    bm_sock_nodelay(fd);
+    struct timeval tv = {t / 1000, (t % 1000) * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    mig_conn_init(&d->c, fd);
+    d->c.frame_timeout_ms = (int)t;
+    /* The source counts our progress in stream bytes, its header and HELLO included. */
+    d->c.bytes_sent = MIG_STREAM_HDR;
+    d->c.bytes_received = bytes_in;
+    d->last_heard_ns = now_ns();
+    return 0;
 }
 
 /* The images of the announced disks (dest-images.c), as the VM's disks. */
@@ -124,21 +132,28 @@ static int open_images(struct dest *d, struct json_object *disks)
 
 static void *nbd_main(void *arg)
 {
-    nbd_server_run(arg);
+    struct dest *d = arg;
+    d->nbd_result = nbd_server_run(d->nbd);
     return NULL;
 }
 
-static void stop_nbd(struct dest *d)
+/* Stop the NBD server: every connection shut down, its threads gone, its last request done
+ * or dropped. -ETIMEDOUT when some request did not finish within the drain timeout (someone
+ * other than the source, whose mirrors had flushed and finished, was still writing). */
+static int stop_nbd(struct dest *d)
 {
+    int r = 0;
     if (d->nbd_running) {
         nbd_server_shutdown(d->nbd);
         pthread_join(d->nbd_thread, NULL);
         d->nbd_running = false;
+        r = d->nbd_result;
     }
     if (d->nbd) {
         nbd_server_free(d->nbd);
         d->nbd = NULL;
     }
+    return r;
 }
 
 static int serve_disks(struct dest *d, struct json_object *ack)
@@ -159,31 +174,20 @@ static int serve_disks(struct dest *d, struct json_object *ack)
             return failf(d, r, "cannot export disk %s: %s", d->disks[k].name, strerror(-r));
         json_object_object_add(ex, d->disks[k].name, json_object_new_string(name));
     }
-    int r = pthread_create(&d->nbd_thread, NULL, nbd_main, d->nbd);
+    int r = pthread_create(&d->nbd_thread, NULL, nbd_main, d);
     if (r != 0)
         return failf(d, -r, "cannot start the NBD server: %s", strerror(r));
     d->nbd_running = true;
     return 0;
 }
 
-static int hello(struct dest *d)
+/* Act on the source's HELLO (checked by accept_source: it has vm.disks); puts h. */
+static int hello(struct dest *d, struct json_object *h)
 {
-    uint32_t type, len;
-    uint8_t *pl;
-    int r = mig_send_header(&d->c);
-    if (r == 0)
-        r = mig_recv_header(&d->c, (int)d->o->peer_timeout_ms);
-    if (r < 0)
-        return failf(d, r, "the peer is not a blkmig source: %s", strerror(-r));
-    r = mig_recv(&d->c, (int)d->o->peer_timeout_ms, &type, &pl, &len);
-    if (r < 0)
-        return failf(d, r, "no HELLO from the source: %s", strerror(-r));
-    struct json_object *h = type == MIG_HELLO ? mig_parse_json(pl, len) : NULL, *vmd, *x;
-    if (!h || !json_object_object_get_ex(h, "vm", &vmd) ||
-        !json_object_object_get_ex(vmd, "disks", &x)) {
-        json_object_put(h);
-        return failf(d, -EPROTO, "the source's first frame is not a valid HELLO");
-    }
+    struct json_object *vmd, *x;
+    json_object_object_get_ex(h, "vm", &vmd);
+    json_object_object_get_ex(vmd, "disks", &x);
+    int r;
     struct json_object *wd, *vf;
     d->with_disk = json_object_object_get_ex(h, "with_disk", &wd) && json_object_get_boolean(wd);
     d->verify = json_object_object_get_ex(h, "verify", &vf) && json_object_get_boolean(vf);
@@ -283,21 +287,18 @@ static int receive(struct dest *d, struct json_object **complete)
                 _exit(9);
             while (test_fault("dest-hang-on-complete"))
                 pause();
+            if (!d->state)
+                return failf(d, -EPROTO, "COMPLETE before the VM state");
             *complete = mig_parse_json(pl, len);
             if (!*complete)
                 return failf(d, -EPROTO, "a malformed COMPLETE from the source");
-            if (!d->state)
-                return failf(d, -EPROTO, "COMPLETE before the VM state");
             if (test_fault("dest-miss-ram-record"))
                 d->pages--; /* as if one record had not arrived */
             return 0;
         case MIG_ABORT: {
-            struct json_object *o = mig_parse_json(pl, len), *x;
-            failf(d, -ECONNABORTED, "the source gave up: %s",
-                  o && json_object_object_get_ex(o, "reason", &x) ? json_object_get_string(x)
-                                                                  : "(no reason)");
-            json_object_put(o);
-            return -ECONNABORTED;
+            char reason[256];
+            return failf(d, -ECONNABORTED, "the source gave up: %s",
+                         mig_abort_reason(pl, len, reason, sizeof reason));
         }
         default:
             return failf(d, -EPROTO, "an unexpected %s frame from the source",
@@ -387,8 +388,18 @@ int mig_incoming_run(const struct mig_incoming_opts *o, struct mig_incoming_resu
         return failf(&d, r, "cannot listen on %s:%s: %s", o->host ? o->host : "*", o->port,
                      strerror(-r));
     d.nl = r;
-    struct nbd_server_config cfg = {.max_connections = 64, .threads_per_conn = 16,
-                                    .hide_exports = true};
+    /* Only the source knows the export names: a connection that has negotiated one is the
+     * source's, and those have the 64 slots; strangers that never get that far share a small
+     * pool, oldest (silent first) evicted, and a short handshake time (docs/architecture.md). */
+    struct nbd_server_config cfg = {
+        .max_connections = 64,
+        .threads_per_conn = 16,
+        .hide_exports = true,
+        .handshake_timeout_ms = NBD_HANDSHAKE_MS,
+        .max_negotiating = NBD_MAX_NEGOTIATING,
+        .drain_timeout_ms =
+            o->peer_timeout_ms / 2 < NBD_DRAIN_MS ? o->peer_timeout_ms / 2 : NBD_DRAIN_MS,
+    };
     d.nbd = nbd_server_new(&cfg);
     r = d.nbd ? nbd_server_listen_tcp(d.nbd, o->host, o->nbd_port) : -ENOMEM;
     if (r < 0) {
@@ -398,15 +409,21 @@ int mig_incoming_run(const struct mig_incoming_opts *o, struct mig_incoming_resu
     if (o->listening)
         o->listening(o->opaque);
     uint64_t t0 = 0;
-    struct json_object *complete = NULL;
-    if ((r = accept_source(&d)) < 0)
+    struct json_object *complete = NULL, *h = NULL;
+    if ((r = accept_source(&d, &h)) < 0)
         goto fail;
     t0 = now_ns();
-    if ((r = hello(&d)) < 0 || (r = receive(&d, &complete)) < 0)
+    if ((r = hello(&d, h)) < 0 || (r = receive(&d, &complete)) < 0)
         goto fail;
     /* The source's mirrors flushed and finished: no NBD writes after this. */
     uint64_t t_c = now_ns();
-    stop_nbd(&d);
+    if ((r = stop_nbd(&d)) < 0) {
+        failf(&d, r,
+              "a request on the migration's NBD port was still unfinished after the "
+              "source's COMPLETE (another client?); its connection was shut down");
+        json_object_put(complete);
+        goto fail;
+    }
     uint64_t t_nbd = now_ns();
     r = d.vm->ops->load_state(d.vm, d.state, d.state_len);
     bm_info("incoming: COMPLETE: NBD server stopped in %.1f ms, state loaded in %.1f ms",

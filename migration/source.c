@@ -251,11 +251,9 @@ int mig_poll_peer(struct mig_source *m, char *why, size_t whylen)
             continue;
         }
         if (type == MIG_ABORT) {
-            struct json_object *o = mig_parse_json(pl, len), *x;
+            char reason[256];
             snprintf(why, whylen, "the destination gave up: %s",
-                     o && json_object_object_get_ex(o, "reason", &x) ? json_object_get_string(x)
-                                                                     : "(no reason)");
-            json_object_put(o);
+                     mig_abort_reason(pl, len, reason, sizeof reason));
             return -ECONNABORTED;
         }
         snprintf(why, whylen, "the destination sent an unexpected %s frame",
@@ -345,14 +343,13 @@ static int handshake(struct mig_source *m, struct json_object **ack, char *err, 
         snprintf(err, errlen, "handshake with %s:%s: %s", m->p.host, m->p.port, strerror(-r));
         return r;
     }
-    struct json_object *o = mig_parse_json(pl, len), *x;
     if (type == MIG_ABORT) {
+        char reason[256];
         snprintf(err, errlen, "the destination refused: %s",
-                 o && json_object_object_get_ex(o, "reason", &x) ? json_object_get_string(x)
-                                                                 : "(no reason)");
-        json_object_put(o);
+                 mig_abort_reason(pl, len, reason, sizeof reason));
         return -ECONNREFUSED;
     }
+    struct json_object *o = mig_parse_json(pl, len);
     if (type != MIG_HELLO_ACK || !o) {
         snprintf(err, errlen, "the destination answered %s instead of HELLO_ACK",
                  mig_frame_name(type));

@@ -14,6 +14,7 @@
 #include <xxhash.h>
 
 #include "common/io.h"
+#include "common/log.h"
 #include "migration/stream.h"
 
 const char *mig_frame_name(uint32_t type)
@@ -233,4 +234,14 @@ struct json_object *mig_parse_json(const uint8_t *payload, uint32_t len)
         return NULL;
     }
     return o;
+}
+
+const char *mig_abort_reason(const uint8_t *payload, uint32_t len, char *buf, size_t buflen)
+{
+    struct json_object *o = mig_parse_json(payload, len), *x;
+    bool has = o && json_object_object_get_ex(o, "reason", &x) &&
+               json_object_is_type(x, json_type_string);
+    bm_log_escape(has ? json_object_get_string(x) : "(no reason)", buf, buflen);
+    json_object_put(o);
+    return buf;
 }

@@ -80,5 +80,8 @@ int mig_recv(struct mig_conn *c, int timeout_ms, uint32_t *type, uint8_t **paylo
 int64_t mig_send_ram(void *conn, bool zlib, const void *buf, uint32_t len);
 /* Parse a JSON payload (an object), or NULL. */
 struct json_object *mig_parse_json(const uint8_t *payload, uint32_t len);
+/* The reason of an ABORT payload, escaped for a log line (bm_log_escape), into buf: the peer's
+ * text never reaches a log or a terminal raw. "(no reason)" when there is none. */
+const char *mig_abort_reason(const uint8_t *payload, uint32_t len, char *buf, size_t buflen);
 
 #endif

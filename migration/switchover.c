@@ -46,14 +46,13 @@ static void await_resumed(struct mig_source *m, uint64_t t_pause, uint64_t t_com
         }
         if (type == MIG_PING)
             continue;
-        struct json_object *o = mig_parse_json(pl, len), *x;
         if (type == MIG_ABORT) {
+            char reason[256];
             mig_rollback(m, MIG_FAILED, "the destination refused to resume: %s",
-                         o && json_object_object_get_ex(o, "reason", &x) ? json_object_get_string(x)
-                                                                         : "(no reason)");
-            json_object_put(o);
+                         mig_abort_reason(pl, len, reason, sizeof reason));
             return;
         }
+        struct json_object *o = mig_parse_json(pl, len), *x;
         if (type != MIG_RESUMED) {
             json_object_put(o);
             snprintf(m->w.error, sizeof m->w.error,

@@ -153,8 +153,10 @@ static int opt_info(struct nbd_conn *c, uint32_t opt, const uint8_t *data, uint3
         return send_error(c, opt, NBD_REP_ERR_INVALID, "malformed NBD_OPT_INFO/GO payload");
     const struct nbd_export *e = nbd_server_find_export(c->server, name, name_len);
     if (!e) {
-        bm_info("nbd conn %llu: client asked for unknown export '%s'",
-                (unsigned long long)c->id, name);
+        char shown[128];
+        bm_log(nbd_server_name_log_level(c->server),
+               "nbd conn %llu: client asked for unknown export '%s'", (unsigned long long)c->id,
+               bm_log_escape(name, shown, sizeof shown));
         return send_error(c, opt, NBD_REP_ERR_UNKNOWN, "no such export");
     }
     if (atomic_load(&c->server->stopping))
@@ -320,13 +322,19 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Reads time out when the whole handshake has taken NBD_HANDSHAKE_TIMEOUT, not per read. */
+static int64_t handshake_timeout_ms(const struct nbd_conn *c)
+{
+    unsigned t = c->server->cfg.handshake_timeout_ms;
+    return t ? t : NBD_HANDSHAKE_TIMEOUT * 1000;
+}
+
+/* Reads time out when the whole handshake has taken its time, not per read. */
 static int arm_deadline(struct nbd_conn *c, int64_t deadline)
 {
     int64_t left = deadline - now_ms();
     if (left <= 0) {
-        bm_info("nbd conn %llu: handshake took over %d s; disconnecting",
-                (unsigned long long)c->id, NBD_HANDSHAKE_TIMEOUT);
+        bm_info("nbd conn %llu: handshake took over %lld ms; disconnecting",
+                (unsigned long long)c->id, (long long)handshake_timeout_ms(c));
         return -ETIMEDOUT;
     }
     set_recv_timeout(c->fd, left);
@@ -339,8 +347,8 @@ int nbd_handshake(struct nbd_conn *c)
     bm_put_be64(b, NBD_MAGIC);
     bm_put_be64(b + 8, NBD_IHAVEOPT);
     bm_put_be16(b + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
-    int64_t deadline = now_ms() + NBD_HANDSHAKE_TIMEOUT * 1000;
-    set_recv_timeout(c->fd, NBD_HANDSHAKE_TIMEOUT * 1000);
+    int64_t deadline = now_ms() + handshake_timeout_ms(c);
+    set_recv_timeout(c->fd, handshake_timeout_ms(c));
     int r = bm_write_full(c->fd, b, sizeof b);
     if (r < 0)
         return r;
@@ -354,6 +362,7 @@ int nbd_handshake(struct nbd_conn *c)
         return -EPROTO;
     }
     c->no_zeroes = cflags & NBD_FLAG_C_NO_ZEROES;
+    atomic_store(&c->spoke, true);
     uint8_t *data = malloc(NBD_MAX_OPTION_DATA);
     if (!data)
         return -ENOMEM;

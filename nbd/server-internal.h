@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "common/log.h"
 #include "nbd/protocol.h"
 #include "nbd/server.h"
 
@@ -73,6 +74,8 @@ struct nbd_conn {
     bool base_allocation;
     const struct nbd_export *meta_exp; /* export the meta context was set for */
     _Atomic bool transmitting;         /* handshake done: readers watch the stop pipe */
+    _Atomic bool spoke;                /* the client has sent its flags (not a silent stray) */
+    bool evicted;                      /* shut down to make room; under server->lock */
     /* read_lock: one thread reads a request (header and payload) at a time.
      * write_lock: one reply is written whole at a time. */
     pthread_mutex_t read_lock;
@@ -137,6 +140,10 @@ void *nbd_conn_worker(void *arg);
 void nbd_conn_maybe_grow_locked(struct nbd_conn *c);
 
 /* server.c */
+/* Export names as log lines may show them: hidden exports' names are secrets, so they appear
+ * only at debug level; above it they read "(secret)". */
+const char *nbd_conn_export_label(const struct nbd_conn *c);
+enum bm_log_level nbd_server_name_log_level(const struct nbd_server *s);
 /* A worker is leaving; the last one closes and frees the connection. */
 void nbd_conn_thread_exit(struct nbd_conn *c);
 int nbd_conn_spawn_thread(struct nbd_conn *c);

@@ -15,8 +15,8 @@
 #include "common/sock.h"
 #include "nbd/server-internal.h"
 
-/* Seconds shutdown waits for in-flight requests before giving up on them. */
-#define DRAIN_TIMEOUT 30
+/* Milliseconds shutdown waits for in-flight requests by default. */
+#define DRAIN_TIMEOUT_MS 30000u
 
 struct nbd_server *nbd_server_new(const struct nbd_server_config *cfg)
 {
@@ -104,6 +104,17 @@ unsigned nbd_server_connections(struct nbd_server *s)
     return n;
 }
 
+const char *nbd_conn_export_label(const struct nbd_conn *c)
+{
+    return c->server->cfg.hide_exports && bm_log_get_level() < BM_LOG_DEBUG ? "(secret)"
+                                                                            : c->exp->name;
+}
+
+enum bm_log_level nbd_server_name_log_level(const struct nbd_server *s)
+{
+    return s->cfg.hide_exports ? BM_LOG_DEBUG : BM_LOG_INFO;
+}
+
 static void conn_free(struct nbd_conn *c)
 {
     close(c->fd);
@@ -136,6 +147,25 @@ void nbd_conn_thread_exit(struct nbd_conn *c)
     pthread_mutex_unlock(&s->lock);
 }
 
+/* Negotiation is done: enter transmission, unless (with a separate pool for negotiating
+ * connections) the established ones are already max_connections. */
+static bool admit(struct nbd_conn *c)
+{
+    struct nbd_server *s = c->server;
+    pthread_mutex_lock(&s->lock);
+    unsigned established = 0;
+    for (struct nbd_conn *o = s->conns; o; o = o->next)
+        established += atomic_load(&o->transmitting);
+    bool ok = !s->cfg.max_negotiating || established < s->cfg.max_connections;
+    if (ok)
+        atomic_store(&c->transmitting, true);
+    pthread_mutex_unlock(&s->lock);
+    if (!ok)
+        bm_warn("nbd server: refusing conn %llu after negotiation: %u already serving",
+                (unsigned long long)c->id, s->cfg.max_connections);
+    return ok;
+}
+
 /* The first thread of a connection: negotiate, then serve. */
 static void *conn_main(void *arg)
 {
@@ -154,9 +184,16 @@ static void *conn_main(void *arg)
     /* A client that stops reading replies must not pin the workers forever. */
     struct timeval tv = {.tv_sec = NBD_SEND_TIMEOUT};
     setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    atomic_store(&c->transmitting, true);
-    bm_info("nbd conn %llu: serving export '%s'%s", (unsigned long long)c->id, c->exp->name,
-            c->structured ? " with structured replies" : "");
+    if (!admit(c)) {
+        pthread_mutex_lock(&c->lock);
+        c->closing = true;
+        pthread_mutex_unlock(&c->lock);
+        nbd_conn_thread_exit(c);
+        return NULL;
+    }
+    bm_log(nbd_server_name_log_level(c->server), "nbd conn %llu: serving export '%s'%s",
+           (unsigned long long)c->id, c->exp->name,
+           c->structured ? " with structured replies" : "");
     return nbd_conn_worker(c);
 }
 
@@ -177,6 +214,31 @@ int nbd_conn_spawn_thread(struct nbd_conn *c)
     return spawn(nbd_conn_worker, c);
 }
 
+/* With a pool for negotiating connections (s->lock held): when it is full, shut down the
+ * oldest connection that has sent nothing (else the oldest) to make room for a new one; its
+ * thread leaves on its own. -EAGAIN when even evicted ones still fill the hard limit. */
+static int make_room_locked(struct nbd_server *s)
+{
+    unsigned negotiating = 0;
+    struct nbd_conn *oldest = NULL, *oldest_silent = NULL;
+    for (struct nbd_conn *c = s->conns; c; c = c->next) {
+        if (atomic_load(&c->transmitting) || c->evicted)
+            continue;
+        negotiating++;
+        oldest = c; /* the list is newest first */
+        if (!atomic_load(&c->spoke))
+            oldest_silent = c;
+    }
+    if (negotiating >= s->cfg.max_negotiating) {
+        struct nbd_conn *v = oldest_silent ? oldest_silent : oldest;
+        v->evicted = true;
+        shutdown(v->fd, SHUT_RDWR);
+        bm_info("nbd conn %llu: dropped to make room (%s, %u negotiating)",
+                (unsigned long long)v->id, v == oldest_silent ? "silent" : "oldest", negotiating);
+    }
+    return s->nconns >= s->cfg.max_connections + 2 * s->cfg.max_negotiating ? -EAGAIN : 0;
+}
+
 static void accept_one(struct nbd_server *s, int lfd)
 {
     int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
@@ -191,10 +253,11 @@ static void accept_one(struct nbd_server *s, int lfd)
         return;
     }
     pthread_mutex_lock(&s->lock);
-    if (s->nconns >= s->cfg.max_connections) {
+    if (s->cfg.max_negotiating ? make_room_locked(s) < 0
+                               : s->nconns >= s->cfg.max_connections) {
         pthread_mutex_unlock(&s->lock);
-        bm_warn("nbd server: refusing a connection: %u already open (--shared)",
-                s->cfg.max_connections);
+        bm_warn("nbd server: refusing a connection: %u already open%s", s->nconns,
+                s->cfg.max_negotiating ? "" : " (--shared)");
         close(fd);
         return;
     }
@@ -229,25 +292,36 @@ static void accept_one(struct nbd_server *s, int lfd)
 
 /* Stop reading new requests on every connection and wait for them to finish. Connections in
  * transmission see the stop pipe between requests (so no request is cut in half); those still
- * negotiating are simply hung up on. Returns 0, or -ETIMEDOUT if some never finished. */
+ * negotiating are simply hung up on. Those still busy at the deadline (a request whose payload
+ * stalls, a client that reads no replies) are shut down: what they had not sent in full is
+ * never done. Returns once every connection thread has left: 0, or -ETIMEDOUT if some had to
+ * be shut down. */
 static int drain(struct nbd_server *s)
 {
     int ret = 0;
+    unsigned ms = s->cfg.drain_timeout_ms ? s->cfg.drain_timeout_ms : DRAIN_TIMEOUT_MS;
     pthread_mutex_lock(&s->lock);
     for (struct nbd_conn *c = s->conns; c; c = c->next)
         if (!atomic_load(&c->transmitting))
             shutdown(c->fd, SHUT_RDWR);
     struct timespec deadline;
     clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += DRAIN_TIMEOUT;
-    while (s->nconns > 0) {
-        if (pthread_cond_timedwait(&s->cond, &s->lock, &deadline) == ETIMEDOUT) {
-            bm_error("nbd server: %u connections still busy after %d s; giving up on them",
-                     s->nconns, DRAIN_TIMEOUT);
+    long ns = deadline.tv_nsec + (long)(ms % 1000) * 1000000;
+    deadline.tv_sec += (time_t)(ms / 1000) + ns / 1000000000;
+    deadline.tv_nsec = ns % 1000000000;
+    while (s->nconns > 0 && ret == 0) {
+        if (pthread_cond_timedwait(&s->cond, &s->lock, &deadline) == ETIMEDOUT &&
+            s->nconns > 0) {
+            bm_error("nbd server: %u connections still busy after %u ms; shutting them down",
+                     s->nconns, ms);
+            for (struct nbd_conn *c = s->conns; c; c = c->next)
+                shutdown(c->fd, SHUT_RDWR);
             ret = -ETIMEDOUT;
-            break;
         }
     }
+    /* Shut down, their threads leave once the disk call they may be in returns. */
+    while (s->nconns > 0)
+        pthread_cond_wait(&s->cond, &s->lock);
     pthread_mutex_unlock(&s->lock);
     return ret;
 }

@@ -14,8 +14,16 @@ struct nbd_server_config {
     unsigned max_connections;  /* connections served at once; more are refused (default 64) */
     unsigned threads_per_conn; /* worker threads per connection, grown on demand (default 16) */
     struct nbd_inject *inject; /* fault injection rules, or NULL */
-    bool hide_exports;         /* export names are secrets: refuse NBD_OPT_LIST, and the
-                                * default name does not reach a lone export */
+    bool hide_exports;         /* export names are secrets: refuse NBD_OPT_LIST, the
+                                * default name does not reach a lone export, and names are
+                                * logged at debug level only */
+    unsigned handshake_timeout_ms; /* a connection's time to finish negotiating (default 30 s) */
+    /* Connections still negotiating get their own pool of this many (0: they count against
+     * max_connections, as established ones do). When it is full, a new connection evicts the
+     * oldest that has sent nothing yet (else the oldest): strangers that never negotiate
+     * cannot keep out a client that does; max_connections then bounds established ones. */
+    unsigned max_negotiating;
+    unsigned drain_timeout_ms; /* nbd_server_run's wait for in-flight requests (default 30 s) */
 };
 
 /* The largest READ/WRITE/CACHE payload served; larger requests get EINVAL. */
@@ -32,7 +40,10 @@ int nbd_server_add_export(struct nbd_server *s, const char *name, const char *de
 int nbd_server_listen_tcp(struct nbd_server *s, const char *host, const char *port);
 int nbd_server_listen_unix(struct nbd_server *s, const char *path);
 /* Serve until nbd_server_shutdown(): then stop accepting, stop reading new requests, let
- * in-flight requests finish and reply, close every connection, and return 0. */
+ * in-flight requests finish and reply, close every connection, and return 0. Requests still
+ * unfinished after drain_timeout_ms have their connections shut down (a WRITE whose payload
+ * has not all arrived is never done); returns -ETIMEDOUT then. Either way every connection
+ * thread has ended (its request with it) when this returns. */
 int nbd_server_run(struct nbd_server *s);
 /* Async-signal-safe: ask nbd_server_run() to drain and return. */
 void nbd_server_shutdown(struct nbd_server *s);

@@ -134,7 +134,7 @@ static int do_read_sparse(struct worker *w, const struct nbd_request *req)
         }
         r = bm_disk_pread(d, data, e->length, e->offset);
         if (r < 0) {
-            bm_error("nbd export '%s': read %llu bytes at 0x%llx: %s", c->exp->name,
+            bm_error("nbd export '%s': read %llu bytes at 0x%llx: %s", nbd_conn_export_label(c),
                      (unsigned long long)e->length, (unsigned long long)e->offset,
                      strerror(-r));
             free(hdrs);
@@ -164,7 +164,7 @@ static int do_read(struct worker *w, const struct nbd_request *req)
         return do_read_sparse(w, req);
     int r = bm_disk_pread(c->exp->disk, w->buf, req->length, req->offset);
     if (r < 0) {
-        bm_error("nbd export '%s': read %u bytes at 0x%llx: %s", c->exp->name, req->length,
+        bm_error("nbd export '%s': read %u bytes at 0x%llx: %s", nbd_conn_export_label(c), req->length,
                  (unsigned long long)req->offset, strerror(-r));
         return send_error_reply(c, req, -r);
     }
@@ -266,7 +266,7 @@ static int execute(struct worker *w, const struct nbd_request *req, int err, uin
     default: r = -EINVAL; break;
     }
     if (r < 0 && r != -ENOTSUP)
-        bm_error("nbd export '%s': %s %u bytes at 0x%llx: %s", c->exp->name,
+        bm_error("nbd export '%s': %s %u bytes at 0x%llx: %s", nbd_conn_export_label(c),
                  nbd_cmd_name(req->type), req->length, (unsigned long long)req->offset,
                  strerror(-r));
     if (r < 0)

@@ -208,7 +208,7 @@ mig_start_dest() {
         "$@" </dev/null >"$CASE_DIR/dst.out" 2>"$DST_LOG" &
     DST_PID=$!
     mig_track "$DST_PID"
-    # Not a probe connection: the first connection to the migration port is taken as the source.
+    # The first connection that sends a HELLO is taken as the source; others are dropped.
     _mig_wait_start "$DST_PID" "" "$DST_LOG" "listening on" 30 "$CASE: blkmig incoming"
 }
 
