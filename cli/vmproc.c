@@ -343,11 +343,13 @@ static struct json_object *on_control(void *opaque, const char *cmd, struct json
 }
 
 int vmproc_serve(struct vm *vm, struct bm_disk **disks, unsigned ndisks, const char *control,
-                 bool json)
+                 int claim, bool json)
 {
     struct vmproc *p = calloc(1, sizeof *p);
-    if (!p)
+    if (!p) {
+        bm_control_release(control, claim);
         return 1;
+    }
     p->vm = vm;
     p->ndisks = ndisks;
     for (unsigned k = 0; k < ndisks; k++)
@@ -361,9 +363,11 @@ int vmproc_serve(struct vm *vm, struct bm_disk **disks, unsigned ndisks, const c
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
-    p->ctl = bm_control_start(control, "vm", commands, on_control, p);
+    char err[512];
+    p->ctl =
+        bm_control_start_claimed(claim, control, "vm", commands, on_control, p, err, sizeof err);
     if (!p->ctl) {
-        bm_error("cannot serve the control socket %s: %s", control, strerror(errno));
+        bm_error("cannot serve the control socket: %s", err);
         vm_destroy(vm);
         for (unsigned k = 0; k < ndisks; k++)
             bm_disk_close(disks[k]);
