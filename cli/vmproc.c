@@ -74,13 +74,30 @@ static void finish(struct vmproc *p, int code)
     pthread_mutex_unlock(&p->mu);
 }
 
+/* The migration records why it ended (the "error" of its last event); this process says it,
+ * once, in its log. */
+static void log_mig_end(struct vmproc *p, const char *status, const char *why)
+{
+    if (strcmp(status, "cancelled") == 0)
+        bm_warn("migration cancelled; the VM keeps running here");
+    else if (strcmp(status, "failed") == 0)
+        bm_error("migration failed: %s; the VM %s", why,
+                 vm_dead(p->vm, NULL, 0) ? "stays here, stopped" : "keeps running here");
+    else if (strcmp(status, "unknown") == 0)
+        bm_error("migration: %s", why);
+}
+
 static void mig_event(void *opaque, const char *event, struct json_object *data)
 {
     struct vmproc *p = opaque;
-    struct json_object *st;
-    char status[32] = "";
+    struct json_object *st, *e;
+    char status[32] = "", why[512] = "";
     if (strcmp(event, "migration") == 0 && json_object_object_get_ex(data, "status", &st))
         snprintf(status, sizeof status, "%s", json_object_get_string(st));
+    if (status[0] && json_object_object_get_ex(data, "error", &e))
+        snprintf(why, sizeof why, "%s", json_object_get_string(e));
+    if (status[0])
+        log_mig_end(p, status, why[0] ? why : "(no reason recorded)");
     emit(p, event, data);
     if (!status[0])
         return;
