@@ -179,17 +179,17 @@ static void client_readable(struct bm_control *c, struct client *cl)
     cl->len += (size_t)n;
     cl->buf[cl->len] = '\0';
     char *start = cl->buf, *nl;
+    bool handled = false; /* a command, not only empty lines */
     while (cl->fd >= 0 && (nl = memchr(start, '\n', cl->len - (size_t)(start - cl->buf)))) {
         *nl = '\0';
         if (nl > start) {
-            cl->spoke = true;
+            cl->spoke = handled = true;
             handle_line(c, cl, start);
         }
         start = nl + 1;
     }
     if (cl->fd < 0)
         return;
-    bool handled = start != cl->buf;
     cl->len -= (size_t)(start - cl->buf);
     memmove(cl->buf, start, cl->len);
     /* The clock runs from the connection until the first command, and from the first byte of
