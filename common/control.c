@@ -259,6 +259,9 @@ static int drop_idle(struct bm_control *c)
         struct client *cl = &c->clients[i];
         if (cl->fd < 0 || cl->deadline_ns == 0)
             continue;
+        struct pollfd q = {.fd = cl->fd, .events = POLLIN};
+        if (cl->deadline_ns <= now && poll(&q, 1, 0) > 0)
+            continue; /* it did send, while a long command kept this thread busy: read it */
         if (cl->deadline_ns <= now) {
             bm_info("control socket %s: dropped a client that %s for %llu s", c->path,
                     cl->len ? "left a line unfinished" : "sent no command",

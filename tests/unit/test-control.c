@@ -17,18 +17,23 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/control.h"
 
 static char dir[64], sock[96], lock_file[112];
 
-static const char *const commands[] = {"ping", NULL};
+static const char *const commands[] = {"ping", "slow", NULL};
 
 static struct json_object *on_cmd(void *opaque, const char *cmd, struct json_object *args,
                                   const char **cls, char *desc, size_t desclen)
 {
-    (void)opaque, (void)cmd, (void)args, (void)cls, (void)desc, (void)desclen;
+    (void)opaque, (void)args, (void)cls, (void)desc, (void)desclen;
+    if (strcmp(cmd, "slow") == 0) { /* longer than the idle timeout the tests set */
+        struct timespec t = {2, 0};
+        nanosleep(&t, NULL);
+    }
     return json_object_new_object();
 }
 
@@ -190,6 +195,36 @@ static void test_idle_clients(void **state)
     bm_control_stop(c);
 }
 
+/* A command sent in time but left unread while a long one ran is served, not timed out. */
+static void test_idle_behind_slow_command(void **state)
+{
+    (void)state;
+    setenv("BLKMIG_CONTROL_IDLE_TIMEOUT", "1", 1);
+    struct bm_control *c = start();
+    unsetenv("BLKMIG_CONTROL_IDLE_TIMEOUT");
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock);
+    int fds[2];
+    char buf[4096];
+    for (int i = 0; i < 2; i++) {
+        fds[i] = socket(AF_UNIX, SOCK_STREAM, 0);
+        assert_int_equal(connect(fds[i], (struct sockaddr *)&sa, sizeof sa), 0);
+        assert_true(read(fds[i], buf, sizeof buf) > 0); /* the greeting: accepted */
+    }
+    assert_int_equal(write(fds[0], "{\"execute\":\"slow\"}\n", 19), 19);
+    /* While the slow one runs (not in the same wakeup as its command). */
+    struct timespec t = {0, 500000000};
+    nanosleep(&t, NULL);
+    assert_int_equal(write(fds[1], "{\"execute\":\"ping\"}\n", 19), 19);
+    bool eof;
+    const char *got = read_all(fds[1], 10000, &eof);
+    assert_non_null(strstr(got, "\"return\""));
+    assert_null(strstr(got, "idle timeout"));
+    for (int i = 0; i < 2; i++)
+        close(fds[i]);
+    bm_control_stop(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -197,6 +232,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_mode_and_live_path, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stale_and_foreign, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idle_clients, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_behind_slow_command, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
