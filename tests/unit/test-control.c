@@ -164,19 +164,35 @@ static const char *read_all(int fd, int timeout_ms, bool *eof)
     return buf;
 }
 
-static void test_idle_clients(void **state)
+/* A server with a 1 s idle timeout, and n clients connected to it, past their greeting. */
+static struct bm_control *start_with_clients(int *fds, int n)
 {
-    (void)state;
     setenv("BLKMIG_CONTROL_IDLE_TIMEOUT", "1", 1);
     struct bm_control *c = start();
     unsetenv("BLKMIG_CONTROL_IDLE_TIMEOUT");
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock);
-    int fds[3];
-    for (int i = 0; i < 3; i++) {
+    char buf[4096];
+    for (int i = 0; i < n; i++) {
         fds[i] = socket(AF_UNIX, SOCK_STREAM, 0);
         assert_int_equal(connect(fds[i], (struct sockaddr *)&sa, sizeof sa), 0);
+        assert_true(read(fds[i], buf, sizeof buf) > 0);
     }
+    return c;
+}
+
+static void stop_with_clients(struct bm_control *c, int *fds, int n)
+{
+    for (int i = 0; i < n; i++)
+        close(fds[i]);
+    bm_control_stop(c);
+}
+
+static void test_idle_clients(void **state)
+{
+    (void)state;
+    int fds[3];
+    struct bm_control *c = start_with_clients(fds, 3);
     /* 0 says nothing, 1 leaves a line unfinished, 2 sends a command and then says nothing. */
     assert_int_equal(write(fds[1], "{\"exec", 6), 6);
     assert_int_equal(write(fds[2], "{\"execute\":\"ping\"}\n", 19), 19);
@@ -190,27 +206,15 @@ static void test_idle_clients(void **state)
     const char *got = read_all(fds[2], 100, &eof);
     assert_false(eof);
     assert_non_null(strstr(got, "\"return\""));
-    for (int i = 0; i < 3; i++)
-        close(fds[i]);
-    bm_control_stop(c);
+    stop_with_clients(c, fds, 3);
 }
 
 /* A command sent in time but left unread while a long one ran is served, not timed out. */
 static void test_idle_behind_slow_command(void **state)
 {
     (void)state;
-    setenv("BLKMIG_CONTROL_IDLE_TIMEOUT", "1", 1);
-    struct bm_control *c = start();
-    unsetenv("BLKMIG_CONTROL_IDLE_TIMEOUT");
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock);
     int fds[2];
-    char buf[4096];
-    for (int i = 0; i < 2; i++) {
-        fds[i] = socket(AF_UNIX, SOCK_STREAM, 0);
-        assert_int_equal(connect(fds[i], (struct sockaddr *)&sa, sizeof sa), 0);
-        assert_true(read(fds[i], buf, sizeof buf) > 0); /* the greeting: accepted */
-    }
+    struct bm_control *c = start_with_clients(fds, 2);
     assert_int_equal(write(fds[0], "{\"execute\":\"slow\"}\n", 19), 19);
     /* While the slow one runs (not in the same wakeup as its command). */
     struct timespec t = {0, 500000000};
@@ -220,9 +224,7 @@ static void test_idle_behind_slow_command(void **state)
     const char *got = read_all(fds[1], 10000, &eof);
     assert_non_null(strstr(got, "\"return\""));
     assert_null(strstr(got, "idle timeout"));
-    for (int i = 0; i < 2; i++)
-        close(fds[i]);
-    bm_control_stop(c);
+    stop_with_clients(c, fds, 2);
 }
 
 int main(void)
