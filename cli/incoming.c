@@ -237,7 +237,7 @@ int cmd_incoming(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     if (r < 0) {
-        bm_error("migration failed: %s", err);
+        bm_error("migration failed: %s; what was received is discarded", err);
         bm_control_release(control, claim);
         return 1;
     }
