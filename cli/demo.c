@@ -188,19 +188,34 @@ static bool wait_socket(const char *path, pid_t pid)
     return false;
 }
 
+/* Wait up to timeout_ms for a child to end (it may take a while after the event that ends it:
+ * the VM process lingers for its clients, then tears its VM down). Returns its wait status, or
+ * -1 if it is still there (*pid unchanged); *pid = 0 once reaped. */
+#define SOURCE_EXIT_WAIT_MS 30000
+static int wait_exit(pid_t *pid, unsigned timeout_ms)
+{
+    for (unsigned waited = 0; *pid > 0; waited += 50) {
+        int st = 0;
+        pid_t r = waitpid(*pid, &st, WNOHANG);
+        if (r == *pid) {
+            *pid = 0;
+            return st;
+        }
+        if ((r < 0 && errno != EINTR) || waited >= timeout_ms)
+            return -1;
+        struct timespec t = {0, 50000000};
+        nanosleep(&t, NULL);
+    }
+    return -1;
+}
+
 static void stop_child(pid_t *pid)
 {
     if (*pid <= 0)
         return;
     kill(*pid, SIGTERM);
-    for (int i = 0; i < 100; i++) {
-        if (waitpid(*pid, NULL, WNOHANG) == *pid) {
-            *pid = 0;
-            return;
-        }
-        struct timespec t = {0, 50000000};
-        nanosleep(&t, NULL);
-    }
+    if (wait_exit(pid, 5000) >= 0)
+        return;
     kill(*pid, SIGKILL);
     waitpid(*pid, NULL, 0);
     *pid = 0;
@@ -400,16 +415,25 @@ static int demo_main(struct demo *d, const char *ram, const char *disk_size,
     } while (d->kvm && hb1 <= hb0 && waited < 10);
     int64_t errors = query_i(dst_sock, "query-status", "guest", "errors");
     int64_t bad = query_i(dst_sock, "guest-check", "mismatches", NULL);
-    int src_status = -1;
-    if (waitpid(d->src, &src_status, WNOHANG) == d->src) {
-        d->src = 0;
-    }
+    /* The source ends by itself once the destination runs the VM, whatever the guest. */
+    int src_status = wait_exit(&d->src, SOURCE_EXIT_WAIT_MS);
+    char src_end[96];
+    if (src_status < 0)
+        snprintf(src_end, sizeof src_end, "is still there %u s later (!)",
+                 SOURCE_EXIT_WAIT_MS / 1000);
+    else if (WIFEXITED(src_status) && WEXITSTATUS(src_status) == 0)
+        snprintf(src_end, sizeof src_end, "has exited");
+    else if (WIFEXITED(src_status))
+        snprintf(src_end, sizeof src_end, "has exited with status %d (!)", WEXITSTATUS(src_status));
+    else
+        snprintf(src_end, sizeof src_end, "was killed by signal %d (!)",
+                 WIFSIGNALED(src_status) ? WTERMSIG(src_status) : 0);
     printf("blkmig demo: on the destination the guest runs (%lld heartbeats in %.1f s), "
            "self-check errors %lld, full check mismatches %lld; the source process %s\n",
-           (long long)(hb1 - hb0), waited, (long long)errors, (long long)bad,
-           d->src == 0 ? "has exited" : "is still there (!)");
+           (long long)(hb1 - hb0), waited, (long long)errors, (long long)bad, src_end);
     RUN(true, d->self, "control", dst_sock, "quit");
-    bool ok = hb1 > hb0 && errors == 0 && bad == 0 && d->src == 0;
+    bool ok = hb1 > hb0 && errors == 0 && bad == 0 && src_status >= 0 && WIFEXITED(src_status) &&
+              WEXITSTATUS(src_status) == 0;
     printf("blkmig demo: %s\n", ok ? "success" : "FAILED");
     return ok ? 0 : 1;
 }

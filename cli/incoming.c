@@ -12,9 +12,9 @@
 
 #include "cli/cli.h"
 #include "cli/vmproc.h"
+#include "common/control.h"
 #include "common/log.h"
 #include "common/parse.h"
-#include "common/sock.h"
 #include "migration/migration.h"
 
 static void usage(FILE *f)
@@ -217,14 +217,13 @@ int cmd_incoming(int argc, char **argv)
         return 2;
     }
     /* The control socket comes up only once the VM runs here, when failing would lose it:
-     * make sure now that it can be made. */
-    int cfd = bm_listen_unix(control);
-    if (cfd < 0) {
-        bm_error("--control %s: cannot listen there: %s", control, strerror(-cfd));
+     * reserve the path now (a path another process serves on is refused, never taken). */
+    char err[512];
+    int claim = bm_control_claim(control, err, sizeof err);
+    if (claim < 0) {
+        bm_error("--control: %s", err);
         return 2;
     }
-    close(cfd);
-    unlink(control);
     o.host = host[0] ? host : NULL;
     o.port = port;
     o.nbd_port = nbd_port;
@@ -239,17 +238,17 @@ int cmd_incoming(int argc, char **argv)
     o.stop = &stop_requested;
     o.at_complete = at_complete;
     struct mig_incoming_result res = {0};
-    char err[512];
     int r = mig_incoming_run(&o, &res, err, sizeof err);
     sa.sa_handler = SIG_DFL; /* from here on the VM process handles them (vmproc_serve) */
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     if (r < 0) {
-        bm_error("migration failed: %s", err);
+        bm_error("migration failed: %s; what was received is discarded", err);
+        bm_control_release(control, claim);
         return 1;
     }
     fprintf(stderr, "blkmig incoming: the VM runs here now (%s)\n",
             json_object_to_json_string_ext(res.stats, JSON_C_TO_STRING_PLAIN));
     json_object_put(res.stats);
-    return vmproc_serve(res.vm, res.disks, res.ndisks, control, json);
+    return vmproc_serve(res.vm, res.disks, res.ndisks, control, claim, json);
 }

@@ -115,9 +115,8 @@ static void report(struct json_object *d)
 {
     char a[32], b[32];
     struct json_object *x;
+    /* (Why it failed is said once, on stderr: say_end.) */
     printf("Migration %s\n", json_object_get_string(json_object_object_get(d, "status")));
-    if (json_object_object_get_ex(d, "error", &x))
-        printf("  error                 %s\n", json_object_get_string(x));
     printf("  total time            %.3f s (setup %llu ms, RAM started at %llu ms)\n",
            (double)geti(d, "total_ms", NULL) / 1000.0,
            (unsigned long long)geti(d, "setup_ms", NULL),
@@ -152,6 +151,20 @@ static void report(struct json_object *d)
                "destination %llu ms, not in the downtime)\n",
                (unsigned long long)geti(d, "source_digest_ms", NULL),
                (unsigned long long)geti(d, "dest_digest_ms", NULL));
+}
+
+/* A migration that did not complete: its recorded reason, once, on stderr. */
+static void say_end(const char *status, struct json_object *d)
+{
+    struct json_object *x;
+    const char *why = json_object_object_get_ex(d, "error", &x) ? json_object_get_string(x)
+                                                                : "(no reason recorded)";
+    if (strcmp(status, "cancelled") == 0)
+        bm_error("migration cancelled; the VM keeps running on the source");
+    else if (strcmp(status, "unknown") == 0)
+        bm_error("migration: %s", why);
+    else if (strcmp(status, "completed") != 0)
+        bm_error("migration %s: %s", status, why);
 }
 
 int cmd_migrate(int argc, char **argv)
@@ -290,6 +303,8 @@ int cmd_migrate(int argc, char **argv)
     } else {
         report(f.final);
     }
+    fflush(stdout); /* the report first, then why it failed */
+    say_end(f.final_status, f.final);
     rc = strcmp(f.final_status, "completed") == 0   ? 0
          : strcmp(f.final_status, "cancelled") == 0 ? 3
          : strcmp(f.final_status, "unknown") == 0   ? 4

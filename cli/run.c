@@ -13,6 +13,7 @@
 
 #include "cli/cli.h"
 #include "cli/vmproc.h"
+#include "common/control.h"
 #include "common/log.h"
 #include "common/parse.h"
 #include "vm/kvm/kvm.h"
@@ -249,6 +250,12 @@ int cmd_run(int argc, char **argv)
             bm_info("the synthetic guest: %s", why);
         }
     }
+    /* Before anything starts: a path another VM serves on is refused, not taken over. */
+    int claim = bm_control_claim(control, err, sizeof err);
+    if (claim < 0) {
+        bm_error("--control: %s", err);
+        return 1;
+    }
     bool kvm = kind == KVM;
     struct vm_disk disks[VM_MAX_DISKS];
     struct bm_disk *bd[VM_MAX_DISKS];
@@ -285,9 +292,10 @@ int cmd_run(int argc, char **argv)
         bm_error("%s", err);
         goto fail;
     }
-    return vmproc_serve(vm, bd, nd, control, json);
+    return vmproc_serve(vm, bd, nd, control, claim, json);
 fail:
     for (unsigned k = 0; k < nd; k++)
         bm_disk_close(disks[k].disk);
+    bm_control_release(control, claim);
     return 1;
 }

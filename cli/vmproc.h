@@ -16,9 +16,10 @@ void vmproc_guest_event(void *opaque, const char *event, struct json_object *dat
 extern struct vmproc *vmproc_current;
 
 /* Serve vm (running) on the control socket until it quits or migrates away. Takes ownership of
- * vm and disks. json: print events on stdout as JSON lines. Returns the exit status. */
+ * vm, disks and claim (bm_control_claim on control, taken before the VM was made). json: print
+ * events on stdout as JSON lines. Returns the exit status. */
 int vmproc_serve(struct vm *vm, struct bm_disk **disks, unsigned ndisks, const char *control,
-                 bool json);
+                 int claim, bool json);
 
 /* Build a synthetic VM from a migration description (mig_vm_factory). */
 struct vm *vmproc_factory(void *opaque, struct json_object *desc, const struct vm_disk *disks,

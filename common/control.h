@@ -23,18 +23,38 @@ typedef struct json_object *(*bm_control_fn)(void *opaque, const char *cmd,
                                               struct json_object *args, const char **cls,
                                               char *desc, size_t desclen);
 
-/* Listen on path and serve from a new thread. commands is a NULL-terminated list of names the
- * handler knows (for the greeting and for CommandNotFound). Returns NULL with errno. */
+/* Reserve path for a control socket of this process: take the lock PATH.lock (flock; held
+ * until bm_control_stop or bm_control_release) and look at what is there. A socket nobody
+ * listens on (stale) is fine: it is replaced when the server starts. Returns the claim (>= 0)
+ * or -errno with err filled: -EADDRINUSE when another process holds the lock or a socket there
+ * answers, -EEXIST when path is not a socket, -ENAMETOOLONG, or the error of the lock file. */
+int bm_control_claim(const char *path, char *err, size_t errlen);
+/* Give up a claim that was not handed to bm_control_start_claimed (removes PATH.lock). */
+void bm_control_release(const char *path, int claim);
+
+/* Listen on path (claimed; the claim is the server's from now on, also when this fails) and
+ * serve from a new thread. The socket is made 0600, whatever the umask; a client whose uid is
+ * neither root nor this process's effective uid is refused (a PermissionDenied error line
+ * instead of the greeting, and one log line); one that sends no command, or leaves a line
+ * unfinished, for BLKMIG_CONTROL_IDLE_TIMEOUT seconds (default 60) is dropped. commands is a
+ * NULL-terminated list of names the handler knows (for the greeting and for
+ * CommandNotFound). Returns NULL with err filled and errno set. */
+struct bm_control *bm_control_start_claimed(int claim, const char *path, const char *service,
+                                            const char *const *commands, bm_control_fn fn,
+                                            void *opaque, char *err, size_t errlen);
+/* bm_control_claim, then bm_control_start_claimed; returns NULL with errno only. */
 struct bm_control *bm_control_start(const char *path, const char *service,
                                     const char *const *commands, bm_control_fn fn,
                                     void *opaque);
 /* Send an event to every connected client (any thread). data may be NULL; it is released. */
 void bm_control_emit(struct bm_control *c, const char *event, struct json_object *data);
-/* Stop the thread, close clients, remove the socket file. */
+/* Stop the thread, close clients, remove the socket file (if it is still this server's) and
+ * the lock file. */
 void bm_control_stop(struct bm_control *c);
 
-/* Client side: connect, read the greeting, send one command, print events to events_fd (or
- * drop them if -1) until the reply; returns the reply object (caller puts it) or NULL. */
+/* Client side: connect, read the greeting (an error line in its place fails with its desc),
+ * send one command, print events to events_fd (or drop them if -1) until the reply; returns
+ * the reply object (caller puts it) or NULL. */
 struct json_object *bm_control_call(const char *path, const char *cmd, struct json_object *args,
                                     int events_fd, char *err, size_t errlen);
 

@@ -494,7 +494,7 @@ int mig_incoming_run(const struct mig_incoming_opts *o, struct mig_incoming_resu
     bm_bitmap_free(d.loaded);
     return 0;
 fail:
-    bm_error("incoming: %s; discarding what was received", err);
+    /* err is the caller's to report (once). */
     discard(&d);
     for (int k = 0; k < d.nl; k++)
         close(d.lfds[k]);

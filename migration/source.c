@@ -204,8 +204,7 @@ void mig_rollback(struct mig_source *m, enum mig_status s, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(m->w.error, sizeof m->w.error, fmt, ap);
     va_end(ap);
-    bm_error("migration: %s; the VM %s", m->w.error,
-             vm_dead(m->vm, NULL, 0) ? "stays here, stopped" : "keeps running here");
+    /* Recorded, not logged: the final "migration" event carries it to whoever reports it. */
     free_mirrors(m);
     m->vm->ops->throttle(m->vm, 0);
     m->w.throttle = 0;

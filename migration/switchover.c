@@ -32,7 +32,6 @@ static void await_resumed(struct mig_source *m, uint64_t t_pause, uint64_t t_com
                      "unknown, so the VM stays paused here (check the destination, then 'cont' "
                      "or 'quit')",
                      strerror(-r));
-            bm_error("migration: %s", m->w.error);
             mig_set_status(m, MIG_UNKNOWN, "unknown");
             return;
         }

@@ -26,15 +26,21 @@ start_pair() {
     sleep 0.5
 }
 
-# assert_failed_report LABEL WANT_RC ERROR_RE: blkmig migrate exited WANT_RC and its report's
-# error matches ERROR_RE.
+# assert_failed_report LABEL WANT_RC ERROR_RE: blkmig migrate exited WANT_RC, its report's
+# error matches ERROR_RE, and its stderr says that error exactly once (not also the library's
+# log line and a CLI echo of it).
 assert_failed_report() {
-    local label=$1 want=$2 re=$3 err
+    local label=$1 want=$2 re=$3 err n
     err=$(mig_report error)
     log "  $label: migrate exit $MIG_RC after $MIG_MS ms, status $(mig_report status): $err"
     [ "$MIG_RC" -eq "$want" ] ||
         soft_fail "$label: blkmig migrate exited $MIG_RC, expected $want: $(mig_tail "$MIG_ERR") $err"
     [[ $err =~ $re ]] || soft_fail "$label: the report's error '$err' does not match /$re/"
+    if [ -n "$err" ]; then
+        n=$(grep -oF -- "$err" "$MIG_ERR" | wc -l || true)
+        [ "$n" -eq 1 ] ||
+            soft_fail "$label: blkmig migrate's stderr says the error $n times, expected once: $(mig_tail "$MIG_ERR" 5)"
+    fi
 }
 
 # source_survived LABEL [no-rollback]: the source runs a clean guest whose writes go on, no
@@ -329,7 +335,7 @@ if want_case g; then
             # The rollback must not wait for the link: peer timeout (2 s) + the mirrors' 2 s
             # for an unanswering target, well within 6 s.
             if kill -0 "$MIG_PID" 2>/dev/null; then
-                soft_fail "(g): $(($(now_ms) - t_cut)) ms after the cut the source has not finished its rollback ($(grep -c 'the VM keeps running here' "$SRC_LOG") rollback started)"
+                soft_fail "(g): $(($(now_ms) - t_cut)) ms after the cut the source has not finished its rollback (phase '$(vm_phase "$SRC_SOCK")')"
             fi
             t_up=$(now_ms)
             ip netns exec "$NETNS_A" ip link set "$DEV_A" up

@@ -446,6 +446,12 @@ assert_dest_failed() {
     if [ -n "$re" ] && ! grep -qE -- "$re" "$DST_LOG"; then
         soft_fail "$label: the destination's log lacks /$re/: $(mig_tail "$DST_LOG")"
     fi
+    # Its cause is said once, not also by the library before the command says it.
+    local cause n
+    cause=$(sed -n 's/.*migration failed: \(.*\); what was received is discarded$/\1/p' "$DST_LOG" | head -1)
+    n=$(grep -oF -- "${cause:-migration failed}" "$DST_LOG" | wc -l || true)
+    [ -n "$cause" ] && [ "$n" -eq 1 ] ||
+        soft_fail "$label: the destination's log says its cause '${cause:-?}' $n times, expected once: $(mig_tail "$DST_LOG" 4)"
     [ ! -e "$DST_SOCK" ] || soft_fail "$label: the destination opened its control socket (the VM ran there)"
     [ ! -e "$DST_IMG" ] || soft_fail "$label: the destination left its image $DST_IMG behind"
     log "  $label: destination exited $WAIT_RC: $(grep -m1 -E 'error' "$DST_LOG" | cut -c1-200)"
