@@ -47,6 +47,7 @@ int bm_disk_open(const char *path, unsigned open_flags, struct bm_disk **out)
     struct stat st;
     if (fstat(fd, &st) < 0) {
         int e = errno;
+        bm_error("%s: %s", path, strerror(e));
         close(fd);
         return -e;
     }
@@ -93,6 +94,16 @@ void bm_disk_close(struct bm_disk *d)
     pthread_cond_destroy(&d->gate_cond);
     free(d->path);
     free(d);
+}
+
+int bm_disk_lock(struct bm_disk *d, enum bm_image_lock_mode mode, struct bm_image_holder *h)
+{
+    int r = bm_image_lock(d->fd, mode, h);
+    if (r == -ENOTSUP) {
+        bm_warn("%s: the file system has no OFD locks: the image is not locked", d->path);
+        return 0;
+    }
+    return r;
 }
 
 uint64_t bm_disk_size(const struct bm_disk *d)

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/imagelock.h"
 #include "common/io.h"
 #include "common/log.h"
 #include "common/sock.h"
@@ -120,6 +121,18 @@ static const char *disk_path(struct dest *d, const char *name, char *buf, size_t
     return buf;
 }
 
+/* Why an image this destination writes (--with-disk) could not be locked as QEMU locks it.
+ * Shared-storage images are not locked here: the source holds them until it is done. */
+static int lock_failed(struct dest *d, int r, const struct bm_image_holder *h, const char *name,
+                       const char *path)
+{
+    char who[96];
+    bm_image_holder_describe(h, who, sizeof who);
+    if (r == -EBUSY)
+        return failf(d, r, "the image of disk %s at %s is in use by %s", name, path, who);
+    return failf(d, r, "cannot lock the image of disk %s at %s: %s", name, path, strerror(-r));
+}
+
 /* Create (with --with-disk) or open (shared storage) the image of each announced disk. */
 static int open_disks(struct dest *d, struct json_object *disks)
 {
@@ -154,6 +167,12 @@ static int open_disks(struct dest *d, struct json_object *disks)
                 return failf(d, -errno, "cannot create the image of disk %s at %s: %s%s", name,
                              path, strerror(errno),
                              errno == EEXIST ? " (use --force to overwrite it)" : "");
+            struct bm_image_holder h;
+            int lr = bm_image_lock(fd, BM_IMAGE_LOCK_WRITE, &h); /* before --force truncates */
+            if (lr < 0 && lr != -ENOTSUP) {
+                close(fd);
+                return lock_failed(d, lr, &h, name, path);
+            }
             struct stat sb;
             bool regular = fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode);
             d->created[k] = !d->o->force;
@@ -169,6 +188,11 @@ static int open_disks(struct dest *d, struct json_object *disks)
         if (r < 0)
             return failf(d, r, "cannot open the image of disk %s at %s: %s", name, path,
                          strerror(-r));
+        struct bm_image_holder h;
+        if (d->with_disk && (r = bm_disk_lock(disk, BM_IMAGE_LOCK_WRITE, &h)) < 0) {
+            bm_disk_close(disk);
+            return lock_failed(d, r, &h, name, path);
+        }
         snprintf(d->disks[k].name, sizeof d->disks[k].name, "%s", name);
         d->disks[k].disk = disk;
         d->ndisks++;
