@@ -22,6 +22,10 @@ struct bm_disk {
     bool readonly;
     bool blockdev;
     char *path;
+    /* The image locks taken (bm_disk_lock), and whether bm_disk_unlock dropped them for a
+     * while. Set by the owner's thread only. */
+    bool locked, lock_dropped;
+    enum bm_image_lock_mode lock_mode;
     /* The gate: gate_lock protects held, changing and hooks. A content change waits while
      * held, then counts itself in changing for its whole length (I/O, marking, hooks). */
     pthread_mutex_t gate_lock;
@@ -103,7 +107,28 @@ int bm_disk_lock(struct bm_disk *d, enum bm_image_lock_mode mode, struct bm_imag
         bm_warn("%s: the file system has no OFD locks: the image is not locked", d->path);
         return 0;
     }
+    if (r == 0) {
+        d->locked = true;
+        d->lock_dropped = false;
+        d->lock_mode = mode;
+    }
     return r;
+}
+
+void bm_disk_unlock(struct bm_disk *d)
+{
+    if (!d->locked)
+        return;
+    bm_image_unlock(d->fd);
+    d->locked = false;
+    d->lock_dropped = true;
+}
+
+int bm_disk_relock(struct bm_disk *d, struct bm_image_holder *h)
+{
+    if (!d->lock_dropped)
+        return 0;
+    return bm_disk_lock(d, d->lock_mode, h);
 }
 
 uint64_t bm_disk_size(const struct bm_disk *d)

@@ -47,6 +47,10 @@ void bm_disk_close(struct bm_disk *d);
  * describing the other user, or -errno. Where the file system has no OFD locks this warns
  * and returns 0 (as QEMU, which then does not lock either). The locks go with the disk. */
 int bm_disk_lock(struct bm_disk *d, enum bm_image_lock_mode mode, struct bm_image_holder *h);
+/* Hand the locks over (a migration's switchover on shared storage, as QEMU inactivates its
+ * images): drop them; bm_disk_relock takes the same ones back (0 when none were dropped). */
+void bm_disk_unlock(struct bm_disk *d);
+int bm_disk_relock(struct bm_disk *d, struct bm_image_holder *h);
 
 uint64_t bm_disk_size(const struct bm_disk *d);
 const char *bm_disk_path(const struct bm_disk *d);

@@ -121,8 +121,7 @@ static const char *disk_path(struct dest *d, const char *name, char *buf, size_t
     return buf;
 }
 
-/* Why an image this destination writes (--with-disk) could not be locked as QEMU locks it.
- * Shared-storage images are not locked here: the source holds them until it is done. */
+/* Why an image this destination writes could not be locked as QEMU locks it. */
 static int lock_failed(struct dest *d, int r, const struct bm_image_holder *h, const char *name,
                        const char *path)
 {
@@ -131,6 +130,18 @@ static int lock_failed(struct dest *d, int r, const struct bm_image_holder *h, c
     if (r == -EBUSY)
         return failf(d, r, "the image of disk %s at %s is in use by %s", name, path, who);
     return failf(d, r, "cannot lock the image of disk %s at %s: %s", name, path, strerror(-r));
+}
+
+/* Shared storage: take the images' locks, which the source handed over at its switchover. */
+static int lock_shared_images(struct dest *d)
+{
+    for (unsigned k = 0; !d->with_disk && k < d->ndisks; k++) {
+        struct bm_image_holder h;
+        int r = bm_disk_lock(d->disks[k].disk, BM_IMAGE_LOCK_WRITE, &h);
+        if (r < 0)
+            return lock_failed(d, r, &h, d->disks[k].name, d->paths[k]);
+    }
+    return 0;
 }
 
 /* Create (with --with-disk) or open (shared storage) the image of each announced disk. */
@@ -549,6 +560,8 @@ int mig_incoming_run(const struct mig_incoming_opts *o, struct mig_incoming_resu
         verified = true;
     }
     json_object_put(complete);
+    if ((r = lock_shared_images(&d)) < 0)
+        goto fail;
     struct json_object *rs = json_object_new_object();
     json_object_object_add(rs, "digest_ms", json_object_new_int64((int64_t)digest_ms));
     json_object_object_add(rs, "verified", json_object_new_boolean(verified));

@@ -2,7 +2,9 @@
 # incoming-locks.sh: `blkmig incoming --with-disk --force` does not truncate an image that
 # qemu-nbd holds for writing: the destination refuses it, naming the holder, the migration
 # fails, the image is unchanged and the source's guest runs on. Once the holder is gone, the
-# same migration onto the same path completes.
+# same migration onto the same path completes. On shared storage the image's locks move with
+# the guest: after the migration the destination holds them (qemu-io cannot write the image),
+# and after a rollback the source holds them again.
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/migrate-lib.sh"
 
@@ -50,5 +52,41 @@ fi
 grep -q 'lock' "$CASE_DIR/qemu-io.out" || soft_fail "qemu-io: $(cat "$CASE_DIR/qemu-io.out")"
 log "  completed and verified; qemu-io cannot write the image the destination runs on"
 mig_quit_vm "destination" "$DST_SOCK" "$DST_PID"
+mig_check_logs
+
+# qemu_io_refused LABEL IMAGE: a qemu-io write-open of IMAGE fails with a lock error.
+qemu_io_refused() {
+    if qemu-io -f raw -c 'write 0 4k' "$2" >"$CASE_DIR/qemu-io.out" 2>&1; then
+        soft_fail "$1: qemu-io wrote the image"
+    elif ! grep -q 'lock' "$CASE_DIR/qemu-io.out"; then
+        soft_fail "$1: qemu-io: $(cat "$CASE_DIR/qemu-io.out")"
+    fi
+}
+
+mig_case shared
+log "shared storage: the destination takes the image's locks when the guest moves"
+mig_start_source mem=1M/s,disk=1M/s
+qemu_io_refused "shared storage, before (source)" "$SRC_IMG"
+mig_start_dest --disk "vda=$SRC_IMG"
+mig_migrate 120 --verify
+[ "$MIG_RC" -eq 0 ] || fail "migrate exited $MIG_RC: $(mig_tail "$MIG_ERR") $(mig_report error)"
+mig_wait "$SRC_PID" 20
+qemu_io_refused "shared storage, after (destination)" "$SRC_IMG"
+log "  completed; the destination holds the image's locks"
+mig_quit_vm "shared storage: destination" "$DST_SOCK" "$DST_PID"
+mig_check_logs
+
+mig_case shared-rollback
+log "shared storage, the destination refuses to resume: the source takes the locks back"
+mig_start_source mem=1M/s,disk=1M/s
+MIG_DEST_ENV=BLKMIG_TEST_FAULT=dest-bad-digest mig_start_dest --disk "vda=$SRC_IMG"
+mig_migrate 120 --verify
+[ "$MIG_RC" -eq 1 ] || fail "migrate with a bad digest exited $MIG_RC, expected 1"
+mig_wait "$DST_PID" 30
+qemu_io_refused "shared storage, rolled back (source)" "$SRC_IMG"
+grep -q 'cannot be taken back' "$SRC_LOG" && soft_fail "the source did not retake its locks: $(mig_tail "$SRC_LOG")"
+assert_guest_healthy "shared storage, rolled back (source)" "$SRC_SOCK" writes || true
+log "  rolled back; the source holds the image's locks again"
+mig_quit_vm "shared storage: source" "$SRC_SOCK" "$SRC_PID"
 mig_check_logs
 finish_test
