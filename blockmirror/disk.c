@@ -23,6 +23,10 @@ struct bm_disk {
     bool readonly;
     bool blockdev;
     char *path;
+    /* The image locks taken (bm_disk_lock), and whether bm_disk_unlock dropped them for a
+     * while. Set by the owner's thread only. */
+    bool locked, lock_dropped;
+    enum bm_image_lock_mode lock_mode;
     /* The gate: gate_lock protects held, changing and hooks. A content change waits while
      * held, then counts itself in changing for its whole length (I/O, marking, hooks). */
     pthread_mutex_t gate_lock;
@@ -58,6 +62,7 @@ int bm_disk_open_fd(int fd, const char *path, unsigned open_flags, struct bm_dis
     struct stat st;
     if (fstat(fd, &st) < 0) {
         int e = errno;
+        bm_error("%s: %s", path, strerror(e));
         close(fd);
         return -e;
     }
@@ -104,6 +109,37 @@ void bm_disk_close(struct bm_disk *d)
     pthread_cond_destroy(&d->gate_cond);
     free(d->path);
     free(d);
+}
+
+int bm_disk_lock(struct bm_disk *d, enum bm_image_lock_mode mode, struct bm_image_holder *h)
+{
+    int r = bm_image_lock(d->fd, mode, h);
+    if (r == -ENOTSUP) {
+        bm_warn("%s: the file system has no OFD locks: the image is not locked", d->path);
+        return 0;
+    }
+    if (r == 0) {
+        d->locked = true;
+        d->lock_dropped = false;
+        d->lock_mode = mode;
+    }
+    return r;
+}
+
+void bm_disk_unlock(struct bm_disk *d)
+{
+    if (!d->locked)
+        return;
+    bm_image_unlock(d->fd);
+    d->locked = false;
+    d->lock_dropped = true;
+}
+
+int bm_disk_relock(struct bm_disk *d, struct bm_image_holder *h)
+{
+    if (!d->lock_dropped)
+        return 0;
+    return bm_disk_lock(d, d->lock_mode, h);
 }
 
 uint64_t bm_disk_size(const struct bm_disk *d)

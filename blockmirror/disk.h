@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "common/bitmap.h"
+#include "common/imagelock.h"
 
 /*
  * A bm_disk wraps a local image (regular file or block device) opened once and shared by all
@@ -43,6 +44,16 @@ int bm_disk_open(const char *path, unsigned open_flags, struct bm_disk **out);
  * owns from then on, even on failure; path is only its name (bm_disk_path). */
 int bm_disk_open_fd(int fd, const char *path, unsigned open_flags, struct bm_disk **out);
 void bm_disk_close(struct bm_disk *d);
+
+/* Take QEMU's image locks of mode on the image (common/imagelock.h), so that QEMU and its
+ * tools refuse what would conflict, and fail if they hold conflicting ones: 0, -EBUSY with h
+ * describing the other user, or -errno. Where the file system has no OFD locks this warns
+ * and returns 0 (as QEMU, which then does not lock either). The locks go with the disk. */
+int bm_disk_lock(struct bm_disk *d, enum bm_image_lock_mode mode, struct bm_image_holder *h);
+/* Hand the locks over (a migration's switchover on shared storage, as QEMU inactivates its
+ * images): drop them; bm_disk_relock takes the same ones back (0 when none were dropped). */
+void bm_disk_unlock(struct bm_disk *d);
+int bm_disk_relock(struct bm_disk *d, struct bm_image_holder *h);
 
 uint64_t bm_disk_size(const struct bm_disk *d);
 const char *bm_disk_path(const struct bm_disk *d);

@@ -18,6 +18,7 @@
 #include "blockmirror/disk.h"
 #include "blockmirror/mirror.h"
 #include "cli/cli.h"
+#include "cli/image.h"
 #include "common/control.h"
 #include "common/log.h"
 #include "common/parse.h"
@@ -78,6 +79,12 @@ static void usage(FILE *f)
         "                           set-speed)\n"
         "      --json               JSON-line events and a final summary on stdout\n"
         "      --no-progress        no progress line on stderr\n"
+        "Opening SOURCE:\n"
+        "  -U, --force-share        read SOURCE although another process (QEMU) holds it for\n"
+        "                           writing: read-only, not served; its writes are not\n"
+        "                           tracked (default: refuse it, as QEMU refuses blkmig's)\n"
+        "      --format raw         mirror a SOURCE that starts like another format (qcow2,\n"
+        "                           vmdk, ...) as raw all the same (default: refuse it)\n"
         "  -l, --log-level L        error, warn, info or debug (default warn)\n"
         "  -h, --help               show this help\n"
         "\n"
@@ -285,6 +292,8 @@ int cmd_mirror(int argc, char **argv)
         {"source-io", required_argument, NULL, O_SOURCE_IO},
         {"log-level", required_argument, NULL, 'l'},
         {"help", no_argument, NULL, 'h'},
+        {"force-share", no_argument, NULL, 'U'},
+        {"format", required_argument, NULL, 'F'},
         {NULL, 0, NULL, 0},
     };
     bm_log_set_prefix("blkmig mirror");
@@ -295,11 +304,18 @@ int cmd_mirror(int argc, char **argv)
     pthread_mutex_init(&m.out_lock, NULL);
     const char *serve_unix = NULL, *serve_port = NULL, *serve_bind = "127.0.0.1";
     const char *control = NULL;
+    struct cli_image img = {.offer_share = true, .raw_only = true};
     uint64_t v;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "l:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "l:hU", opts, NULL)) != -1) {
         switch (c) {
+        case 'U': img.force_share = true; break;
+        case 'F':
+            if (cli_parse_format(optarg) < 0)
+                return 2;
+            img.raw_only = false;
+            break;
         case O_SERVE_UNIX: serve_unix = optarg; break;
         case O_SERVE_PORT:
             if (bm_parse_u64(optarg, 1, 65535, &v) < 0) {
@@ -418,6 +434,10 @@ int cmd_mirror(int argc, char **argv)
         bm_error("--serve-unix and --serve-port exclude each other");
         return 2;
     }
+    if (img.force_share && (serve_unix || serve_port)) {
+        bm_error("--force-share opens SOURCE read-only: it cannot be served to writers");
+        return 2;
+    }
     if (mo.granularity && mo.request_size < mo.granularity) {
         bm_error("--request-size must be at least --granularity");
         return 2;
@@ -445,8 +465,11 @@ int cmd_mirror(int argc, char **argv)
     struct bm_disk *disk = NULL;
     struct server_thread srv = {0};
     char err[256];
-    if (bm_disk_open(src_path, 0, &disk) < 0)
+    if (cli_open_image(src_path, &img, &disk) < 0)
         goto out;
+    if (img.force_share)
+        bm_warn("--force-share: writes by other processes to %s are not tracked: the target "
+                "is a consistent copy only if nobody writes it meanwhile", src_path);
     if (serve_unix || serve_port) {
         struct nbd_server_config cfg = {0};
         srv.s = nbd_server_new(&cfg);

@@ -13,6 +13,7 @@
 
 #include "blockmirror/disk.h"
 #include "cli/cli.h"
+#include "cli/image.h"
 #include "common/log.h"
 #include "common/parse.h"
 #include "nbd/inject.h"
@@ -46,6 +47,10 @@ static void usage(FILE *f)
         "  -e, --export NAME=PATH  export PATH under NAME (repeatable)\n"
         "  -r, --readonly, --read-only\n"
         "                        refuse writes on every export\n"
+        "  -U, --force-share     with --readonly: serve images other processes (QEMU) hold\n"
+        "                        for writing (default: refuse them, as qemu-img without -U)\n"
+        "      --format raw      serve images that start like another format (qcow2, vmdk,\n"
+        "                        ...) writable as raw all the same (default: refuse them)\n"
         "Limits:\n"
         "  -s, --shared N        serve at most N connections at once (default 64)\n"
         "  -t, --threads N       worker threads per connection (default 16)\n"
@@ -69,6 +74,7 @@ struct export_arg {
     char *name;
     const char *path;
     struct bm_disk *disk;
+    bool disk_shared; /* another export's disk: the same image (opened, locked once) */
 };
 
 static int write_pid_file(const char *path, pid_t pid)
@@ -140,6 +146,28 @@ static int parse_export(const char *arg, struct export_arg *e)
     return e->name ? 0 : -1;
 }
 
+/* Open export i's image, locked; an image an earlier export serves already (the same file) is
+ * shared with it: opened twice, it would conflict with its own lock. */
+static int open_export(struct export_arg *exports, unsigned i, bool readonly, bool force_share,
+                       bool format_raw)
+{
+    struct stat a, b;
+    for (unsigned j = 0; j < i; j++) {
+        if (stat(exports[i].path, &a) == 0 && stat(exports[j].path, &b) == 0 &&
+            a.st_dev == b.st_dev && a.st_ino == b.st_ino && a.st_rdev == b.st_rdev) {
+            exports[i].disk = exports[j].disk;
+            exports[i].disk_shared = true;
+            return 0;
+        }
+    }
+    struct cli_image img = {.readonly = readonly,
+                            .force_share = force_share,
+                            .offer_share = true,
+                            .raw_only = !readonly && !format_raw,
+                            .serving = true};
+    return cli_open_image(exports[i].path, &img, &exports[i].disk);
+}
+
 int cmd_nbd_serve(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -150,11 +178,12 @@ int cmd_nbd_serve(int argc, char **argv)
         {"foreground", no_argument, NULL, 'f'},     {"pid-file", required_argument, NULL, 'P'},
         {"log-level", required_argument, NULL, 'l'}, {"inject", required_argument, NULL, 'i'},
         {"seed", required_argument, NULL, 'S'},     {"help", no_argument, NULL, 'h'},
+        {"force-share", no_argument, NULL, 'U'},    {"format", required_argument, NULL, 'F'},
         {NULL, 0, NULL, 0},
     };
     bm_log_set_prefix("blkmig nbd-serve");
     const char *port = NULL, *bind_addr = NULL, *unix_path = NULL, *pid_file = NULL;
-    bool readonly = false, foreground = false;
+    bool readonly = false, foreground = false, force_share = false, format_raw = false;
     uint64_t shared = 64, threads = 16, seed = 0;
     struct export_arg exports[MAX_EXPORTS];
     unsigned nexports = 0;
@@ -164,7 +193,7 @@ int cmd_nbd_serve(int argc, char **argv)
     int status = 2;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "p:b:u:e:rs:t:fP:l:i:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "p:b:u:e:rUs:t:fP:l:i:h", opts, NULL)) != -1) {
         switch (c) {
         case 'p': {
             uint64_t v;
@@ -187,6 +216,12 @@ int cmd_nbd_serve(int argc, char **argv)
             nexports++;
             break;
         case 'r': readonly = true; break;
+        case 'U': force_share = true; break;
+        case 'F':
+            if (cli_parse_format(optarg) < 0)
+                goto usage_error;
+            format_raw = true;
+            break;
         case 's':
             if (bm_parse_u64(optarg, 1, 4096, &shared) < 0) {
                 bm_error("--shared %s: expected a number from 1 to 4096", optarg);
@@ -241,6 +276,11 @@ int cmd_nbd_serve(int argc, char **argv)
         bm_error("--unix cannot be combined with --port or --bind");
         goto usage_error;
     }
+    if (force_share && !readonly) {
+        bm_error("--force-share needs --readonly: an export that others may write must not be "
+                 "written through blkmig too");
+        goto usage_error;
+    }
     inject.seed = seed;
     status = 1;
     if ((unix_path && !(abs_unix = absolute_path(unix_path))) ||
@@ -260,11 +300,12 @@ int cmd_nbd_serve(int argc, char **argv)
         status = 1;
         goto usage_error;
     }
-    for (unsigned i = 0; i < nexports; i++)
-        exports[i].disk = NULL;
     for (unsigned i = 0; i < nexports; i++) {
-        int r = bm_disk_open(exports[i].path, readonly ? BM_DISK_OPEN_READONLY : 0,
-                             &exports[i].disk);
+        exports[i].disk = NULL;
+        exports[i].disk_shared = false;
+    }
+    for (unsigned i = 0; i < nexports; i++) {
+        int r = open_export(exports, i, readonly, force_share, format_raw);
         if (r < 0 && (r == -EACCES || r == -EROFS) && !readonly) {
             bm_error("%s: open it with --readonly to serve it read-only", exports[i].path);
             goto out;
@@ -309,7 +350,8 @@ out:
         return status; /* threads still running after the drain timeout: exit leaves it */
     nbd_server_free(s);
     for (unsigned i = 0; i < nexports; i++)
-        bm_disk_close(exports[i].disk);
+        if (!exports[i].disk_shared)
+            bm_disk_close(exports[i].disk);
 usage_error:
     for (unsigned i = 0; i < nexports; i++)
         free(exports[i].name);

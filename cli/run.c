@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/image.h"
 #include "cli/vmproc.h"
 #include "common/control.h"
 #include "common/log.h"
@@ -25,7 +26,7 @@ static void usage(FILE *f)
             "                  [--append WORDS]]\n"
             "                  --ram SIZE\n"
             "                  [--disk NAME=PATH[,size=SIZE]]... [--workload SPEC]\n"
-            "                  --control SOCKET [--json] [--log-level LEVEL]\n"
+            "                  [--format raw] --control SOCKET [--json] [--log-level LEVEL]\n"
             "\n"
             "Run a VM in this process until it quits or migrates away. Where KVM works (and the\n"
             "VM fits: RAM 16M..3G in 2M steps, at most 8 disks) the VM is the KVM micro-VM\n"
@@ -37,7 +38,10 @@ static void usage(FILE *f)
             "  --ram SIZE             guest RAM (e.g. 1G)\n"
             "  --disk NAME=PATH[,size=SIZE]\n"
             "                         a disk image (created sparse with size= when absent);\n"
-            "                         repeat for more disks (at most %d)\n"
+            "                         repeat for more disks (at most %d); raw images only,\n"
+            "                         locked as QEMU locks them\n"
+            "  --format raw           run disks that start like another format (qcow2, vmdk,\n"
+            "                         ...) as raw all the same (default: refuse them)\n"
             "  --workload SPEC        KEY=VALUE,... with keys mem=RATE (e.g. 64M/s), hot=SIZE,\n"
             "                         mem-pattern=uniform|hotspot|sequential, disk=RATE,\n"
             "                         disk-pattern=..., io=4K-64K, ram-fill=SIZE, disk-fill=SIZE,\n"
@@ -62,7 +66,7 @@ static void usage(FILE *f)
 }
 
 /* NAME=PATH[,size=SIZE]: open (creating when asked) the image. */
-static int open_disk_arg(const char *arg, struct vm_disk *out)
+static int open_disk_arg(const char *arg, bool raw_only, struct vm_disk *out)
 {
     char buf[4200];
     if (strlen(arg) >= sizeof buf) {
@@ -112,11 +116,9 @@ static int open_disk_arg(const char *arg, struct vm_disk *out)
     /* (vm_disk_name_ok bounds the name; the precision says so to the compiler, which at -O1
      * warned that 4 KiB might not fit.) */
     snprintf(out->name, sizeof out->name, "%.*s", (int)sizeof out->name - 1, buf);
-    int r = bm_disk_open(path, 0, &out->disk);
-    if (r < 0) {
-        bm_error("--disk %s: %s", arg, strerror(-r));
+    struct cli_image img = {.raw_only = raw_only};
+    if (cli_open_image(path, &img, &out->disk) < 0)
         return -1;
-    }
     if (bm_disk_size(out->disk) % 4096) {
         bm_error("--disk %s: the image size must be a multiple of 4 KiB", arg);
         bm_disk_close(out->disk);
@@ -153,6 +155,7 @@ int cmd_run(int argc, char **argv)
         {"append", required_argument, NULL, OPT_APPEND},
         {"log-level", required_argument, NULL, O_LOG},
         {"help", no_argument, NULL, 'h'},
+        {"format", required_argument, NULL, 'F'},
         {NULL, 0, NULL, 0},
     };
     bm_log_set_prefix("blkmig run");
@@ -161,7 +164,7 @@ int cmd_run(int argc, char **argv)
                *workload = NULL, *append = NULL;
     enum { AUTO, SYNTH, KVM } kind = AUTO;
     unsigned ndisk_args = 0;
-    bool json = false;
+    bool json = false, raw_only = true;
     struct synth_workload w;
     synth_workload_default(&w);
     char err[512];
@@ -172,6 +175,11 @@ int cmd_run(int argc, char **argv)
         case 'h':
             usage(stdout);
             return 0;
+        case 'F':
+            if (cli_parse_format(optarg) < 0)
+                return 2;
+            raw_only = false;
+            break;
         case O_RAM:
             if (bm_parse_size(optarg, &ram) < 0 || ram < (1u << 20) || ram % 4096 ||
                 ram > (1ull << 40)) {
@@ -261,7 +269,7 @@ int cmd_run(int argc, char **argv)
     struct bm_disk *bd[VM_MAX_DISKS];
     unsigned nd = 0;
     for (unsigned i = 0; i < ndisk_args; i++) {
-        if (open_disk_arg(disk_args[i], &disks[nd]) < 0)
+        if (open_disk_arg(disk_args[i], raw_only, &disks[nd]) < 0)
             goto fail;
         for (unsigned k = 0; k < nd; k++)
             if (strcmp(disks[k].name, disks[nd].name) == 0) {

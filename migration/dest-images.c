@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "blockmirror/disk.h"
+#include "common/imagelock.h"
 #include "common/log.h"
 #include "migration/dest-internal.h"
 
@@ -31,6 +32,18 @@ static int errf(char *err, size_t errlen, int r, const char *fmt, ...)
 }
 
 /* MemAvailable from /proc/meminfo, else the free pages; 0 when neither can be read. */
+/* Why the image of disk name at path could not be locked as QEMU locks its images. */
+static int lock_failed(char *err, size_t errlen, int r, const struct bm_image_holder *h,
+                       const char *name, const char *path)
+{
+    char who[96];
+    bm_image_holder_describe(h, who, sizeof who);
+    if (r == -EBUSY)
+        return errf(err, errlen, r, "the image of disk %s at %s is in use by %s", name, path, who);
+    return errf(err, errlen, r, "cannot lock the image of disk %s at %s: %s", name, path,
+                strerror(-r));
+}
+
 static uint64_t mem_available(void)
 {
     FILE *f = fopen("/proc/meminfo", "re");
@@ -121,6 +134,15 @@ static int look_new(struct mig_image *m, const struct mig_incoming_opts *o, bool
                     "--force to replace it once the migration has completed)",
                     m->name, m->path, strerror(EEXIST));
     m->replace = true;
+    /* The old image stays as it is until the migration has completed, but nobody (QEMU, its
+     * tools) may hold it for writing now, nor take it meanwhile. */
+    m->old_fd = openat(m->dirfd, m->base, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (m->old_fd < 0)
+        return errf(err, errlen, -errno, "disk %s: %s: %s", m->name, m->path, strerror(errno));
+    struct bm_image_holder h;
+    int r = bm_image_lock(m->old_fd, BM_IMAGE_LOCK_WRITE, &h);
+    if (r < 0 && r != -ENOTSUP)
+        return lock_failed(err, errlen, r, &h, m->name, m->path);
     return 0;
 }
 
@@ -254,6 +276,10 @@ static int create_tmp(struct mig_image *m, char *err, size_t errlen)
     int r = bm_disk_open_fd(fd, where, 0, &m->disk);
     if (r < 0)
         return errf(err, errlen, r, "cannot open %s: %s", where, strerror(-r));
+    /* The lock goes with the file when it is renamed into place. */
+    struct bm_image_holder h;
+    if ((r = bm_disk_lock(m->disk, BM_IMAGE_LOCK_WRITE, &h)) < 0)
+        return lock_failed(err, errlen, r, &h, m->name, where);
     return 0;
 }
 
@@ -273,6 +299,7 @@ static int parse_disk(struct mig_images *im, struct json_object *e, char *err, s
     struct mig_image *m = &im->img[im->n++];
     memset(m, 0, sizeof *m);
     m->dirfd = -1;
+    m->old_fd = -1;
     snprintf(m->name, sizeof m->name, "%s", name);
     m->size = (uint64_t)size;
     return 0;
@@ -307,6 +334,10 @@ int mig_images_open(struct mig_images *im, const struct mig_incoming_opts *o, bo
         if (r < 0)
             return errf(err, errlen, r, "cannot open the image of disk %s at %s: %s", m->name,
                         m->path, strerror(-r));
+        struct bm_image_holder h;
+        if (m->kind == MIG_IMAGE_BLOCKDEV &&
+            (r = bm_disk_lock(m->disk, BM_IMAGE_LOCK_WRITE, &h)) < 0)
+            return lock_failed(err, errlen, r, &h, m->name, m->path);
         if (bm_disk_size(m->disk) != m->size)
             r = errf(err, errlen, -EINVAL,
                      "the image %s has %" PRIu64 " bytes, the source's "
@@ -375,6 +406,26 @@ int mig_images_place(struct mig_images *im, char *err, size_t errlen)
     return 0;
 }
 
+int mig_images_lock_shared(struct mig_images *im, char *err, size_t errlen)
+{
+    for (unsigned k = 0; k < im->n; k++) {
+        struct mig_image *m = &im->img[k];
+        struct bm_image_holder h;
+        int r;
+        if (m->kind == MIG_IMAGE_SHARED &&
+            (r = bm_disk_lock(m->disk, BM_IMAGE_LOCK_WRITE, &h)) < 0)
+            return lock_failed(err, errlen, r, &h, m->name, m->path);
+    }
+    return 0;
+}
+
+static void close_old(struct mig_image *m)
+{
+    if (m->old_fd >= 0)
+        close(m->old_fd);
+    m->old_fd = -1;
+}
+
 void mig_images_keep(struct mig_images *im)
 {
     im->kept = true;
@@ -384,6 +435,7 @@ void mig_images_keep(struct mig_images *im)
             continue;
         if (m->exchanged && m->tmp_ours && unlinkat(m->dirfd, m->tmp, 0) == 0)
             fsync(m->dirfd);
+        close_old(m);
         m->tmp_ours = false;
         close(m->dirfd);
         m->dirfd = -1;
@@ -413,6 +465,7 @@ void mig_images_discard(struct mig_images *im)
         m->disk = NULL;
         if (!im->kept && m->placed)
             unplace(m);
+        close_old(m);
         if (!im->kept && m->tmp_ours && !m->exchanged && unlinkat(m->dirfd, m->tmp, 0) < 0)
             bm_error("cannot remove %s/%s: %s", m->dir, m->tmp, strerror(errno));
         if (m->dirfd >= 0) {

@@ -32,6 +32,8 @@ struct mig_image {
                        exchanged with it) */
     bool placed;    /* the new image is at path */
     bool exchanged; /* placed over an old image, which now sits at tmp */
+    int old_fd;     /* replace: the old image, open and locked as QEMU locks images until the
+                       migration ends, so that nobody takes it meanwhile */
     struct bm_disk *disk;
 };
 
@@ -58,6 +60,10 @@ int mig_images_open(struct mig_images *im, const struct mig_incoming_opts *o, bo
  * new image, rename it to its path (exchanging it with an image it replaces) and sync the
  * directories. A discard after this still undoes it. */
 int mig_images_place(struct mig_images *im, char *err, size_t errlen);
+
+/* Shared storage: take the images' locks (the source handed them over in its pause); before
+ * RESUMED. 0, or -errno with the reason (the holder named) in err. */
+int mig_images_lock_shared(struct mig_images *im, char *err, size_t errlen);
 
 /* RESUMED is sent: the images belong to the VM (a later discard only closes them); remove the
  * images that were replaced. */

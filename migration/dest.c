@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/imagelock.h"
 #include "common/io.h"
 #include "common/log.h"
 #include "common/sock.h"
@@ -461,6 +462,8 @@ int mig_incoming_run(const struct mig_incoming_opts *o, struct mig_incoming_resu
     if ((r = mig_images_place(&d.images, err, errlen)) < 0)
         goto fail;
     bm_info("incoming: images in place in %.1f ms", (double)(now_ns() - t_p) / 1e6);
+    if ((r = mig_images_lock_shared(&d.images, err, errlen)) < 0)
+        goto fail;
     struct json_object *rs = json_object_new_object();
     json_object_object_add(rs, "digest_ms", json_object_new_int64((int64_t)digest_ms));
     json_object_object_add(rs, "verified", json_object_new_boolean(verified));

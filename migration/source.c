@@ -198,6 +198,20 @@ static void drain_until_closed(int fd, int ms)
     }
 }
 
+/* Take back the image locks the switchover handed to the destination (shared storage). */
+static void relock_disks(struct mig_source *m)
+{
+    for (unsigned i = 0; i < m->vm->ndisks; i++) {
+        struct bm_image_holder h;
+        int r = bm_disk_relock(m->vm->disks[i].disk, &h);
+        char who[96];
+        bm_image_holder_describe(&h, who, sizeof who);
+        if (r < 0)
+            bm_warn("migration: disk %s: its image locks cannot be taken back (%s): it goes on "
+                    "unlocked", m->vm->disks[i].name, r == -EBUSY ? who : strerror(-r));
+    }
+}
+
 void mig_rollback(struct mig_source *m, enum mig_status s, const char *fmt, ...)
 {
     va_list ap;
@@ -210,6 +224,7 @@ void mig_rollback(struct mig_source *m, enum mig_status s, const char *fmt, ...)
     m->w.throttle = 0;
     if (m->ram_started || m->log_running)
         m->vm->ops->dirty_log_stop(m->vm);
+    relock_disks(m);
     if (m->paused) {
         vm_resume(m->vm);
         m->paused = false;

@@ -160,13 +160,16 @@ void mig_switchover(struct mig_source *m)
             return;
         }
     }
-    /* Without --with-disk the destination opens these very images: make them stable first. */
+    /* Without --with-disk the destination opens these very images: make them stable first,
+     * and hand it their locks (it takes them before it resumes the guest; a rollback takes them
+     * back), as QEMU inactivates its images. */
     for (unsigned i = 0; !m->p.with_disk && i < m->vm->ndisks; i++) {
         r = bm_disk_flush(m->vm->disks[i].disk);
         if (r < 0) {
             mig_rollback(m, MIG_FAILED, "flushing disk %s: %s", m->vm->disks[i].name, strerror(-r));
             return;
         }
+        bm_disk_unlock(m->vm->disks[i].disk);
     }
     m->w.pause_disk_ms = ms_since(t_disk); /* overlaps pause_ram_ms */
     mig_collect(m);

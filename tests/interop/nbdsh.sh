@@ -16,7 +16,9 @@ start_server "$TMP/rw.img" --export second="$TMP/second.img"
 RW_URI=$URI RW_PID=$SERVER_PID
 start_server --readonly "$TMP/ro.img"
 RO_URI=$URI RO_PID=$SERVER_PID
-start_server --export only="$TMP/second.img"
+# (second.img is served writable by the first server, which holds its image locks: a second
+# process may only read it, with --force-share.)
+start_server --readonly --force-share --export only="$TMP/second.img"
 SINGLE_URI=$URI SINGLE_PID=$SERVER_PID
 
 log "nbdsh connects and sees the size"
