@@ -321,55 +321,6 @@ static int lock_path(const char *path, char *out, size_t outlen)
     return n < 0 || (size_t)n >= outlen ? -ENAMETOOLONG : 0;
 }
 
-/* What is at path now: 0 nothing, 1 a stale socket (nobody listens: to be replaced), or -errno
- * with err filled: -EADDRINUSE a socket that answers, -EEXIST not a socket. */
-static int probe_path(const char *path, char *err, size_t errlen)
-{
-    struct stat st;
-    if (lstat(path, &st) < 0) {
-        if (errno == ENOENT)
-            return 0;
-        int e = errno;
-        snprintf(err, errlen, "%s: %s", path, strerror(e));
-        return -e;
-    }
-    if (!S_ISSOCK(st.st_mode)) {
-        snprintf(err, errlen, "%s exists and is not a socket; refusing to replace it", path);
-        return -EEXIST;
-    }
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
-    /* Non-blocking: a server whose backlog is full answers EAGAIN instead of making us wait. */
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) {
-        int e = errno;
-        snprintf(err, errlen, "%s: socket: %s", path, strerror(e));
-        return -e;
-    }
-    int r = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 ? 0 : -errno;
-    struct ucred uc = {0};
-    socklen_t len = sizeof uc;
-    if (r == 0 && getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &len) < 0)
-        uc.pid = 0;
-    close(fd);
-    if (r == -ECONNREFUSED)
-        return 1;
-    if (r == -ENOENT)
-        return 0; /* gone meanwhile */
-    if (r == 0 || r == -EAGAIN) {
-        char who[32] = "";
-        if (uc.pid > 0)
-            snprintf(who, sizeof who, " (pid %ld)", (long)uc.pid);
-        snprintf(err, errlen,
-                 "%s is in use: another process%s serves a socket there (stop it, or choose "
-                 "another path)",
-                 path, who);
-        return -EADDRINUSE;
-    }
-    snprintf(err, errlen, "%s: cannot tell whether the socket there is in use: %s", path,
-             strerror(-r));
-    return r;
-}
 
 void bm_control_release(const char *path, int claim)
 {
@@ -406,7 +357,7 @@ int bm_control_claim(const char *path, char *err, size_t errlen)
                 return -e;
             }
             /* Name the holder when its socket is up already. */
-            if (probe_path(path, err, errlen) != -EADDRINUSE)
+            if (bm_unix_probe(path, err, errlen) != -EADDRINUSE)
                 snprintf(err, errlen,
                          "%s is in use: another process holds %s (a VM starting, or an "
                          "incoming migration waiting)",
@@ -421,7 +372,7 @@ int bm_control_claim(const char *path, char *err, size_t errlen)
             close(fd);
             continue;
         }
-        int r = probe_path(path, err, errlen);
+        int r = bm_unix_probe(path, err, errlen);
         if (r < 0) {
             bm_control_release(path, fd);
             return r;
@@ -435,7 +386,7 @@ int bm_control_claim(const char *path, char *err, size_t errlen)
 /* Listen at path (claimed): a stale socket there is replaced; the new one is 0600. */
 static int listen_private(struct bm_control *c, char *err, size_t errlen)
 {
-    int r = probe_path(c->path, err, errlen);
+    int r = bm_unix_probe(c->path, err, errlen);
     if (r < 0)
         return r;
     if (r == 1 && unlink(c->path) < 0 && errno != ENOENT) {

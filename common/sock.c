@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -52,6 +53,54 @@ int bm_listen_tcp(const char *host, const char *port, int *fds, int max)
     return n;
 }
 
+int bm_unix_probe(const char *path, char *err, size_t errlen)
+{
+    struct stat st;
+    if (lstat(path, &st) < 0) {
+        if (errno == ENOENT)
+            return 0;
+        int e = errno;
+        snprintf(err, errlen, "%s: %s", path, strerror(e));
+        return -e;
+    }
+    if (!S_ISSOCK(st.st_mode)) {
+        snprintf(err, errlen, "%s exists and is not a socket; refusing to replace it", path);
+        return -EEXIST;
+    }
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    /* Non-blocking: a server whose backlog is full answers EAGAIN instead of making us wait. */
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) {
+        int e = errno;
+        snprintf(err, errlen, "%s: socket: %s", path, strerror(e));
+        return -e;
+    }
+    int r = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 ? 0 : -errno;
+    struct ucred uc = {0};
+    socklen_t len = sizeof uc;
+    if (r == 0 && getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &len) < 0)
+        uc.pid = 0;
+    close(fd);
+    if (r == -ECONNREFUSED)
+        return 1;
+    if (r == -ENOENT)
+        return 0; /* gone meanwhile */
+    if (r == 0 || r == -EAGAIN) {
+        char who[32] = "";
+        if (uc.pid > 0)
+            snprintf(who, sizeof who, " (pid %ld)", (long)uc.pid);
+        snprintf(err, errlen,
+                 "%s is in use: another process%s serves a socket there (stop it, or choose "
+                 "another path)",
+                 path, who);
+        return -EADDRINUSE;
+    }
+    snprintf(err, errlen, "%s: cannot tell whether the socket there is in use: %s", path,
+             strerror(-r));
+    return r;
+}
+
 int bm_listen_unix(const char *path)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -60,14 +109,14 @@ int bm_listen_unix(const char *path)
         return -ENAMETOOLONG;
     }
     strcpy(sa.sun_path, path);
-    struct stat st;
-    if (lstat(path, &st) == 0) {
-        if (!S_ISSOCK(st.st_mode)) {
-            bm_error("%s exists and is not a socket; refusing to replace it", path);
-            return -EEXIST;
-        }
-        unlink(path);
+    char err[512];
+    int r = bm_unix_probe(path, err, sizeof err);
+    if (r < 0) {
+        bm_error("%s", err);
+        return r;
     }
+    if (r == 1)
+        unlink(path); /* a stale socket: nobody listens there */
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;

@@ -7,8 +7,13 @@
 /* Listen on every address host (NULL = all) resolves to, port given as a string. Stores up to
  * max fds in fds; returns how many (>= 1) or -errno, after logging why. */
 int bm_listen_tcp(const char *host, const char *port, int *fds, int max);
-/* Listen on a unix socket path (an existing socket file is replaced). Returns fd or -errno. */
+/* Listen on a unix socket path. A stale socket there (nobody listens) is replaced; a socket
+ * that answers (-EADDRINUSE) or anything else (-EEXIST) is refused, after logging why.
+ * Returns fd or -errno. */
 int bm_listen_unix(const char *path);
+/* What is at path now: 0 nothing, 1 a stale socket (nobody listens: to be replaced), or -errno
+ * with err filled: -EADDRINUSE a socket that answers, -EEXIST not a socket. */
+int bm_unix_probe(const char *path, char *err, size_t errlen);
 /* Connect to host:port (TCP) or, if host contains '/', to that unix path. Returns fd or -errno. */
 int bm_connect(const char *host, const char *port);
 /* The same, giving up with -ETIMEDOUT when a TCP connection is not made within timeout_ms

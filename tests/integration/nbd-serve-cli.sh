@@ -109,11 +109,32 @@ UPID=$BG_PID
 wait_unix "$SOCK"
 size=$(nbdinfo --size "nbd+unix:///?socket=$SOCK") || bad "nbdinfo over $SOCK failed"
 [ "${size:-}" = $((8 * MiB)) ] || bad "size over the unix socket: '${size:-}'"
+log "--unix: a second server on a socket that answers is refused; the first still serves"
+truncate -s 1M "$TMP/other.img"
+rc=0
+timeout 20 "$BLKMIG" nbd-serve --foreground --unix "$SOCK" "$TMP/other.img" >"$TMP/second.out" 2>&1 || rc=$?
+[ $rc -ne 0 ] || bad "a second nbd-serve on the live socket $SOCK exited 0"
+grep -q 'in use' "$TMP/second.out" || bad "the second server did not say the socket is in use: $(head -c 300 "$TMP/second.out")"
+size=$(nbdinfo --size "nbd+unix:///?socket=$SOCK") || bad "nbdinfo over $SOCK failed after a second server tried it"
+[ "${size:-}" = $((8 * MiB)) ] || bad "size over the unix socket after a second server: '${size:-}'"
 kill -TERM "$UPID"
 rc=0
 wait "$UPID" || rc=$?
 [ $rc -eq 0 ] || bad "unix-socket server exited $rc after SIGTERM"
 [ ! -e "$SOCK" ] || bad "unix socket $SOCK still there after exit"
+log "--unix: a stale socket (nobody listens) is replaced"
+python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1])' "$SOCK"
+[ -S "$SOCK" ] || fail "could not make a stale socket at $SOCK"
+start_bg "$BLKMIG" nbd-serve --foreground --unix "$SOCK" "$IMG" >>"$TMP/server.log" 2>&1
+UPID=$BG_PID
+deadline=$((SECONDS + 20))
+until size=$(nbdinfo --size "nbd+unix:///?socket=$SOCK" 2>/dev/null); do
+    [ $SECONDS -lt $deadline ] || fail "nbd-serve did not take over the stale socket $SOCK"
+    sleep 0.1
+done
+[ "$size" = $((8 * MiB)) ] || bad "size over the replaced socket: '$size'"
+kill -TERM "$UPID"
+wait "$UPID" || true
 
 # ---- daemon mode ----
 log "daemon mode: returns promptly, --pid-file names the serving process, SIGTERM ends it"
