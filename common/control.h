@@ -23,6 +23,12 @@ typedef struct json_object *(*bm_control_fn)(void *opaque, const char *cmd,
                                               struct json_object *args, const char **cls,
                                               char *desc, size_t desclen);
 
+/* The server's reply to one line from a client (a new object; the caller puts it): an error
+ * for a line that is not a command object, a command not in commands (NULL-terminated) or
+ * arguments that are not an object; else fn's result. */
+struct json_object *bm_control_reply(const char *const *commands, bm_control_fn fn, void *opaque,
+                                     const char *line);
+
 /* Listen on path and serve from a new thread. commands is a NULL-terminated list of names the
  * handler knows (for the greeting and for CommandNotFound). Returns NULL with errno. */
 struct bm_control *bm_control_start(const char *path, const char *service,
