@@ -120,26 +120,52 @@ static const char *disk_path(struct dest *d, const char *name, char *buf, size_t
     return buf;
 }
 
-/* Create (with --with-disk) or open (shared storage) the image of each announced disk. */
-static int open_disks(struct dest *d, struct json_object *disks)
+int mig_disks_check(struct json_object *disks, char *err, size_t errlen)
 {
     if (!json_object_is_type(disks, json_type_array) ||
-        json_object_array_length(disks) > VM_MAX_DISKS)
-        return failf(d, -EPROTO, "the VM description has a bad disk list");
+        json_object_array_length(disks) > VM_MAX_DISKS) {
+        snprintf(err, errlen, "the VM description has a bad disk list");
+        return -EPROTO;
+    }
     size_t n = json_object_array_length(disks);
     for (size_t i = 0; i < n; i++) {
         struct json_object *e = json_object_array_get_idx(disks, i), *jn, *js;
         if (!json_object_object_get_ex(e, "name", &jn) ||
-            !json_object_object_get_ex(e, "size", &js) || !json_object_is_type(js, json_type_int))
-            return failf(d, -EPROTO, "the VM description has a bad disk entry");
+            !json_object_object_get_ex(e, "size", &js) || !json_object_is_type(js, json_type_int)) {
+            snprintf(err, errlen, "the VM description has a bad disk entry");
+            return -EPROTO;
+        }
         const char *name = json_object_get_string(jn);
         int64_t size = json_object_get_int64(js);
-        if (!vm_disk_name_ok(name) || size <= 0 || (uint64_t)size > MAX_DISK_SIZE ||
-            size % 512)
-            return failf(d, -EPROTO, "the VM description has a bad disk (name or size)");
-        for (unsigned k = 0; k < d->ndisks; k++)
-            if (strcmp(d->disks[k].name, name) == 0)
-                return failf(d, -EPROTO, "the VM description names disk %s twice", name);
+        if (!vm_disk_name_ok(name) || size <= 0 || (uint64_t)size > MAX_DISK_SIZE || size % 512) {
+            snprintf(err, errlen, "the VM description has a bad disk (name or size)");
+            return -EPROTO;
+        }
+        for (size_t k = 0; k < i; k++) {
+            json_object_object_get_ex(json_object_array_get_idx(disks, k), "name", &jn);
+            if (strcmp(json_object_get_string(jn), name) == 0) {
+                snprintf(err, errlen, "the VM description names disk %s twice", name);
+                return -EPROTO;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Create (with --with-disk) or open (shared storage) the image of each announced disk, once the
+ * whole list is known good (nothing is created for a list that is refused). */
+static int open_disks(struct dest *d, struct json_object *disks)
+{
+    int bad = mig_disks_check(disks, d->err, d->errlen);
+    if (bad < 0)
+        return bad;
+    size_t n = json_object_array_length(disks);
+    for (size_t i = 0; i < n; i++) {
+        struct json_object *e = json_object_array_get_idx(disks, i), *jn, *js;
+        json_object_object_get_ex(e, "name", &jn);
+        json_object_object_get_ex(e, "size", &js);
+        const char *name = json_object_get_string(jn);
+        int64_t size = json_object_get_int64(js);
         char buf[4096];
         const char *path = disk_path(d, name, buf, sizeof buf);
         if (!path)
