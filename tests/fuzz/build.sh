@@ -54,4 +54,4 @@ exec make --no-print-directory -f "$top/tests/fuzz/fuzz.mk" -j"${FUZZ_JOBS:-2}" 
     TOP="$top" OUT="$out" CC="$cc" LIB_SRCS="$lib_srcs" \
     PKG_CFLAGS="$(pkg-config --cflags json-c libxxhash zlib libnbd)" \
     PKG_LIBS="$(pkg-config --libs json-c libxxhash zlib libnbd) -laio -lm -pthread" \
-    ${@/#/$out/fuzz-}
+    "${@/#/$out/fuzz-}"
