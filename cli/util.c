@@ -1,6 +1,7 @@
 /* util.c: small helpers shared by the subcommands (rates, human-readable sizes). */
 #include <config.h>
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -10,6 +11,8 @@
 
 int cli_parse_rate(const char *s, uint64_t *out)
 {
+    if (!s) /* a JSON null */
+        return -EINVAL;
     char buf[64];
     snprintf(buf, sizeof buf, "%s", s);
     size_t n = strlen(buf);

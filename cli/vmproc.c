@@ -177,10 +177,10 @@ static struct json_object *do_migrate(struct vmproc *p, struct json_object *args
         mp.max_bandwidth = b;
     }
     if (json_object_object_get_ex(args, "order", &v)) {
-        const char *o = json_object_get_string(v);
-        if (strcmp(o, "joint") == 0)
+        const char *o = json_object_get_string(v); /* NULL for a JSON null */
+        if (o && strcmp(o, "joint") == 0)
             mp.order = MIG_ORDER_JOINT;
-        else if (strcmp(o, "disk-first") == 0)
+        else if (o && strcmp(o, "disk-first") == 0)
             mp.order = MIG_ORDER_DISK_FIRST;
         else {
             snprintf(desc, dlen, "order: joint or disk-first");
@@ -447,8 +447,10 @@ struct vm *vmproc_factory(void *opaque, struct json_object *desc, const struct v
 {
     (void)opaque;
     struct json_object *k, *ram, *w;
-    if (json_object_object_get_ex(desc, "kind", &k) &&
-        strcmp(json_object_get_string(k), "kvm") == 0) {
+    /* From the network: "kind" may be missing, null or not a string. */
+    const char *kind = json_object_object_get_ex(desc, "kind", &k) ? json_object_get_string(k)
+                                                                   : NULL;
+    if (kind && strcmp(kind, "kvm") == 0) {
         struct json_object *sm;
         struct kvm_config kc = {0};
         if (!json_object_object_get_ex(desc, "ram", &ram) ||
@@ -475,8 +477,7 @@ struct vm *vmproc_factory(void *opaque, struct json_object *desc, const struct v
         free(cpuid);
         return r < 0 ? NULL : vm;
     }
-    if (!json_object_object_get_ex(desc, "kind", &k) ||
-        strcmp(json_object_get_string(k), "synth") != 0) {
+    if (!kind || strcmp(kind, "synth") != 0) {
         snprintf(err, errlen, "this destination runs synthetic or KVM guests only (the source "
                               "sent another kind)");
         return NULL;

@@ -93,9 +93,9 @@ static void drop_client(struct bm_control *c, struct client *cl)
     cl->len = 0;
 }
 
-static bool known(struct bm_control *c, const char *cmd)
+static bool known(const char *const *commands, const char *cmd)
 {
-    for (const char *const *p = c->commands; *p; p++)
+    for (const char *const *p = commands; *p; p++)
         if (strcmp(*p, cmd) == 0)
             return true;
     return false;
@@ -109,7 +109,8 @@ static void reply_error(struct json_object *reply, const char *cls, const char *
     json_object_object_add(reply, "error", e);
 }
 
-static void handle_line(struct bm_control *c, struct client *cl, const char *line)
+struct json_object *bm_control_reply(const char *const *commands, bm_control_fn fn, void *opaque,
+                                     const char *line)
 {
     struct json_object *reply = json_object_new_object();
     struct json_object *req = json_tokener_parse(line);
@@ -123,7 +124,7 @@ static void handle_line(struct bm_control *c, struct client *cl, const char *lin
         if (!json_object_object_get_ex(req, "execute", &cmd) ||
             !json_object_is_type(cmd, json_type_string)) {
             reply_error(reply, "GenericError", "missing \"execute\"");
-        } else if (!known(c, json_object_get_string(cmd))) {
+        } else if (!known(commands, json_object_get_string(cmd))) {
             char d[128];
             snprintf(d, sizeof d, "unknown command '%.64s'", json_object_get_string(cmd));
             reply_error(reply, "CommandNotFound", d);
@@ -133,20 +134,26 @@ static void handle_line(struct bm_control *c, struct client *cl, const char *lin
             const char *cls = "Failed";
             char desc[256] = "";
             struct json_object *ret =
-                c->fn(c->opaque, json_object_get_string(cmd), args, &cls, desc, sizeof desc);
+                fn(opaque, json_object_get_string(cmd), args, &cls, desc, sizeof desc);
             if (ret)
                 json_object_object_add(reply, "return", ret);
             else
                 reply_error(reply, cls, desc[0] ? desc : "failed");
         }
     }
+    json_object_put(req);
+    return reply;
+}
+
+static void handle_line(struct bm_control *c, struct client *cl, const char *line)
+{
+    struct json_object *reply = bm_control_reply(c->commands, c->fn, c->opaque, line);
     pthread_mutex_lock(&c->lock);
     if (cl->fd >= 0 && send_line_nowait(cl->fd, json_object_to_json_string_ext(
                                                     reply, JSON_C_TO_STRING_PLAIN)) < 0)
         drop_client(c, cl);
     pthread_mutex_unlock(&c->lock);
     json_object_put(reply);
-    json_object_put(req);
 }
 
 static void client_readable(struct bm_control *c, struct client *cl)

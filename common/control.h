@@ -23,6 +23,12 @@ typedef struct json_object *(*bm_control_fn)(void *opaque, const char *cmd,
                                               struct json_object *args, const char **cls,
                                               char *desc, size_t desclen);
 
+/* The server's reply to one line from a client (a new object; the caller puts it): an error
+ * for a line that is not a command object, a command not in commands (NULL-terminated) or
+ * arguments that are not an object; else fn's result. */
+struct json_object *bm_control_reply(const char *const *commands, bm_control_fn fn, void *opaque,
+                                     const char *line);
+
 /* Reserve path for a control socket of this process: take the lock PATH.lock (flock; held
  * until bm_control_stop or bm_control_release) and look at what is there. A socket nobody
  * listens on (stale) is fine: it is replaced when the server starts. Returns the claim (>= 0)

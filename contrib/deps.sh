@@ -5,7 +5,7 @@
 BM_BUILD_PKGS="gcc make autoconf automake libtool pkg-config libnbd-dev libaio-dev zlib1g-dev
 libcmocka-dev libjson-c-dev libxxhash-dev"
 BM_TEST_PKGS="libnbd-bin python3-libnbd nbdkit qemu-utils qemu-system-x86 fio iproute2 python3
-procps"
+procps clang-14 libclang-rt-14-dev"
 
 bm_install_deps() {
     local want="$BM_BUILD_PKGS"

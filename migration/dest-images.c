@@ -283,38 +283,60 @@ static int create_tmp(struct mig_image *m, char *err, size_t errlen)
     return 0;
 }
 
-static int parse_disk(struct mig_images *im, struct json_object *e, char *err, size_t errlen)
+int mig_disks_check(struct json_object *disks, char *err, size_t errlen)
+{
+    if (!json_object_is_type(disks, json_type_array) ||
+        json_object_array_length(disks) > VM_MAX_DISKS) {
+        snprintf(err, errlen, "the VM description has a bad disk list");
+        return -EPROTO;
+    }
+    size_t n = json_object_array_length(disks);
+    for (size_t i = 0; i < n; i++) {
+        struct json_object *e = json_object_array_get_idx(disks, i), *jn, *js;
+        if (!json_object_object_get_ex(e, "name", &jn) ||
+            !json_object_object_get_ex(e, "size", &js) || !json_object_is_type(js, json_type_int)) {
+            snprintf(err, errlen, "the VM description has a bad disk entry");
+            return -EPROTO;
+        }
+        const char *name = json_object_get_string(jn);
+        int64_t size = json_object_get_int64(js);
+        if (!vm_disk_name_ok(name) || size <= 0 || (uint64_t)size > MAX_DISK_SIZE || size % 512) {
+            snprintf(err, errlen, "the VM description has a bad disk (name or size)");
+            return -EPROTO;
+        }
+        for (size_t k = 0; k < i; k++) {
+            json_object_object_get_ex(json_object_array_get_idx(disks, k), "name", &jn);
+            if (strcmp(json_object_get_string(jn), name) == 0) {
+                snprintf(err, errlen, "the VM description names disk %s twice", name);
+                return -EPROTO;
+            }
+        }
+    }
+    return 0;
+}
+
+/* One entry of a disk list mig_disks_check passed. */
+static void parse_disk(struct mig_images *im, struct json_object *e)
 {
     struct json_object *jn, *js;
-    if (!json_object_object_get_ex(e, "name", &jn) || !json_object_object_get_ex(e, "size", &js) ||
-        !json_object_is_type(js, json_type_int))
-        return errf(err, errlen, -EPROTO, "the VM description has a bad disk entry");
-    const char *name = json_object_get_string(jn);
-    int64_t size = json_object_get_int64(js);
-    if (!vm_disk_name_ok(name) || size <= 0 || (uint64_t)size > MAX_DISK_SIZE || size % 512)
-        return errf(err, errlen, -EPROTO, "the VM description has a bad disk (name or size)");
-    for (unsigned k = 0; k < im->n; k++)
-        if (strcmp(im->img[k].name, name) == 0)
-            return errf(err, errlen, -EPROTO, "the VM description names disk %s twice", name);
+    json_object_object_get_ex(e, "name", &jn);
+    json_object_object_get_ex(e, "size", &js);
     struct mig_image *m = &im->img[im->n++];
     memset(m, 0, sizeof *m);
     m->dirfd = -1;
     m->old_fd = -1;
-    snprintf(m->name, sizeof m->name, "%s", name);
-    m->size = (uint64_t)size;
-    return 0;
+    snprintf(m->name, sizeof m->name, "%s", json_object_get_string(jn));
+    m->size = (uint64_t)json_object_get_int64(js);
 }
 
 int mig_images_open(struct mig_images *im, const struct mig_incoming_opts *o, bool with_disk,
                     struct json_object *disks, char *err, size_t errlen)
 {
-    if (!json_object_is_type(disks, json_type_array) ||
-        json_object_array_length(disks) > VM_MAX_DISKS)
-        return errf(err, errlen, -EPROTO, "the VM description has a bad disk list");
-    size_t n = json_object_array_length(disks);
-    int r = 0;
-    for (size_t i = 0; i < n && r == 0; i++)
-        r = parse_disk(im, json_object_array_get_idx(disks, i), err, errlen);
+    int r = mig_disks_check(disks, err, errlen);
+    if (r < 0)
+        return r;
+    for (size_t i = 0; i < json_object_array_length(disks); i++)
+        parse_disk(im, json_object_array_get_idx(disks, i));
     for (unsigned k = 0; k < im->n && r == 0; k++) {
         r = locate(&im->img[k], o, with_disk, err, errlen);
         for (unsigned j = 0; j < k && r == 0; j++)

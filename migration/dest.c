@@ -319,8 +319,9 @@ static int compare_digests(struct dest *d, struct json_object *want, uint64_t *m
         return failf(d, -ENOMEM, "verify: out of memory");
     struct json_object *a, *b;
     int r = 0;
+    /* want came from the source: a digest there may be null or not a string. */
     if (!json_object_object_get_ex(want, "ram", &a) ||
-        !json_object_object_get_ex(have, "ram", &b) ||
+        !json_object_object_get_ex(have, "ram", &b) || !json_object_is_type(a, json_type_string) ||
         strcmp(json_object_get_string(a), json_object_get_string(b)) != 0)
         r = failf(d, -EILSEQ, "verify: guest RAM differs from the source's");
     struct json_object *wd, *hd;
@@ -330,6 +331,7 @@ static int compare_digests(struct dest *d, struct json_object *want, uint64_t *m
             if (!json_object_object_get_ex(wd, d->disks[k].name, &a) ||
                 !json_object_object_get_ex(hd, d->disks[k].name, &b) ||
                 strcmp(json_object_get_string(b), "read-error") == 0 ||
+                !json_object_is_type(a, json_type_string) ||
                 strcmp(json_object_get_string(a), json_object_get_string(b)) != 0)
                 r = failf(d, -EILSEQ, "verify: disk %s differs from the source's",
                           d->disks[k].name);

@@ -113,6 +113,11 @@ struct mig_incoming_result {
 int mig_incoming_run(const struct mig_incoming_opts *o, struct mig_incoming_result *res,
                      char *err, size_t errlen);
 
+/* Check a VM description's "disks" (what a destination creates): an array of at most
+ * VM_MAX_DISKS {"name": a vm_disk_name_ok name, "size": a multiple of 512 up to 2^50}, no name
+ * twice. 0, or -EPROTO with why in err. */
+int mig_disks_check(struct json_object *disks, char *err, size_t errlen);
+
 /* Digests of a paused VM's RAM and disks, as {"ram": HEX, "disks": {NAME: HEX}}. */
 struct json_object *mig_digest_vm(struct vm *vm);
 

@@ -30,7 +30,7 @@ void mig_params_default(struct mig_params *p)
 
 int mig_parse_uri(const char *uri, struct mig_params *p)
 {
-    if (strncmp(uri, "tcp:", 4) != 0)
+    if (!uri || strncmp(uri, "tcp:", 4) != 0)
         return -EINVAL;
     const char *hp = uri + 4, *colon = strrchr(hp, ':');
     if (!colon || colon == hp || (size_t)(colon - hp) >= sizeof p->host ||
@@ -398,7 +398,8 @@ static int start_mirrors(struct mig_source *m, struct json_object *ack, char *er
     }
     for (unsigned i = 0; i < m->vm->ndisks; i++) {
         struct json_object *e;
-        if (!json_object_object_get_ex(exports, m->vm->disks[i].name, &e)) {
+        if (!json_object_object_get_ex(exports, m->vm->disks[i].name, &e) ||
+            !json_object_is_type(e, json_type_string)) {
             snprintf(err, errlen, "the destination offers no export for disk %s",
                      m->vm->disks[i].name);
             return -EPROTO;

@@ -46,6 +46,8 @@ void vm_destroy(struct vm *vm)
 
 bool vm_disk_name_ok(const char *name)
 {
+    if (!name) /* a JSON null */
+        return false;
     size_t n = strlen(name);
     if (n == 0 || n >= VM_DISK_NAME_MAX)
         return false;

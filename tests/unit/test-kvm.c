@@ -843,6 +843,36 @@ static void test_load_state_malformed(void **state)
     n = 8;
     put_section(b, &n, 35, &t, 24 + 16);
     assert_int_equal(kvm_load(&f->k.vm, b, n), -EPROTO);
+    /* The whole blob is checked before any of it is loaded: good sections ahead of a bad one
+     * change nothing (the serial line stays) and reach no ioctl (EPROTO, not ENOTTY). */
+    memcpy(f->k.serial_line, "before", 7);
+    f->k.serial_len = 6;
+    n = 8;
+    put_section(b, &n, 65 /* T_SERIAL */, "xyz", 3);
+    put_section(b, &n, 2, junk, sizeof junk);
+    assert_int_equal(kvm_load(&f->k.vm, b, n), -EPROTO);
+    assert_string_equal(f->k.serial_line, "before");
+    assert_int_equal(f->k.serial_len, 6);
+    struct kvm_mp_state mp = {0};
+    n = 8;
+    put_section(b, &n, 1 /* T_MP_STATE */, &mp, sizeof mp);
+    put_section(b, &n, 2, junk, sizeof junk);
+    assert_int_equal(kvm_load(&f->k.vm, b, n), -EPROTO);
+    /* kvm_state_check alone: a VM of one vCPU and one disk takes its events and its disk,
+     * and refuses a second disk, a missing one, or no vCPU events. */
+    struct kvm_vcpu_events ev = {0};
+    struct kvm_vblk q = {.qnum = 8};
+    n = 8;
+    put_section(b, &n, 9 /* T_EVENTS */, &ev, sizeof ev);
+    assert_int_equal(kvm_state_check(b, n, 1, 0), 0);
+    assert_int_equal(kvm_state_check(b, n, 1, 1), -EPROTO);
+    assert_int_equal(kvm_state_check(b, n, 0, 0), -EPROTO);
+    put_section(b, &n, 64, &q, sizeof q);
+    assert_int_equal(kvm_state_check(b, n, 1, 1), 0);
+    assert_int_equal(kvm_state_check(b, n - 1, 1, 1), -EPROTO);
+    put_section(b, &n, 64, &q, sizeof q);
+    assert_int_equal(kvm_state_check(b, n, 1, 1), -EPROTO);
+    assert_int_equal(kvm_state_check(b, 16, 1, 0), -EPROTO);
     close(f->k.vcpus[0].fd);
     f->k.vcpus[0].fd = -1;
     f->k.nvcpus = 0;

@@ -9,6 +9,7 @@
 #include <cmocka.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -16,6 +17,7 @@
 #include <xxhash.h>
 
 #include "common/io.h"
+#include "migration/migration.h"
 #include "migration/stream.h"
 
 /* ---- stream header ---- */
@@ -490,6 +492,45 @@ static void test_parse_json(void **state)
     assert_null(parse_str("{a:1}x"));
 }
 
+/* ---- the VM description's disks (what a destination creates) ---- */
+
+static int disks_check(const char *json)
+{
+    struct json_object *o = json_tokener_parse(json);
+    char err[256] = "";
+    int r = mig_disks_check(o, err, sizeof err);
+    if (r < 0)
+        assert_true(err[0] != '\0'); /* a refusal says why */
+    json_object_put(o);
+    return r;
+}
+
+static void test_disks_check(void **state)
+{
+    (void)state;
+    assert_int_equal(disks_check("[]"), 0);
+    assert_int_equal(disks_check("[{\"name\":\"vda\",\"size\":1048576},"
+                                 "{\"name\":\"vdb\",\"size\":512}]"),
+                     0);
+    assert_int_equal(disks_check("{}"), -EPROTO);
+    assert_int_equal(disks_check("[{\"name\":\"vda\"}]"), -EPROTO);
+    assert_int_equal(disks_check("[{\"name\":\"vda\",\"size\":\"1\"}]"), -EPROTO);
+    assert_int_equal(disks_check("[{\"name\":\"vda\",\"size\":1000}]"), -EPROTO);
+    assert_int_equal(disks_check("[{\"name\":\"vda\",\"size\":0}]"), -EPROTO);
+    assert_int_equal(disks_check("[{\"name\":\"../x\",\"size\":512}]"), -EPROTO);
+    assert_int_equal(disks_check("[{\"name\":\"vda\",\"size\":512},"
+                                 "{\"name\":\"vda\",\"size\":512}]"),
+                     -EPROTO);
+    /* A JSON null for the name (its string is NULL) is refused, not dereferenced. */
+    assert_int_equal(disks_check("[{\"name\":null,\"size\":512}]"), -EPROTO);
+    char many[2048] = "[";
+    for (int i = 0; i <= VM_MAX_DISKS; i++)
+        snprintf(many + strlen(many), sizeof many - strlen(many),
+                 "%s{\"name\":\"d%d\",\"size\":512}", i ? "," : "", i);
+    strcat(many, "]");
+    assert_int_equal(disks_check(many), -EPROTO);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -511,6 +552,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_recv_oversized, pair_setup, pair_teardown),
         cmocka_unit_test_setup_teardown(test_recv_bad_type, pair_setup, pair_teardown),
         cmocka_unit_test(test_parse_json),
+        cmocka_unit_test(test_disks_check),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -224,6 +224,10 @@ uint64_t kvm_tsc_value_after(uint64_t tsc_src, uint64_t realtime_src, uint64_t r
 /* Take kvmclock and every vCPU's TSC now, with the time (kvm_pause, after the vCPUs parked). */
 int kvm_clock_snapshot(struct kvm_vmm *k);
 int kvm_save(struct vm *vm, void **buf, size_t *len);
+/* Check a saved state blob (framing, section sizes, counts inside sections, queue sizes, the
+ * vCPUs and disks it carries against the VM's nvcpus and ndisks) without touching a VM: 0, or
+ * -EPROTO (logged). kvm_load runs it first. */
+int kvm_state_check(const void *buf, size_t len, unsigned nvcpus, unsigned ndisks);
 int kvm_load(struct vm *vm, const void *buf, size_t len);
 
 #endif

@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -294,6 +295,84 @@ static bool sized(uint32_t tag, uint32_t len)
     }
 }
 
+/* The section at *p: its payload (NULL, logged, if the header or the payload is cut short or
+ * the size is wrong for the tag); *p moves past it. */
+static const uint8_t *next_section(const uint8_t **p, const uint8_t *end, uint32_t *tag,
+                                   uint32_t *len)
+{
+    if (end - *p < 8) {
+        bm_error("kvm: loading state: a truncated section header");
+        return NULL;
+    }
+    memcpy(tag, *p, 4);
+    memcpy(len, *p + 4, 4);
+    const uint8_t *obj = *p + 8;
+    if ((size_t)(end - obj) < *len || !sized(*tag, *len)) {
+        bm_error("kvm: loading state: bad section %u (%u bytes)", *tag, *len);
+        return NULL;
+    }
+    *p = obj + *len;
+    return obj;
+}
+
+int kvm_state_check(const void *buf, size_t len, unsigned nvcpus, unsigned ndisks)
+{
+    const uint8_t *p = buf, *end = p + len;
+    if (len < 8 || memcmp(p, MAGIC, 8) != 0) {
+        bm_error("kvm: loading state: not a KVM micro-VM state (a different backend?)");
+        return -EPROTO;
+    }
+    p += 8;
+    unsigned vcpu = 0, disk = 0;
+    bool seen_events = false;
+    while (p < end) {
+        uint32_t tag, l;
+        const uint8_t *obj = next_section(&p, end, &tag, &l);
+        if (!obj)
+            return -EPROTO;
+        if (tag < T_IRQCHIP && vcpu >= nvcpus) {
+            bm_error("kvm: loading state: more vCPUs than this VM has");
+            return -EPROTO;
+        }
+        if (tag == T_MSRS) {
+            uint32_t nmsrs;
+            memcpy(&nmsrs, obj + offsetof(struct kvm_msrs, nmsrs), sizeof nmsrs);
+            if (nmsrs != (l - sizeof(struct kvm_msrs)) / sizeof(struct kvm_msr_entry)) {
+                bm_error("kvm: loading state: %u MSRs in a section of %u", nmsrs, l);
+                return -EPROTO;
+            }
+        } else if (tag == T_TSC) {
+            struct tsc_hdr h;
+            memcpy(&h, obj, sizeof h);
+            if (h.nvcpus != nvcpus || l != sizeof h + h.nvcpus * sizeof(struct tsc_vcpu)) {
+                bm_error("kvm: loading state: TSC of %u vCPUs for %u", h.nvcpus, nvcpus);
+                return -EPROTO;
+            }
+        } else if (tag == T_VBLK) {
+            struct kvm_vblk v;
+            memcpy(&v, obj, sizeof v);
+            if (disk >= ndisks) {
+                bm_error("kvm: loading state: more disks than this VM has");
+                return -EPROTO;
+            }
+            if (v.qnum > KVM_QUEUE_MAX || (v.qnum & (v.qnum - 1))) {
+                bm_error("kvm: loading state: disk %u: queue size %u", disk, v.qnum);
+                return -EPROTO;
+            }
+            disk++;
+        } else if (tag == T_EVENTS) {
+            seen_events = true;
+            vcpu++;
+        }
+    }
+    if (!seen_events || vcpu != nvcpus || disk != ndisks) {
+        bm_error("kvm: loading state: %u of %u vCPUs and %u of %u disks in the state", vcpu, nvcpus,
+                 disk, ndisks);
+        return -EPROTO;
+    }
+    return 0;
+}
+
 /* Set a vCPU's TSC to the source's advanced by the host time since it was taken, through its
  * TSC offset (KVM_VCPU_TSC_OFFSET, Linux 5.16+): the new offset is the current one moved by
  * what the TSC lacks. Not by writing IA32_TSC: KVM takes a host write that lands within a
@@ -385,33 +464,26 @@ static int load_tsc(struct kvm_vmm *k, const struct kvm_clock_data *src, bool ha
 int kvm_load(struct vm *vm, const void *buf, size_t len)
 {
     struct kvm_vmm *k = K(vm);
-    const uint8_t *p = buf, *end = p + len;
-    if (len < 8 || memcmp(p, MAGIC, 8) != 0) {
-        bm_error("kvm: loading state: not a KVM micro-VM state (a different backend?)");
-        return -EPROTO;
-    }
-    p += 8;
+    /* The whole blob is checked before the first section goes into KVM: a malformed one
+     * leaves the VM as it was. */
+    int rc = kvm_state_check(buf, len, k->nvcpus, vm->ndisks);
+    if (rc < 0)
+        return rc;
+    const uint8_t *p = (const uint8_t *)buf + 8, *end = (const uint8_t *)buf + len;
     k->clock_snap.valid = false; /* the TSCs are the loaded ones from here */
     unsigned vcpu = 0, disk = 0;
     bool seen_events = false, have_clock = false;
     struct kvm_clock_data clock_src = {0};
     while (p < end) {
         uint32_t tag, l;
-        if (end - p < 8)
+        const uint8_t *sec = next_section(&p, end, &tag, &l);
+        if (!sec)
             return -EPROTO;
-        memcpy(&tag, p, 4);
-        memcpy(&l, p + 4, 4);
-        p += 8;
-        if ((size_t)(end - p) < l || !sized(tag, l)) {
-            bm_error("kvm: loading state: bad section %u (%u bytes)", tag, l);
-            return -EPROTO;
-        }
         /* Copies: the payload is not aligned. */
         void *obj = malloc(l ? l : 1);
         if (!obj)
             return -ENOMEM;
-        memcpy(obj, p, l);
-        p += l;
+        memcpy(obj, sec, l);
         int fd = vcpu < k->nvcpus ? k->vcpus[vcpu].fd : -1;
         int r = 0;
         if (tag < T_IRQCHIP && fd < 0) {

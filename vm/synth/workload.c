@@ -35,6 +35,8 @@ const char *synth_pattern_name(enum synth_pattern p)
 
 static int parse_pattern(const char *s, enum synth_pattern *p)
 {
+    if (!s) /* a JSON null */
+        return -EINVAL;
     for (int i = SYNTH_UNIFORM; i <= SYNTH_SEQUENTIAL; i++)
         if (strcmp(s, synth_pattern_name(i)) == 0) {
             *p = i;
