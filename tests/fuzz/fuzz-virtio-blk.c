@@ -74,39 +74,16 @@ static void reset(void)
 }
 
 /*
- * Three known bugs of the device, not yet fixed, that a notify would hit:
- * - a hang: when the used ring covers the avail ring's index, each used entry rewrites the
- *   index the loop waits for, and once one avail entry was skipped (a head out of range) the
- *   two never meet (corpus/virtio-blk/bug-hang-ring-overlap);
- * - rings at addresses the virtio spec does not allow (descriptors 16-byte aligned, avail 2,
- *   used 4): the device reads and writes them through misaligned pointers, undefined behaviour
- *   (corpus/virtio-blk/bug-misaligned-used).
- * - an avail index more than a queue ahead of the device's: the device serves up to 65535
- *   requests for one notify, going round the ring (QEMU refuses such a queue: "Guest moved
- *   avail index"); with flushes, one notify takes minutes (corpus/virtio-blk/bug-avail-far-ahead).
- * Until devices.c is fixed such a notify is left out, so that the rest can be fuzzed;
- * FUZZ_VBLK_KNOWN=1 lets it through (to check the fix: the bug-* inputs must then pass).
+ * The regression inputs (corpus/virtio-blk/regress-*) are three bugs this harness found in the
+ * device: used and avail rings overlapping so that a notify looped for good
+ * (regress-hang-ring-overlap), rings at addresses the virtio spec does not allow, once reached
+ * through misaligned pointers (regress-misaligned-used), and an avail index more than a queue
+ * ahead, once served round and round for one notify (regress-avail-far-ahead). The device now
+ * refuses such rings at QueueReady and puts itself in NEEDS_RESET for a runaway index.
  */
-static bool known_bug(void)
-{
-    static int allow = -1;
-    if (allow < 0)
-        allow = getenv("FUZZ_VBLK_KNOWN") != NULL;
-    const struct kvm_vblk *b = &k.blk[0];
-    uint64_t idx = b->avail + 2, used_end = b->used + 4 + 8ull * b->qnum + 2;
-    bool overlap = idx + 2 > b->used && idx < used_end;
-    bool misaligned = (b->desc & 15) || (b->avail & 1) || (b->used & 3);
-    uint16_t avail_idx = 0;
-    if (b->avail < RAM - 4)
-        memcpy(&avail_idx, k.ram + b->avail + 2, 2);
-    bool far_ahead = (uint16_t)(avail_idx - b->last_avail) > b->qnum;
-    return !allow && (overlap || misaligned || far_ahead);
-}
 
 static void mmio(uint64_t a, bool write, uint64_t v, uint32_t len)
 {
-    if (write && a == KVM_VIRTIO_GPA + 0x050 && v == 0 && known_bug())
-        return;
     struct kvm_run run;
     memset(&run, 0, sizeof run);
     run.exit_reason = KVM_EXIT_MMIO;
