@@ -495,6 +495,19 @@ static void test_load_bad(void **state)
     memcpy(huge, buf, len);
     assert_int_equal(b->ops->load_state(b, huge, 70000), -EINVAL);
     free(huge);
+    /* A JSON null where the first error's text belongs: loads, and is taken as no text. */
+    char *nul = strndup(buf, len);
+    struct json_object *js = json_tokener_parse(nul);
+    assert_non_null(js);
+    json_object_object_add(js, "first_error", NULL);
+    const char *with_null = json_object_to_json_string(js);
+    assert_int_equal(b->ops->load_state(b, with_null, strlen(with_null)), 0);
+    struct json_object *q = b->ops->query(b), *fe;
+    assert_true(json_object_object_get_ex(q, "first_error", &fe));
+    assert_string_equal(json_object_get_string(fe), "");
+    json_object_put(q);
+    json_object_put(js);
+    free(nul);
     /* And the real one still loads. */
     assert_int_equal(b->ops->load_state(b, buf, len), 0);
     vm_destroy(b);

@@ -289,7 +289,8 @@ static int synth_load(struct vm *vm, const void *buf, size_t len)
     for (unsigned i = 0; r == 0 && i < 10; i++)
         r = get_u64(o, keys[i], &v[i]);
     struct json_object *fe;
-    if (r == 0 && json_object_object_get_ex(o, "first_error", &fe))
+    if (r == 0 && json_object_object_get_ex(o, "first_error", &fe) &&
+        json_object_is_type(fe, json_type_string))
         snprintf(s->first_error, sizeof s->first_error, "%s", json_object_get_string(fe));
     json_object_put(o);
     if (r < 0 || v[9] != 1) {
