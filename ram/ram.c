@@ -189,25 +189,35 @@ static int flush_batch(struct ram_sender *s)
     return 0;
 }
 
+/* The pass has no page left: count it, and wrap (round 0 puts its hot set back). */
+static void end_pass(struct ram_sender *s)
+{
+    s->cursor = 0;
+    s->st.rounds++;
+    if (s->deferred) {
+        bm_bitmap_merge(s->todo, s->deferred);
+        bm_bitmap_free(s->deferred);
+        s->deferred = NULL;
+    }
+}
+
 int ram_sender_step(struct ram_sender *s, uint64_t max_bytes)
 {
     uint64_t sent = 0, npages = bm_bitmap_nbits(s->todo);
-    while (sent < max_bytes) {
+    /* The end of the pass is looked for before the budget: a step that sends the last page
+     * also ends the pass. Callers step only while pages are dirty; a pass whose end were left
+     * to a later call would never end when nothing more is dirtied (an idle guest). */
+    for (;;) {
         uint64_t p = bm_bitmap_next_set(s->todo, s->cursor);
         if (p == UINT64_MAX || p >= npages) {
-            if (s->deferred && s->hold_hot) {
+            if (s->deferred && s->hold_hot)
                 s->cursor = npages; /* round 0 waits at its end */
-                break;
-            }
-            s->cursor = 0;
-            s->st.rounds++;
-            if (s->deferred) {
-                bm_bitmap_merge(s->todo, s->deferred);
-                bm_bitmap_free(s->deferred);
-                s->deferred = NULL;
-            }
+            else
+                end_pass(s);
             break;
         }
+        if (sent >= max_bytes)
+            break;
         /* Clear before reading (the ordering invariant): a write racing with the copy sets
          * the bit again and the page goes in the next pass. */
         bm_bitmap_clear_bits(s->todo, p, 1);
@@ -235,6 +245,10 @@ int ram_sender_step(struct ram_sender *s, uint64_t max_bytes)
 void ram_sender_hold_hot(struct ram_sender *s, bool hold)
 {
     s->hold_hot = hold;
+    /* Round 0 waiting at its end: the release ends it (with an idle guest no page is dirty,
+     * and no step would come to end it). */
+    if (!hold && s->deferred && s->cursor >= bm_bitmap_nbits(s->todo))
+        end_pass(s);
 }
 
 void ram_sender_stats(struct ram_sender *s, struct ram_stats *st)

@@ -62,11 +62,13 @@ int ram_sender_start(struct ram_sender *s, bool log_running);
 /* Move what the guest dirtied since the last harvest into the pages to send. */
 int ram_sender_harvest(struct ram_sender *s);
 /* Send up to max_bytes of pages. Returns 0, or -errno from the stream. Wraps to the start of
- * the bitmap when it reaches the end (that completes a round). */
+ * the bitmap when it reaches the end (that completes a round), in the step that sends the
+ * last page of the pass too. */
 int ram_sender_step(struct ram_sender *s, uint64_t max_bytes);
 /* While hold is set, round 0 stops at its end with the hot set (see ram_sender_start) still
  * unsent: the migration holds it while the disks' bulk copy has the link, so that the pages
- * the guest rewrites fastest go when they can go fastest. */
+ * the guest rewrites fastest go when they can go fastest. Releasing it when round 0 waits at
+ * its end completes round 0 (the hot set, if any, is then to send). */
 void ram_sender_hold_hot(struct ram_sender *s, bool hold);
 void ram_sender_stats(struct ram_sender *s, struct ram_stats *st);
 

@@ -731,12 +731,105 @@ static void test_sender_hold_hot(void **state)
     ram_sender_stats(s, &st);
     assert_int_equal(st.rounds, 0);
     assert_int_equal(st.pages_normal + st.pages_zero + st.dirty_pages, NPAGES);
-    /* Released: round 0 completes and the next pass sends the hot set. */
+    /* Released: round 0 completes at once (no step needed) and the next pass sends the hot
+     * set. */
     ram_sender_hold_hot(s, false);
-    run_round(s, 64 << 10);
     ram_sender_stats(s, &st);
+    assert_int_equal(st.rounds, 1);
     assert_int_equal(st.dirty_pages, held);
     finish_hot_set(s, &l, src, dst);
+}
+
+/* Step as the migration loop does: only while pages are dirty. Returns the stats after. */
+static void step_while_dirty(struct ram_sender *s, uint64_t step_bytes, struct ram_stats *st)
+{
+    ram_sender_stats(s, st);
+    for (unsigned i = 0; i < 100000 && st->dirty_pages > 0; i++) {
+        assert_int_equal(ram_sender_step(s, step_bytes), 0);
+        ram_sender_stats(s, st);
+    }
+    assert_int_equal(st->dirty_pages, 0);
+}
+
+/* A paused guest that writes nothing (1 MiB filled), a destination and a sender to it; with
+ * log_running the log runs from before the start, with nothing in it (an empty hot set). */
+struct idle {
+    struct vm *src, *dst;
+    struct link l;
+    struct ram_sender *s;
+};
+
+static void idle_start(struct idle *t, bool log_running)
+{
+    t->src = new_vm(true, "ram-fill=1M,mem=0");
+    t->dst = new_vm(false, NULL);
+    assert_int_equal(vm_pause(t->src), 0);
+    if (log_running) {
+        assert_int_equal(t->src->ops->dirty_log_start(t->src), 0);
+        struct bm_bitmap *sink = bm_bitmap_new(t->src->regions[0].size, VM_PAGE_SIZE);
+        assert_non_null(sink);
+        assert_int_equal(t->src->ops->dirty_log_sync(t->src, sink), 0); /* the boot fill */
+        bm_bitmap_free(sink);
+    }
+    link_start(&t->l, t->dst);
+    t->s = ram_sender_new(t->src, mig_send_ram, &t->l.tx, false);
+    assert_non_null(t->s);
+    assert_int_equal(ram_sender_start(t->s, log_running), 0);
+}
+
+/* The copy is identical; frees everything. */
+static void idle_finish(struct idle *t)
+{
+    link_sync(&t->l);
+    assert_same_ram(t->src, t->dst);
+    ram_sender_free(t->s);
+    link_close(&t->l);
+    vm_destroy(t->src);
+    vm_destroy(t->dst);
+}
+
+/* An idle guest under a hold: round 0 sends every page and waits at its end with an empty hot
+ * set, so nothing is dirty and the loop steps no more. Releasing the hold must complete round
+ * 0 by itself (it stayed at 0 rounds for good, and the migration never switched over). */
+static void test_sender_hold_hot_idle(void **state)
+{
+    (void)state;
+    struct idle t;
+    idle_start(&t, true);
+    ram_sender_hold_hot(t.s, true);
+    struct ram_stats st;
+    step_while_dirty(t.s, 64 << 10, &st);
+    assert_int_equal(st.rounds, 0); /* held at its end */
+    assert_int_equal(st.pages_normal + st.pages_zero, NPAGES);
+    ram_sender_hold_hot(t.s, true); /* the loop renews the hold every tick: no change */
+    ram_sender_stats(t.s, &st);
+    assert_int_equal(st.rounds, 0);
+    ram_sender_hold_hot(t.s, false);
+    ram_sender_stats(t.s, &st);
+    assert_int_equal(st.rounds, 1);
+    assert_int_equal(st.dirty_pages, 0);
+    ram_sender_hold_hot(t.s, false); /* released again (switchover): no second round */
+    ram_sender_stats(t.s, &st);
+    assert_int_equal(st.rounds, 1);
+    idle_finish(&t);
+}
+
+/* A step whose budget runs out exactly at the pass's last page ends the pass: with nothing
+ * dirtied after it, the loop would not step again to find the end. */
+static void test_sender_pass_ends_at_budget(void **state)
+{
+    (void)state;
+    struct idle t;
+    idle_start(&t, false);
+    uint64_t nonzero = ram_count_nonzero(t.src);
+    /* Round 0 in one step of exactly its size. */
+    assert_int_equal(ram_sender_step(t.s, nonzero * REC_RAW_LEN + (NPAGES - nonzero) * 8), 0);
+    struct ram_stats st;
+    ram_sender_stats(t.s, &st);
+    assert_int_equal(st.pages_normal + st.pages_zero, NPAGES);
+    assert_int_equal(st.dirty_pages, 0);
+    assert_int_equal(st.rounds, 1);
+    idle_finish(&t);
 }
 
 /* A peer that went away: the sender gets the stream's error, not a signal. */
@@ -778,6 +871,8 @@ int main(void)
         cmocka_unit_test(test_sender_deferred_hot_set),
         cmocka_unit_test(test_sender_deferred_hot_set_running),
         cmocka_unit_test(test_sender_hold_hot),
+        cmocka_unit_test(test_sender_hold_hot_idle),
+        cmocka_unit_test(test_sender_pass_ends_at_budget),
         cmocka_unit_test(test_sender_peer_gone),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
