@@ -122,12 +122,14 @@ static void measure(struct mig_source *m, struct loop *l, uint64_t now)
             l->dirty_rate = 0.7 * l->dirty_rate + 0.3 * (double)l->newly_pages * VM_PAGE_SIZE / dt;
         l->newly_pages = 0;
     }
-    /* A copy that finished between two ticks left no busy tick to measure: fall back on the
-     * average so far, so a small guest can still switch over. */
-    if (l->thr == 0 && now > m->t0_ns)
-        w->throughput = (uint64_t)((double)(ram_done + disk_bytes) / ((double)(now - m->t0_ns) / 1e9));
-    else
-        w->throughput = (uint64_t)l->thr;
+    /* Never below the average since the start, which the link has carried at least: a copy
+     * that finished between two ticks leaves no busy tick to measure, or only one that moved
+     * next to nothing (the first, while the connections opened), and no later one corrects
+     * it; a small idle guest's expected pause then stayed over the limit for good. */
+    double avg = now > m->t0_ns
+                     ? (double)(ram_done + disk_bytes) / ((double)(now - m->t0_ns) / 1e9)
+                     : 0;
+    w->throughput = (uint64_t)(l->thr > avg ? l->thr : avg);
     w->ram_dirty_rate = (uint64_t)l->dirty_rate;
 }
 
