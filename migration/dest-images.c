@@ -31,19 +31,20 @@ static int errf(char *err, size_t errlen, int r, const char *fmt, ...)
     return r;
 }
 
-/* MemAvailable from /proc/meminfo, else the free pages; 0 when neither can be read. */
 /* Why the image of disk name at path could not be locked as QEMU locks its images. */
 static int lock_failed(char *err, size_t errlen, int r, const struct bm_image_holder *h,
                        const char *name, const char *path)
 {
-    char who[96];
-    bm_image_holder_describe(h, who, sizeof who);
-    if (r == -EBUSY)
+    if (r == -EBUSY) {
+        char who[96];
+        bm_image_holder_describe(h, who, sizeof who);
         return errf(err, errlen, r, "the image of disk %s at %s is in use by %s", name, path, who);
+    }
     return errf(err, errlen, r, "cannot lock the image of disk %s at %s: %s", name, path,
                 strerror(-r));
 }
 
+/* MemAvailable from /proc/meminfo, else the free pages; 0 when neither can be read. */
 static uint64_t mem_available(void)
 {
     FILE *f = fopen("/proc/meminfo", "re");
@@ -419,11 +420,19 @@ int mig_images_place(struct mig_images *im, char *err, size_t errlen)
                         m->path, strerror(-r),
                         r == -EEXIST ? " (a file appeared there meanwhile)" : "");
         m->placed = true;
-        r = bm_disk_set_path(m->disk, m->path);
-        if (r == 0 && fsync(m->dirfd) < 0)
-            r = -errno;
-        if (r < 0)
-            return errf(err, errlen, r, "cannot sync the directory %s: %s", m->dir, strerror(-r));
+        if ((r = bm_disk_set_path(m->disk, m->path)) < 0)
+            return errf(err, errlen, r, "disk %s: %s", m->name, strerror(-r));
+    }
+    /* The renames are durable once their directories are synced: each directory once. */
+    for (unsigned k = 0; k < im->n; k++) {
+        const struct mig_image *m = &im->img[k];
+        bool seen = m->kind != MIG_IMAGE_NEW;
+        for (unsigned j = 0; j < k && !seen; j++)
+            seen = im->img[j].kind == MIG_IMAGE_NEW && im->img[j].dir_dev == m->dir_dev &&
+                   im->img[j].dir_ino == m->dir_ino;
+        if (!seen && fsync(m->dirfd) < 0)
+            return errf(err, errlen, -errno, "cannot sync the directory %s: %s", m->dir,
+                        strerror(errno));
     }
     return 0;
 }
