@@ -204,11 +204,16 @@ static void relock_disks(struct mig_source *m)
     for (unsigned i = 0; i < m->vm->ndisks; i++) {
         struct bm_image_holder h;
         int r = bm_disk_relock(m->vm->disks[i].disk, &h);
+        if (r == 0)
+            continue;
         char who[96];
-        bm_image_holder_describe(&h, who, sizeof who);
-        if (r < 0)
-            bm_warn("migration: disk %s: its image locks cannot be taken back (%s): it goes on "
-                    "unlocked", m->vm->disks[i].name, r == -EBUSY ? who : strerror(-r));
+        if (r == -EBUSY)
+            bm_image_holder_describe(&h, who, sizeof who);
+        else
+            snprintf(who, sizeof who, "%s", strerror(-r));
+        bm_warn("migration: disk %s: its image locks cannot be taken back (%s): it goes on "
+                "unlocked",
+                m->vm->disks[i].name, who);
     }
 }
 
