@@ -421,9 +421,12 @@ int mig_incoming_run(const struct mig_incoming_opts *o, struct mig_incoming_resu
     /* The source's mirrors flushed and finished: no NBD writes after this. */
     uint64_t t_c = now_ns();
     if ((r = stop_nbd(&d)) < 0) {
-        failf(&d, r,
-              "a request on the migration's NBD port was still unfinished after the "
-              "source's COMPLETE (another client?); its connection was shut down");
+        if (r == -ETIMEDOUT)
+            failf(&d, r,
+                  "a request on the migration's NBD port was still unfinished after the "
+                  "source's COMPLETE (another client?); its connection was shut down");
+        else
+            failf(&d, r, "the migration's NBD server failed: %s", strerror(-r));
         json_object_put(complete);
         goto fail;
     }

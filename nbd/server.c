@@ -334,13 +334,15 @@ int nbd_server_run(struct nbd_server *s)
     pfd[0] = (struct pollfd){.fd = s->stop_pipe[0], .events = POLLIN};
     for (int i = 0; i < s->nlisten; i++)
         pfd[i + 1] = (struct pollfd){.fd = s->listen_fds[i], .events = POLLIN};
+    int err = 0;
     while (!atomic_load(&s->stopping)) {
         int r = poll(pfd, (nfds_t)s->nlisten + 1, -1);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
+            err = -errno;
             bm_error("nbd server: poll: %s", strerror(errno));
-            return -errno;
+            break; /* and drain: no connection may outlive the server */
         }
         if (pfd[0].revents)
             break;
@@ -351,7 +353,8 @@ int nbd_server_run(struct nbd_server *s)
     for (int i = 0; i < s->nlisten; i++)
         close(s->listen_fds[i]);
     s->nlisten = 0;
-    return drain(s);
+    int r = drain(s);
+    return err ? err : r;
 }
 
 void nbd_server_free(struct nbd_server *s)

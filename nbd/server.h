@@ -42,7 +42,8 @@ int nbd_server_listen_unix(struct nbd_server *s, const char *path);
 /* Serve until nbd_server_shutdown(): then stop accepting, stop reading new requests, let
  * in-flight requests finish and reply, close every connection, and return 0. Requests still
  * unfinished after drain_timeout_ms have their connections shut down (a WRITE whose payload
- * has not all arrived is never done); returns -ETIMEDOUT then. Either way every connection
+ * has not all arrived is never done); returns -ETIMEDOUT then. A failed poll of the listening
+ * sockets ends serving the same way, and returns its -errno. Either way every connection
  * thread has ended (its request with it) when this returns. */
 int nbd_server_run(struct nbd_server *s);
 /* Async-signal-safe: ask nbd_server_run() to drain and return. */
