@@ -10,46 +10,13 @@ keeps the connection open (an empty PING every 0.2 s) until FILE exists (at most
 closes the connection without another word, as a source that died would.
 """
 import argparse
-import ctypes
 import os
 import socket
 import struct
 import sys
 import time
 
-MAGIC = b"BLKMIGST"
-HELLO, HELLO_ACK, RAM, ABORT, PING = 1, 2, 3, 8, 9
-
-# XXH3-64 from the library blkmig itself links against.
-_xxh = ctypes.CDLL("libxxhash.so.0")
-_xxh.XXH3_64bits.restype = ctypes.c_uint64
-_xxh.XXH3_64bits.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-
-
-def frame(ftype, payload):
-    hdr = struct.pack(">II", ftype, len(payload))
-    return hdr + payload + struct.pack(">Q", _xxh.XXH3_64bits(hdr + payload, len(hdr) + len(payload)))
-
-
-def recv_exact(s, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
-
-
-def recv_frame(s):
-    hdr = recv_exact(s, 8)
-    if hdr is None:
-        return None, None
-    ftype, length = struct.unpack(">II", hdr)
-    rest = recv_exact(s, length + 8)
-    if rest is None:
-        return None, None
-    return ftype, rest[:length]
+from migstream import ABORT, HEADER, HELLO, HELLO_ACK, PING, RAM, frame, read_exact, read_frame
 
 
 def main():
@@ -61,18 +28,17 @@ def main():
     ap.add_argument("--hold")
     a = ap.parse_args()
     s = socket.create_connection((a.host, a.port), timeout=120)
-    s.sendall(MAGIC + struct.pack(">II", 1, 0))
-    if recv_exact(s, 16) is None:
+    try:
+        s.sendall(HEADER)
+        read_exact(s, 16)
+        s.sendall(frame(HELLO, a.hello.encode()))
+        while True:
+            ftype, payload, _ = read_frame(s)
+            if ftype in (HELLO_ACK, ABORT):
+                break
+    except (EOFError, ConnectionError):
         print("CLOSED", flush=True)
         return 0
-    s.sendall(frame(HELLO, a.hello.encode()))
-    while True:
-        ftype, payload = recv_frame(s)
-        if ftype is None:
-            print("CLOSED", flush=True)
-            return 0
-        if ftype in (HELLO_ACK, ABORT):
-            break
     print("%s %s" % ("HELLO_ACK" if ftype == HELLO_ACK else "ABORT", payload.decode(errors="replace")),
           flush=True)
     if ftype != HELLO_ACK:

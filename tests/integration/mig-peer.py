@@ -16,49 +16,21 @@
 REASON may hold \\e and \\n (an escape character, a newline). Each holds its connections open
 until killed. Frames as docs/migration-stream.md: u32 type | u32 len | payload | XXH3-64.
 """
-import ctypes
 import json
+import os
 import socket
 import struct
 import sys
 import threading
 import time
 
-MAGIC = b"BLKMIGST" + struct.pack(">II", 1, 0)
-HELLO, HELLO_ACK, STATE, COMPLETE, ABORT, PING = 1, 2, 5, 6, 8, 9
-
-_xxh = ctypes.CDLL("libxxhash.so.0")
-_xxh.XXH3_64bits.restype = ctypes.c_uint64
-_xxh.XXH3_64bits.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-
-
-def frame(ftype, payload):
-    hdr = struct.pack(">II", ftype, len(payload))
-    return hdr + payload + struct.pack(">Q", _xxh.XXH3_64bits(hdr + payload, len(hdr + payload)))
-
-
-def read_exact(s, n):
-    b = b""
-    while len(b) < n:
-        c = s.recv(n - len(b))
-        if not c:
-            raise EOFError("peer closed after %d of %d bytes" % (len(b), n))
-        b += c
-    return b
-
-
-def read_frame(s):
-    """(type, payload, raw bytes)"""
-    hdr = read_exact(s, 8)
-    ftype, n = struct.unpack(">II", hdr)
-    rest = read_exact(s, n + 8)
-    return ftype, rest[:n], hdr + rest
+from migstream import (ABORT, COMPLETE, HEADER as MAGIC, HELLO, HELLO_ACK, PING, frame,
+                       read_exact, read_frame)
 
 
 def ready(path):
     with open(path + ".tmp", "w") as f:
         f.write("ready\n")
-    import os
     os.rename(path + ".tmp", path)
 
 
