@@ -136,13 +136,15 @@ struct mirror_job {
     bool held;            /* completion hold taken on the source */
     bool released;
     /* The pivot (o.pivot): once done, the pivot thread owns t and serves the source disk's
-     * users from it. busy_lock protects the queue and pivot_stopping; busy_cond signals a
-     * request done. */
+     * users from it. busy_lock protects the queue, pivot_stopping and pivot_over (the thread
+     * answers nothing more: every request waiting, and every later one, fails); busy_cond
+     * signals a request done, or pivot_over. */
     bool pivoted;
     pthread_t pivot_thread;
     struct pivot_req *pq_head, *pq_tail;
-    bool pivot_stopping;
+    bool pivot_stopping, pivot_over;
     struct pivot_req *pq_fua; /* the pivot thread's own: FUA requests waiting for a flush */
+    uint64_t pivot_stall_ns;  /* PIVOT_STALL_NS (mirror-pivot.c); tests shorten it */
     int err;
     char errmsg[256];
     /* Tests only: called on the job's thread right after a copy read its data. */
@@ -168,7 +170,8 @@ void mirror_active_stop(struct mirror_job *j);
 /* On the job's thread, at done with the source held: start the pivot thread and redirect the
  * source disk to it. Returns 0 or -errno (nothing changed then). */
 int mirror_pivot_start(struct mirror_job *j);
-/* Answer what is queued, wait for the target's answers (at most CANCEL_WAIT_NS), join. */
+/* Answer what is queued, wait for the target's answers (at most CANCEL_WAIT_NS; what is
+ * still unanswered then fails with EIO), join. */
 void mirror_pivot_stop(struct mirror_job *j);
 
 /* mirror.c */

@@ -19,13 +19,17 @@
  *
  * A target connection that dies after the pivot is not reconnected: writes it acknowledged may
  * not be durable, and a flush on a new connection would claim they are. Every later request
- * fails with EIO instead, which the writer sees.
+ * fails with EIO instead, which the writer sees. A target that answers nothing for
+ * PIVOT_STALL_NS while requests wait is given up on the same way (a cut link neither answers
+ * nor resets): the writers waiting, and every later one, get EIO rather than hang.
  */
 
 /* The largest read or write sent as one command: below every server's limit (32 MiB usually). */
 #define DATA_CHUNK (4u << 20)
 /* The largest zero or trim sent as one command. */
 #define RANGE_CHUNK (1u << 30)
+/* How long the target may answer nothing while commands are in flight. */
+#define PIVOT_STALL_NS 30000000000ull
 
 static void req_finish(struct pivot_req *r)
 {
@@ -122,10 +126,26 @@ static void submit(struct mirror_job *j, struct pivot_req *r)
     part_done(r, 0);
 }
 
+/* The pivot thread answers nothing more: a request still waiting (queued, in flight, or
+ * waiting for its FUA flush) and every later one fail with EIO. With commands in flight the
+ * target is abandoned first, so that no answer can come for a request after its caller has
+ * returned: an abandoned connection is never polled again, and closing it calls nothing back. */
+static void pivot_over(struct mirror_job *j)
+{
+    if (bm_target_in_flight(j->t) > 0)
+        bm_target_abandon(j->t);
+    pthread_mutex_lock(&j->busy_lock);
+    j->pivot_over = true;
+    j->pq_head = j->pq_tail = NULL;
+    pthread_cond_broadcast(&j->busy_cond);
+    pthread_mutex_unlock(&j->busy_lock);
+}
+
 static void *pivot_main(void *arg)
 {
     struct mirror_job *j = arg;
     uint64_t stop_ns = 0;
+    uint64_t quiet_ns = mirror_now_ns(); /* since when the target answered nothing */
     for (;;) {
         pthread_mutex_lock(&j->busy_lock);
         struct pivot_req *q = j->pq_head;
@@ -138,20 +158,28 @@ static void *pivot_main(void *arg)
             q = next;
         }
         flush_fua(j);
-        if (stopping) {
-            if (!stop_ns)
-                stop_ns = mirror_now_ns();
-            if (bm_target_in_flight(j->t) == 0)
-                break;
-            if (mirror_now_ns() - stop_ns > CANCEL_WAIT_NS) {
-                bm_warn("mirror: the target did not answer within %llu s; giving up on it",
-                        CANCEL_WAIT_NS / 1000000000ull);
-                bm_target_abandon(j->t);
-                break;
-            }
+        unsigned in_flight = bm_target_in_flight(j->t);
+        uint64_t now = mirror_now_ns();
+        if (stopping && !stop_ns)
+            stop_ns = now;
+        if (stopping && in_flight == 0)
+            break;
+        if (stopping && now - stop_ns > CANCEL_WAIT_NS) {
+            bm_warn("mirror: the target did not answer within %llu s; giving up on it",
+                    CANCEL_WAIT_NS / 1000000000ull);
+            break;
+        }
+        if (in_flight > 0 && now - quiet_ns > j->pivot_stall_ns) {
+            bm_error("mirror: after the pivot the target answered nothing for %.1f s; giving "
+                     "up on it: its writers get EIO",
+                     (double)j->pivot_stall_ns / 1e9);
+            break;
         }
         struct pollfd wake = {.fd = j->wake_fd, .events = POLLIN};
         bm_target_poll(j->t, &wake, 1, 100); /* a dead connection fails its commands itself */
+        unsigned left = bm_target_in_flight(j->t);
+        if (left == 0 || left < in_flight)
+            quiet_ns = mirror_now_ns();
         flush_fua(j);
         if (wake.revents & POLLIN) {
             uint64_t v;
@@ -159,6 +187,7 @@ static void *pivot_main(void *arg)
             (void)n;
         }
     }
+    pivot_over(j);
     return NULL;
 }
 
@@ -167,7 +196,7 @@ static int call(struct mirror_job *j, struct pivot_req *r)
 {
     r->j = j;
     pthread_mutex_lock(&j->busy_lock);
-    if (j->pivot_stopping) {
+    if (j->pivot_stopping || j->pivot_over) {
         pthread_mutex_unlock(&j->busy_lock);
         return -EIO;
     }
@@ -179,10 +208,11 @@ static int call(struct mirror_job *j, struct pivot_req *r)
     pthread_mutex_unlock(&j->busy_lock);
     mirror_wake(j);
     pthread_mutex_lock(&j->busy_lock);
-    while (!r->done)
+    while (!r->done && !j->pivot_over)
         pthread_cond_wait(&j->busy_cond, &j->busy_lock);
+    int err = r->done ? r->err : EIO;
     pthread_mutex_unlock(&j->busy_lock);
-    return r->err ? -r->err : 0;
+    return -err;
 }
 
 static int pivot_pread(void *opaque, void *buf, size_t len, uint64_t offset)
@@ -224,6 +254,8 @@ static int pivot_flush(void *opaque)
 
 int mirror_pivot_start(struct mirror_job *j)
 {
+    if (!j->pivot_stall_ns)
+        j->pivot_stall_ns = PIVOT_STALL_NS;
     int r = pthread_create(&j->pivot_thread, NULL, pivot_main, j);
     if (r)
         return -r;
@@ -246,15 +278,6 @@ void mirror_pivot_stop(struct mirror_job *j)
     j->pivot_stopping = true;
     pthread_mutex_unlock(&j->busy_lock);
     mirror_wake(j);
-    pthread_join(j->pivot_thread, NULL);
-    /* Requests still queued (none when the disk's users stopped first, as they must) fail. */
-    pthread_mutex_lock(&j->busy_lock);
-    for (struct pivot_req *r = j->pq_head; r; r = r->next) {
-        r->err = EIO;
-        r->done = true;
-    }
-    j->pq_head = j->pq_tail = NULL;
-    pthread_cond_broadcast(&j->busy_cond);
-    pthread_mutex_unlock(&j->busy_lock);
+    pthread_join(j->pivot_thread, NULL); /* it answered every request before it ended */
     j->pivoted = false;
 }

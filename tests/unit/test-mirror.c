@@ -388,6 +388,43 @@ static void test_pivot(void **state)
     assert_string_equal(f->events, "setup,bulk,dirty,ready,completing,done");
 }
 
+/* After a pivot, a target that stops answering is given up on: a writer waiting on it gets
+ * EIO once the stall limit passes, and so does every later request, instead of hanging; the
+ * job is then freed at once. */
+static void test_pivot_target_hangs(void **state)
+{
+    struct fx *f = *state;
+    struct mirror_opts o;
+    mirror_opts_default(&o);
+    o.target_uri = f->uri;
+    o.stats_ms = 0;
+    o.pivot = true;
+    struct mirror_job *j;
+    char err[256];
+    assert_int_equal(mirror_new(f->src, &o, on_event, f, &j, err, sizeof err), 0);
+    j->pivot_stall_ns = 300000000ull;
+    assert_int_equal(mirror_start(j), 0);
+    wait_state(j, MIRROR_READY);
+    mirror_complete(j);
+    assert_int_equal(mirror_wait(j, err, sizeof err), 0);
+    assert_true(mirror_pivoted(j));
+    uint8_t b[4096];
+    memset(b, 0x77, sizeof b);
+    assert_int_equal(bm_disk_pwrite(f->src, b, sizeof b, 0, 0), 0); /* the target answers */
+    bm_disk_hold(f->dst); /* from now on the target's server answers no write */
+    uint64_t t0 = mirror_now_ns();
+    assert_int_equal(bm_disk_pwrite(f->src, b, sizeof b, 4096, BM_DISK_FUA), -EIO);
+    uint64_t waited = mirror_now_ns() - t0;
+    assert_true(waited >= 300000000ull);
+    assert_true(waited < 10000000000ull);
+    assert_int_equal(bm_disk_pread(f->src, b, sizeof b, 0), -EIO);
+    assert_int_equal(bm_disk_flush(f->src), -EIO);
+    t0 = mirror_now_ns();
+    mirror_free(j);
+    assert_true(mirror_now_ns() - t0 < 1000000000ull);
+    bm_disk_release(f->dst);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -400,6 +437,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_target, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_options, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pivot, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pivot_target_hangs, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
