@@ -334,14 +334,9 @@ static uint64_t counter_at(int fd)
 static void test_pivot(void **state)
 {
     struct fx *f = *state;
-    struct mirror_opts o;
-    mirror_opts_default(&o);
-    o.target_uri = f->uri;
-    o.stats_ms = 0;
-    o.pivot = true;
-    struct mirror_job *j;
+    struct mirror_job *j = new_job(f, f->uri);
+    j->o.pivot = true;
     char err[256];
-    assert_int_equal(mirror_new(f->src, &o, on_event, f, &j, err, sizeof err), 0);
     assert_int_equal(mirror_start(j), 0);
     struct counter_writer w = {.d = f->src};
     pthread_t wt;
@@ -394,18 +389,13 @@ static void test_pivot(void **state)
 static void test_pivot_target_hangs(void **state)
 {
     struct fx *f = *state;
-    struct mirror_opts o;
-    mirror_opts_default(&o);
-    o.target_uri = f->uri;
-    o.stats_ms = 0;
-    o.pivot = true;
-    struct mirror_job *j;
-    char err[256];
-    assert_int_equal(mirror_new(f->src, &o, on_event, f, &j, err, sizeof err), 0);
+    struct mirror_job *j = new_job(f, f->uri);
+    j->o.pivot = true;
     j->pivot_stall_ns = 300000000ull;
     assert_int_equal(mirror_start(j), 0);
     wait_state(j, MIRROR_READY);
     mirror_complete(j);
+    char err[256];
     assert_int_equal(mirror_wait(j, err, sizeof err), 0);
     assert_true(mirror_pivoted(j));
     uint8_t b[4096];
