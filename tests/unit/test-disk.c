@@ -195,6 +195,101 @@ static void test_concurrent_writers(void **state)
     assert_int_equal(bm_bitmap_next_clear(f->b, 0), UINT64_MAX); /* all 128 blocks */
 }
 
+/* A redirect's store: the disk its users see once redirected. */
+struct mem_disk {
+    uint8_t *data;
+    unsigned flushes, fua;
+};
+
+static int mem_pread(void *opaque, void *buf, size_t len, uint64_t offset)
+{
+    struct mem_disk *m = opaque;
+    memcpy(buf, m->data + offset, len);
+    return 0;
+}
+
+static int mem_pwrite(void *opaque, const void *buf, size_t len, uint64_t offset, unsigned flags)
+{
+    struct mem_disk *m = opaque;
+    memcpy(m->data + offset, buf, len);
+    m->fua += (flags & BM_DISK_FUA) != 0;
+    return 0;
+}
+
+static int mem_zero(void *opaque, uint64_t offset, uint64_t len, unsigned flags)
+{
+    struct mem_disk *m = opaque;
+    memset(m->data + offset, 0, len);
+    m->fua += (flags & BM_DISK_FUA) != 0;
+    return 0;
+}
+
+static int mem_trim(void *opaque, uint64_t offset, uint64_t len, unsigned flags)
+{
+    return mem_zero(opaque, offset, len, flags);
+}
+
+static int mem_flush(void *opaque)
+{
+    struct mem_disk *m = opaque;
+    m->flushes++;
+    return 0;
+}
+
+/* Redirected under the gate: changes held across it go to the redirect, as does every later
+ * request; the image and the bitmap are never touched again; bounds are still checked. */
+static void test_redirect(void **state)
+{
+    struct fixture *f = *state;
+    struct mem_disk m = {.data = calloc(1, SIZE)};
+    assert_non_null(m.data);
+    memset(m.data, 0xee, SIZE);
+    struct bm_disk_redirect rd = {mem_pread, mem_pwrite, mem_zero, mem_trim, mem_flush, &m};
+    assert_false(bm_disk_is_redirected(f->d));
+    bm_disk_hold(f->d);
+    pthread_t t;
+    struct writer_arg a = {f->d, 1};
+    pthread_create(&t, NULL, writer, &a); /* waits at the gate */
+    bm_disk_redirect(f->d, &rd);
+    bm_disk_release(f->d);
+    pthread_join(t, NULL);
+    assert_true(bm_disk_is_redirected(f->d));
+    assert_int_equal(m.data[(uint64_t)5 * GRAN], 1); /* the writer's block 1 */
+    uint8_t buf[512];
+    assert_int_equal(bm_disk_pread(f->d, buf, sizeof buf, 0), 0);
+    assert_int_equal(buf[0], 0xee);
+    assert_int_equal(bm_disk_pwrite(f->d, "x", 1, 0, BM_DISK_FUA), 0);
+    assert_int_equal(bm_disk_zero(f->d, GRAN, 512, BM_DISK_FUA), 0);
+    assert_int_equal(bm_disk_trim(f->d, 2 * GRAN, 512, 0), 0);
+    assert_int_equal(bm_disk_flush(f->d), 0);
+    assert_int_equal(m.data[0], 'x');
+    assert_int_equal(m.data[GRAN], 0);
+    assert_int_equal(m.data[2 * GRAN], 0);
+    assert_int_equal(m.fua, 2);
+    assert_int_equal(m.flushes, 1);
+    assert_int_equal(bm_disk_pwrite(f->d, buf, sizeof buf, SIZE, 0), -EINVAL);
+    struct bm_extent e[4];
+    size_t n;
+    assert_int_equal(bm_disk_extents(f->d, 0, SIZE, e, 4, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(e[0].length, SIZE);
+    assert_int_equal(e[0].flags, 0);
+    assert_int_equal(bm_bitmap_count(f->b), 0);
+    int fd = open(f->path, O_RDONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(pread(fd, buf, sizeof buf, 0), (ssize_t)sizeof buf);
+    assert_int_equal(buf[0], 0); /* the image was never written */
+    assert_int_equal(pread(fd, buf, sizeof buf, (uint64_t)5 * GRAN), (ssize_t)sizeof buf);
+    assert_int_equal(buf[0], 0);
+    close(fd);
+    struct bm_disk_redirect other = rd;
+    other.opaque = NULL;
+    bm_disk_redirect(f->d, &other); /* ignored: redirected once, for good */
+    assert_int_equal(bm_disk_pread(f->d, buf, 1, 0), 0);
+    assert_int_equal(buf[0], 'x');
+    free(m.data);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -205,6 +300,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_extents, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readonly, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_writers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_redirect, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
