@@ -75,7 +75,8 @@ static void flush_fua(struct mirror_job *j)
     }
 }
 
-static int submit_part(struct mirror_job *j, struct pivot_req *r, uint64_t off, uint64_t n)
+static int submit_part(struct mirror_job *j, struct pivot_req *r, uint64_t off, uint64_t n,
+                       unsigned wflags)
 {
     switch (r->kind) {
     case PIVOT_READ:
@@ -83,7 +84,7 @@ static int submit_part(struct mirror_job *j, struct pivot_req *r, uint64_t off, 
                               part_done, r);
     case PIVOT_WRITE:
         return bm_target_write(j->t, (const uint8_t *)r->wbuf + (off - r->offset), (size_t)n, off,
-                               0, part_done, r);
+                               wflags, part_done, r);
     case PIVOT_ZERO:
         return bm_target_zero(j->t, off, n, part_done, r);
     case PIVOT_TRIM:
@@ -106,6 +107,12 @@ static void submit(struct mirror_job *j, struct pivot_req *r)
         part_done(r, 0);
         return;
     }
+    /* A write whose every part the target makes durable itself needs no flush after it. */
+    unsigned wflags = 0;
+    if (r->kind == PIVOT_WRITE && r->fua && bm_target_can_fua(j->t)) {
+        wflags = BM_TARGET_FUA;
+        r->fua = false;
+    }
     uint64_t chunk = r->kind == PIVOT_READ || r->kind == PIVOT_WRITE ? DATA_CHUNK
                      : r->kind == PIVOT_ZERO && !bm_target_can_zero(j->t)
                          ? BM_TARGET_ZERO_FALLBACK_MAX
@@ -115,7 +122,7 @@ static void submit(struct mirror_job *j, struct pivot_req *r)
     do { /* a flush has no range: one pass */
         uint64_t n = end - off < chunk ? end - off : chunk;
         r->parts++;
-        int rc = submit_part(j, r, off, n);
+        int rc = submit_part(j, r, off, n, wflags);
         if (rc < 0) {
             r->parts--;
             if (!r->err)

@@ -27,7 +27,7 @@ struct bm_target {
     struct conn conns[MAX_CONNS];
     unsigned nconns;
     uint64_t size;
-    bool can_zero, can_trim, multi_conn, can_flush, base_allocation;
+    bool can_zero, can_trim, can_fua, multi_conn, can_flush, base_allocation;
     unsigned in_flight;
     unsigned next; /* round-robin start */
     struct cmd *cmds; /* every command record not yet settled (freed at close if libnbd
@@ -160,6 +160,7 @@ static int connect_all(struct bm_target *t, char *err, size_t errlen)
     t->size = (uint64_t)size;
     t->can_zero = nbd_can_zero(h) == 1;
     t->can_trim = nbd_can_trim(h) == 1;
+    t->can_fua = nbd_can_fua(h) == 1;
     t->can_flush = nbd_can_flush(h) == 1;
     t->multi_conn = nbd_can_multi_conn(h) == 1;
     t->base_allocation = nbd_can_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) == 1;
@@ -256,6 +257,11 @@ unsigned bm_target_connections(const struct bm_target *t)
 bool bm_target_can_zero(const struct bm_target *t)
 {
     return t->can_zero;
+}
+
+bool bm_target_can_fua(const struct bm_target *t)
+{
+    return t->can_fua;
 }
 
 bool bm_target_multi_conn(const struct bm_target *t)

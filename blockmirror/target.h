@@ -22,6 +22,7 @@ struct bm_target_opts {
 /* Completion: err is 0 or a positive errno value. */
 typedef void (*bm_target_cb)(void *opaque, int err);
 
+/* Write flag: the data is durable once answered (only where bm_target_can_fua). */
 #define BM_TARGET_FUA 1u
 
 /* Connect. On failure returns -errno and writes why into err. */
@@ -35,6 +36,7 @@ void bm_target_abandon(struct bm_target *t);
 uint64_t bm_target_size(const struct bm_target *t);
 unsigned bm_target_connections(const struct bm_target *t);
 bool bm_target_can_zero(const struct bm_target *t);
+bool bm_target_can_fua(const struct bm_target *t);
 bool bm_target_multi_conn(const struct bm_target *t);
 
 /* Queue a command; cb runs from bm_target_poll(). Returns 0 or -errno (then cb never runs). */
