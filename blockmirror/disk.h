@@ -68,6 +68,8 @@ int bm_disk_pwrite(struct bm_disk *d, const void *buf, size_t len, uint64_t offs
                    unsigned flags);
 int bm_disk_zero(struct bm_disk *d, uint64_t offset, uint64_t len, unsigned flags);
 int bm_disk_trim(struct bm_disk *d, uint64_t offset, uint64_t len, unsigned flags);
+/* Make every change done so far durable (fdatasync); a no-op when no change was made through
+ * this bm_disk since the last flush that succeeded. */
 int bm_disk_flush(struct bm_disk *d);
 /* Hint that a range will be read soon. */
 int bm_disk_cache(struct bm_disk *d, uint64_t offset, uint64_t len);

@@ -410,6 +410,8 @@ int mig_images_place(struct mig_images *im, char *err, size_t errlen)
         struct mig_image *m = &im->img[k];
         if (m->kind != MIG_IMAGE_NEW)
             continue;
+        /* The source's last FLUSH made it durable already, unless it skipped that: then
+         * this one does (bm_disk_flush is a no-op on a flushed image). */
         int r = bm_disk_flush(m->disk);
         if (r < 0)
             return errf(err, errlen, r, "cannot flush the image of disk %s: %s", m->name,
