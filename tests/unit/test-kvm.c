@@ -864,15 +864,27 @@ static void test_load_state_malformed(void **state)
     struct kvm_vblk q = {.qnum = 8};
     n = 8;
     put_section(b, &n, 9 /* T_EVENTS */, &ev, sizeof ev);
-    assert_int_equal(kvm_state_check(b, n, 1, 0), 0);
-    assert_int_equal(kvm_state_check(b, n, 1, 1), -EPROTO);
-    assert_int_equal(kvm_state_check(b, n, 0, 0), -EPROTO);
+    assert_int_equal(kvm_state_check(b, n, 1, 0, RAM), 0);
+    assert_int_equal(kvm_state_check(b, n, 1, 1, RAM), -EPROTO);
+    assert_int_equal(kvm_state_check(b, n, 0, 0, RAM), -EPROTO);
     put_section(b, &n, 64, &q, sizeof q);
-    assert_int_equal(kvm_state_check(b, n, 1, 1), 0);
-    assert_int_equal(kvm_state_check(b, n - 1, 1, 1), -EPROTO);
+    assert_int_equal(kvm_state_check(b, n, 1, 1, RAM), 0);
+    assert_int_equal(kvm_state_check(b, n - 1, 1, 1, RAM), -EPROTO);
     put_section(b, &n, 64, &q, sizeof q);
-    assert_int_equal(kvm_state_check(b, n, 1, 1), -EPROTO);
-    assert_int_equal(kvm_state_check(b, 16, 1, 0), -EPROTO);
+    assert_int_equal(kvm_state_check(b, n, 1, 1, RAM), -EPROTO);
+    assert_int_equal(kvm_state_check(b, 16, 1, 0, RAM), -EPROTO);
+    /* A ready queue's rings: inside the RAM given, apart, and aligned. */
+    q = (struct kvm_vblk){.qnum = 8, .qready = 1, .desc = DESC, .avail = AVAIL, .used = USED};
+    n = 8;
+    put_section(b, &n, 9, &ev, sizeof ev);
+    put_section(b, &n, 64, &q, sizeof q);
+    assert_int_equal(kvm_state_check(b, n, 1, 1, RAM), 0);
+    assert_int_equal(kvm_state_check(b, n, 1, 1, USED), -EPROTO); /* used past RAM's end */
+    q.used = AVAIL;
+    n = 8;
+    put_section(b, &n, 9, &ev, sizeof ev);
+    put_section(b, &n, 64, &q, sizeof q);
+    assert_int_equal(kvm_state_check(b, n, 1, 1, RAM), -EPROTO);
     close(f->k.vcpus[0].fd);
     f->k.vcpus[0].fd = -1;
     f->k.nvcpus = 0;

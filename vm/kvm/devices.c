@@ -215,7 +215,13 @@ static bool overlaps(uint64_t a, uint64_t la, uint64_t b, uint64_t lb)
     return a < b + lb && b < a + la;
 }
 
-const char *kvm_vblk_rings_bad(struct kvm_vmm *k, const struct kvm_vblk *b)
+/* Whether [gpa, gpa + len) lies in guest RAM of ram_size bytes (kvm_gpa's test). */
+static bool in_ram(uint64_t ram_size, uint64_t gpa, uint64_t len)
+{
+    return gpa < ram_size && len <= ram_size - gpa;
+}
+
+const char *kvm_vblk_rings_bad(uint64_t ram_size, const struct kvm_vblk *b)
 {
     if (b->qnum == 0 || b->qnum > KVM_QUEUE_MAX || (b->qnum & (b->qnum - 1)))
         return "no valid queue size";
@@ -224,7 +230,8 @@ const char *kvm_vblk_rings_bad(struct kvm_vmm *k, const struct kvm_vblk *b)
     uint64_t ld = 16ull * b->qnum, la = 6 + 2ull * b->qnum, lu = 6 + 8ull * b->qnum;
     if ((b->desc & 15) || (b->avail & 1) || (b->used & 3))
         return "a ring is misaligned";
-    if (!kvm_gpa(k, b->desc, ld) || !kvm_gpa(k, b->avail, la) || !kvm_gpa(k, b->used, lu))
+    if (!in_ram(ram_size, b->desc, ld) || !in_ram(ram_size, b->avail, la) ||
+        !in_ram(ram_size, b->used, lu))
         return "a ring is outside guest RAM";
     if (overlaps(b->desc, ld, b->avail, la) || overlaps(b->desc, ld, b->used, lu) ||
         overlaps(b->avail, la, b->used, lu))
@@ -409,7 +416,7 @@ static void blk_write(struct kvm_vmm *k, struct kvm_vblk *b, uint64_t off, uint3
             break;
         /* The rings are checked once, here; while the queue is ready they cannot move. */
         if (v & 1) {
-            const char *why = kvm_vblk_rings_bad(k, b);
+            const char *why = kvm_vblk_rings_bad(k->ram_size, b);
             if (why) {
                 blk_needs_reset(k, b, why);
                 break;

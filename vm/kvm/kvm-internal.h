@@ -198,9 +198,10 @@ int kvm_setup_cpuid(struct kvm_vmm *k, struct kvm_vcpu *c, char *err, size_t err
 void kvm_handle_io(struct kvm_vmm *k, struct kvm_run *run);
 void kvm_handle_mmio(struct kvm_vmm *k, struct kvm_run *run);
 void kvm_console_line(struct kvm_vmm *k, const char *line);
-/* Why queue b's rings cannot be served (no valid size; not inside guest RAM; misaligned;
- * overlapping), or NULL when they can: checked at QueueReady and on load_state. */
-const char *kvm_vblk_rings_bad(struct kvm_vmm *k, const struct kvm_vblk *b);
+/* Why queue b's rings cannot be served (no valid size; not inside guest RAM of ram_size
+ * bytes; misaligned; overlapping), or NULL when they can: checked at QueueReady and on
+ * load_state (kvm_state_check). */
+const char *kvm_vblk_rings_bad(uint64_t ram_size, const struct kvm_vblk *b);
 /* After load_state: set each disk's interrupt line from its loaded isr. */
 void kvm_devices_loaded(struct kvm_vmm *k);
 /* Starts the I/O thread with one ioeventfd per disk (k->assign_notify). 0, or -errno (then
@@ -225,9 +226,11 @@ uint64_t kvm_tsc_value_after(uint64_t tsc_src, uint64_t realtime_src, uint64_t r
 int kvm_clock_snapshot(struct kvm_vmm *k);
 int kvm_save(struct vm *vm, void **buf, size_t *len);
 /* Check a saved state blob (framing, section sizes, counts inside sections, queue sizes, the
- * vCPUs and disks it carries against the VM's nvcpus and ndisks) without touching a VM: 0, or
- * -EPROTO (logged). kvm_load runs it first. */
-int kvm_state_check(const void *buf, size_t len, unsigned nvcpus, unsigned ndisks);
+ * rings of ready queues against guest RAM of ram_size bytes, the vCPUs and disks it carries
+ * against the VM's nvcpus and ndisks) without touching a VM: 0, or -EPROTO (logged). kvm_load
+ * runs it first, and relies on it for everything but what the kernel refuses. */
+int kvm_state_check(const void *buf, size_t len, unsigned nvcpus, unsigned ndisks,
+                    uint64_t ram_size);
 int kvm_load(struct vm *vm, const void *buf, size_t len);
 
 #endif

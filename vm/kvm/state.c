@@ -315,7 +315,8 @@ static const uint8_t *next_section(const uint8_t **p, const uint8_t *end, uint32
     return obj;
 }
 
-int kvm_state_check(const void *buf, size_t len, unsigned nvcpus, unsigned ndisks)
+int kvm_state_check(const void *buf, size_t len, unsigned nvcpus, unsigned ndisks,
+                    uint64_t ram_size)
 {
     const uint8_t *p = buf, *end = p + len;
     if (len < 8 || memcmp(p, MAGIC, 8) != 0) {
@@ -335,6 +336,7 @@ int kvm_state_check(const void *buf, size_t len, unsigned nvcpus, unsigned ndisk
             return -EPROTO;
         }
         if (tag == T_MSRS) {
+            /* The kernel reads as many entries as the count says from kvm_load's copy. */
             uint32_t nmsrs;
             memcpy(&nmsrs, obj + offsetof(struct kvm_msrs, nmsrs), sizeof nmsrs);
             if (nmsrs != (l - sizeof(struct kvm_msrs)) / sizeof(struct kvm_msr_entry)) {
@@ -357,6 +359,11 @@ int kvm_state_check(const void *buf, size_t len, unsigned nvcpus, unsigned ndisk
             }
             if (v.qnum > KVM_QUEUE_MAX || (v.qnum & (v.qnum - 1))) {
                 bm_error("kvm: loading state: disk %u: queue size %u", disk, v.qnum);
+                return -EPROTO;
+            }
+            const char *why = v.qready ? kvm_vblk_rings_bad(ram_size, &v) : NULL;
+            if (why) {
+                bm_error("kvm: loading state: disk %u: %s", disk, why);
                 return -EPROTO;
             }
             disk++;
@@ -408,15 +415,11 @@ static int set_tsc_relative(int fd, const struct tsc_vcpu *v, const struct tsc_h
  * the host's CLOCK_REALTIME, through the offset (set_tsc_relative) or, before Linux 5.16, by
  * writing IA32_TSC. Where none takes (kvm_pvm), the guest's TSC is this host's: a warning,
  * not a failure (the guest runs on; a TSC-timed guest sees a jump). */
-static int load_tsc(struct kvm_vmm *k, const struct kvm_clock_data *src, bool have_clock,
-                    const void *obj, uint32_t len)
+static void load_tsc(struct kvm_vmm *k, const struct kvm_clock_data *src, bool have_clock,
+                     const void *obj)
 {
-    struct tsc_hdr h;
+    struct tsc_hdr h; /* one entry per vCPU follows (kvm_state_check) */
     memcpy(&h, obj, sizeof h);
-    if (h.nvcpus != k->nvcpus || len != sizeof h + h.nvcpus * sizeof(struct tsc_vcpu)) {
-        bm_error("kvm: loading state: TSC of %u vCPUs for %u", h.nvcpus, k->nvcpus);
-        return -EPROTO;
-    }
     if (h.khz) {
         int khz = ioctl(k->vcpus[0].fd, KVM_GET_TSC_KHZ, 0);
         for (unsigned i = 0; khz > 0 && (uint64_t)khz != h.khz && i < k->nvcpus; i++)
@@ -458,147 +461,107 @@ static int load_tsc(struct kvm_vmm *k, const struct kvm_clock_data *src, bool ha
                     "host's from here",
                     i);
     }
-    return 0;
 }
 
 int kvm_load(struct vm *vm, const void *buf, size_t len)
 {
     struct kvm_vmm *k = K(vm);
     /* The whole blob is checked before the first section goes into KVM: a malformed one
-     * leaves the VM as it was. */
-    int rc = kvm_state_check(buf, len, k->nvcpus, vm->ndisks);
+     * leaves the VM as it was. From here on only the kernel can refuse a section. */
+    int rc = kvm_state_check(buf, len, k->nvcpus, vm->ndisks, k->ram_size);
     if (rc < 0)
         return rc;
     const uint8_t *p = (const uint8_t *)buf + 8, *end = (const uint8_t *)buf + len;
     k->clock_snap.valid = false; /* the TSCs are the loaded ones from here */
     unsigned vcpu = 0, disk = 0;
-    bool seen_events = false, have_clock = false;
+    bool have_clock = false;
     struct kvm_clock_data clock_src = {0};
     while (p < end) {
         uint32_t tag, l;
         const uint8_t *sec = next_section(&p, end, &tag, &l);
-        if (!sec)
-            return -EPROTO;
         /* Copies: the payload is not aligned. */
         void *obj = malloc(l ? l : 1);
         if (!obj)
             return -ENOMEM;
         memcpy(obj, sec, l);
-        int fd = vcpu < k->nvcpus ? k->vcpus[vcpu].fd : -1;
+        int fd = tag < T_IRQCHIP ? k->vcpus[vcpu].fd : k->vm_fd;
+        int req = 0;
+        const char *what = NULL;
+        switch (tag) {
+        case T_MP_STATE:
+            req = KVM_SET_MP_STATE, what = "MP_STATE";
+            break;
+        case T_REGS:
+            req = KVM_SET_REGS, what = "REGS";
+            break;
+        case T_SREGS:
+            req = KVM_SET_SREGS, what = "SREGS";
+            break;
+        case T_XSAVE:
+            req = KVM_SET_XSAVE, what = "XSAVE";
+            break;
+        case T_XCRS:
+            req = KVM_SET_XCRS, what = "XCRS";
+            break;
+        case T_DEBUGREGS:
+            req = KVM_SET_DEBUGREGS, what = "DEBUGREGS";
+            break;
+        case T_LAPIC:
+            req = KVM_SET_LAPIC, what = "LAPIC";
+            break;
+        case T_MSRS:
+            req = KVM_SET_MSRS, what = "MSRS";
+            break;
+        case T_EVENTS:
+            req = KVM_SET_VCPU_EVENTS, what = "VCPU_EVENTS";
+            vcpu++;
+            break;
+        case T_IRQCHIP:
+            req = KVM_SET_IRQCHIP, what = "IRQCHIP";
+            break;
+        case T_PIT2:
+            req = KVM_SET_PIT2, what = "PIT2";
+            break;
+        case T_CLOCK: {
+            /* kvmclock goes on from the source's value advanced by the time since
+             * (KVM_CLOCK_REALTIME), or from the value itself where that is refused. */
+            struct kvm_clock_data *c = obj;
+            clock_src = *c;
+            have_clock = true;
+            c->flags &= KVM_CLOCK_REALTIME;
+            if (c->flags && ioctl(k->vm_fd, KVM_SET_CLOCK, c) == 0)
+                break;
+            c->flags = 0;
+            req = KVM_SET_CLOCK, what = "CLOCK";
+            break;
+        }
+        case T_TSC:
+            load_tsc(k, &clock_src, have_clock, obj);
+            break;
+        case T_VBLK: {
+            struct kvm_vblk *v = obj;
+            v->disk = k->blk[disk].disk;
+            v->size = k->blk[disk].size;
+            k->blk[disk++] = *v;
+            break;
+        }
+        case T_SERIAL:
+            memcpy(k->serial_line, obj, l);
+            k->serial_len = l;
+            break;
+        }
         int r = 0;
-        if (tag < T_IRQCHIP && fd < 0) {
-            bm_error("kvm: loading state: more vCPUs than this VM has");
-            r = -EPROTO;
-        } else {
-            int req = 0;
-            const char *what = NULL;
-            switch (tag) {
-            case T_MP_STATE:
-                req = KVM_SET_MP_STATE, what = "MP_STATE";
-                break;
-            case T_REGS:
-                req = KVM_SET_REGS, what = "REGS";
-                break;
-            case T_SREGS:
-                req = KVM_SET_SREGS, what = "SREGS";
-                break;
-            case T_XSAVE:
-                req = KVM_SET_XSAVE, what = "XSAVE";
-                break;
-            case T_XCRS:
-                req = KVM_SET_XCRS, what = "XCRS";
-                break;
-            case T_DEBUGREGS:
-                req = KVM_SET_DEBUGREGS, what = "DEBUGREGS";
-                break;
-            case T_LAPIC:
-                req = KVM_SET_LAPIC, what = "LAPIC";
-                break;
-            case T_MSRS: {
-                /* The count inside must match the section's length: the kernel reads that
-                 * many entries from our copy. */
-                struct kvm_msrs *m = obj;
-                if (m->nmsrs != (l - sizeof *m) / sizeof m->entries[0]) {
-                    bm_error("kvm: loading state: %u MSRs in a section of %u", m->nmsrs, l);
-                    r = -EPROTO;
-                    break;
-                }
-                req = KVM_SET_MSRS, what = "MSRS";
-                break;
-            }
-            case T_EVENTS:
-                req = KVM_SET_VCPU_EVENTS, what = "VCPU_EVENTS";
-                break;
-            case T_IRQCHIP:
-                req = KVM_SET_IRQCHIP, what = "IRQCHIP", fd = k->vm_fd;
-                break;
-            case T_PIT2:
-                req = KVM_SET_PIT2, what = "PIT2", fd = k->vm_fd;
-                break;
-            case T_CLOCK: {
-                /* kvmclock goes on from the source's value advanced by the time since
-                 * (KVM_CLOCK_REALTIME), or from the value itself where that is refused. */
-                struct kvm_clock_data *c = obj;
-                clock_src = *c;
-                have_clock = true;
-                c->flags &= KVM_CLOCK_REALTIME;
-                if (c->flags && ioctl(k->vm_fd, KVM_SET_CLOCK, c) == 0)
-                    break;
-                c->flags = 0;
-                req = KVM_SET_CLOCK, what = "CLOCK", fd = k->vm_fd;
-                break;
-            }
-            case T_TSC:
-                r = load_tsc(k, &clock_src, have_clock, obj, l);
-                break;
-            case T_VBLK:
-                if (disk >= vm->ndisks) {
-                    bm_error("kvm: loading state: more disks than this VM has");
-                    r = -EPROTO;
-                } else {
-                    struct kvm_vblk *v = obj;
-                    if (v->qnum > KVM_QUEUE_MAX || (v->qnum & (v->qnum - 1))) {
-                        bm_error("kvm: loading state: disk %u: queue size %u", disk, v->qnum);
-                        r = -EPROTO;
-                        break;
-                    }
-                    const char *why = v->qready ? kvm_vblk_rings_bad(k, v) : NULL;
-                    if (why) {
-                        bm_error("kvm: loading state: disk %u: %s", disk, why);
-                        r = -EPROTO;
-                        break;
-                    }
-                    v->disk = k->blk[disk].disk;
-                    v->size = k->blk[disk].size;
-                    k->blk[disk++] = *v;
-                }
-                break;
-            case T_SERIAL:
-                memcpy(k->serial_line, obj, l);
-                k->serial_len = l;
-                break;
-            }
-            if (what) {
-                int n = ioctl(fd, (unsigned long)req, obj);
-                if (n < 0 || (tag == T_MSRS && (uint32_t)n != ((struct kvm_msrs *)obj)->nmsrs)) {
-                    bm_error("kvm: loading state: %s: %s", what,
-                             n < 0 ? strerror(errno) : "not every MSR was set");
-                    r = n < 0 ? -errno : -EPROTO;
-                }
-            }
-            if (tag == T_EVENTS) {
-                seen_events = true;
-                vcpu++;
+        if (what) {
+            int n = ioctl(fd, (unsigned long)req, obj);
+            if (n < 0 || (tag == T_MSRS && (uint32_t)n != ((struct kvm_msrs *)obj)->nmsrs)) {
+                r = n < 0 ? -errno : -EPROTO;
+                bm_error("kvm: loading state: %s: %s", what,
+                         n < 0 ? strerror(-r) : "not every MSR was set");
             }
         }
         free(obj);
         if (r < 0)
             return r;
-    }
-    if (!seen_events || vcpu != k->nvcpus || disk != vm->ndisks) {
-        bm_error("kvm: loading state: %u of %u vCPUs and %u of %u disks in the state", vcpu,
-                 k->nvcpus, disk, vm->ndisks);
-        return -EPROTO;
     }
     kvm_devices_loaded(k);
     k->loaded = true;
