@@ -9,7 +9,7 @@ uint8_t *vm_gpa_to_host(struct vm *vm, uint64_t gpa)
 {
     for (unsigned i = 0; i < vm->nregions; i++) {
         struct vm_ram_region *r = &vm->regions[i];
-        if (gpa >= r->gpa && gpa - r->gpa < r->size)
+        if (gpa >= r->gpa && r->size >= VM_PAGE_SIZE && gpa - r->gpa <= r->size - VM_PAGE_SIZE)
             return r->host + (gpa - r->gpa);
     }
     return NULL;

@@ -99,7 +99,8 @@ static inline uint64_t vm_ram_size(const struct vm *vm)
     return n;
 }
 
-/* Host pointer of the page at gpa, or NULL if no region holds it. */
+/* Host pointer of the page at gpa, or NULL if no region holds all of it: the VM_PAGE_SIZE
+ * bytes from there can be read and written without reaching past the VM's RAM. */
 uint8_t *vm_gpa_to_host(struct vm *vm, uint64_t gpa);
 
 /* The "disks" of a description: [{"name": .., "size": ..}, ...] (a new array). */
