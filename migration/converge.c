@@ -115,21 +115,28 @@ static void measure(struct mig_source *m, struct loop *l, uint64_t now)
                    w->disks_past_bulk < m->nmj || w->disk_dirty > 0;
     if (dt > 0) {
         double t = (ram_d + disk_d) / dt;
+        /* A tick that ends with a backlog kept the link busy: its rate is the link's. One that
+         * drained it left the link idle for part of it: its rate is only a floor, taken when
+         * the average is below it. A small guest is copied whole within one such tick, after
+         * the only tick with a backlog moved next to nothing while the connections opened; its
+         * few KB/s stayed the average, and an idle guest's expected pause over the limit. */
         if (backlog && t > 0)
             l->thr = l->thr == 0 ? t : 0.7 * l->thr + 0.3 * t;
+        else if (t > l->thr)
+            l->thr = t;
         l->ram_rate = 0.7 * l->ram_rate + 0.3 * ram_d / dt;
         if (l->harvests > 1)
             l->dirty_rate = 0.7 * l->dirty_rate + 0.3 * (double)l->newly_pages * VM_PAGE_SIZE / dt;
         l->newly_pages = 0;
     }
-    /* Never below the average since the start, which the link has carried at least: a copy
-     * that finished between two ticks leaves no busy tick to measure, or only one that moved
-     * next to nothing (the first, while the connections opened), and no later one corrects
-     * it; a small idle guest's expected pause then stayed over the limit for good. */
-    double avg = now > m->t0_ns
-                     ? (double)(ram_done + disk_bytes) / ((double)(now - m->t0_ns) / 1e9)
-                     : 0;
-    w->throughput = (uint64_t)(l->thr > avg ? l->thr : avg);
+    /* Until a tick has moved something, the average since the start. Not a floor after that:
+     * it remembers a fast start for long after the link has slowed, and an expected pause
+     * taken from it would be too short. */
+    double since_start = (double)(now - m->t0_ns) / 1e9;
+    if (l->thr == 0 && since_start > 0)
+        w->throughput = (uint64_t)((double)(ram_done + disk_bytes) / since_start);
+    else
+        w->throughput = (uint64_t)l->thr;
     w->ram_dirty_rate = (uint64_t)l->dirty_rate;
 }
 
