@@ -9,10 +9,6 @@
  * payload [| 8 bytes of trailer]. */
 #include <config.h>
 
-#include <errno.h>
-#include <pthread.h>
-#include <sys/socket.h>
-
 #include "cli/vmproc.h"
 #include "common/io.h"
 #include "migration/migration.h"
@@ -43,29 +39,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     }
     atexit(teardown);
     return 0;
-}
-
-struct writer {
-    int fd;
-    const uint8_t *buf;
-    size_t len;
-};
-
-static void *writer_main(void *arg)
-{
-    struct writer *w = arg;
-    size_t done = 0;
-    while (done < w->len) {
-        /* Fails once the reader has given up on the stream and closed its end. */
-        ssize_t n = send(w->fd, w->buf + done, w->len - done, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        done += (size_t)n;
-    }
-    shutdown(w->fd, SHUT_WR);
-    return NULL;
 }
 
 /* The bytes on the wire for the input. */
@@ -189,14 +162,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint8_t *wire = malloc(2 * size + MIG_STREAM_HDR + MIG_FRAME_TRAILER);
     if (!wire)
         abort();
-    struct writer w = {.buf = wire, .len = wire_bytes(data, size, wire)};
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-        abort();
-    w.fd = sv[0];
-    pthread_t t;
-    if (pthread_create(&t, NULL, writer_main, &w) != 0)
-        abort();
+    struct fuzz_peer source;
+    int fd = fuzz_peer_start(&source, wire, wire_bytes(data, size, wire));
     /* A fresh destination: empty RAM, nothing loaded yet. */
     memset(vm->regions[0].host, 0, vm->regions[0].size);
     struct bm_bitmap *loaded = bm_bitmap_new(vm_ram_end(vm), VM_PAGE_SIZE);
@@ -204,7 +171,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     uint64_t pages = 0;
     struct mig_conn c;
-    mig_conn_init(&c, sv[1]);
+    mig_conn_init(&c, fd);
     if (mig_recv_header(&c, 10000) == 0) {
         uint32_t type, len;
         uint8_t *pl;
@@ -215,8 +182,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
     }
     mig_conn_close(&c);
-    pthread_join(t, NULL);
-    close(sv[0]);
+    fuzz_peer_join(&source);
     bm_bitmap_free(loaded);
     free(wire);
     return 0;

@@ -6,11 +6,6 @@
  * u32 client flags | options, each u32 option | u32 length | up to length bytes of data. */
 #include <config.h>
 
-#include <errno.h>
-#include <poll.h>
-#include <pthread.h>
-#include <sys/socket.h>
-
 #include "common/io.h"
 #include "nbd/server-internal.h"
 #include "tests/fuzz/fuzz.h"
@@ -40,40 +35,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     }
     atexit(teardown);
     return 0;
-}
-
-/* The client: writes its bytes and reads (drops) the server's replies at the same time, so
- * that neither side can block the other; then half-closes and reads to the end. */
-struct client {
-    int fd;
-    const uint8_t *wire;
-    size_t len;
-};
-
-static void *client_main(void *arg)
-{
-    struct client *c = arg;
-    size_t done = 0;
-    char buf[4096];
-    for (;;) {
-        struct pollfd p = {.fd = c->fd, .events = POLLIN | (done < c->len ? POLLOUT : 0)};
-        if (poll(&p, 1, -1) < 0)
-            continue;
-        if (p.revents & POLLOUT) {
-            ssize_t w = send(c->fd, c->wire + done, c->len - done, MSG_DONTWAIT | MSG_NOSIGNAL);
-            if (w > 0)
-                done += (size_t)w;
-            else if (w < 0 && errno != EAGAIN && errno != EINTR)
-                done = c->len; /* the server hung up */
-            if (done == c->len)
-                shutdown(c->fd, SHUT_WR);
-        }
-        if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
-            ssize_t r = recv(c->fd, buf, sizeof buf, MSG_DONTWAIT);
-            if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
-                return NULL;
-        }
-    }
 }
 
 /* The client's bytes: the input as is, or framed as options. */
@@ -110,23 +71,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint8_t *wire = malloc(2 * size + 16);
     if (!wire)
         abort();
-    size_t n = client_bytes(data + 1, size - 1, mode & 1, wire);
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-        abort();
-    struct client cl = {sv[0], wire, n};
-    if (n == 0)
-        shutdown(sv[0], SHUT_WR);
-    pthread_t t;
-    if (pthread_create(&t, NULL, client_main, &cl) != 0)
-        abort();
-    struct nbd_conn c = {.server = servers[(mode >> 1) & 1], .fd = sv[1], .id = 1};
+    struct fuzz_peer client;
+    int fd = fuzz_peer_start(&client, wire, client_bytes(data + 1, size - 1, mode & 1, wire));
+    struct nbd_conn c = {.server = servers[(mode >> 1) & 1], .fd = fd, .id = 1};
     int r = nbd_handshake(&c);
     if (r == 0 && !c.exp)
         abort(); /* transmission without an export */
-    close(sv[1]);
-    pthread_join(t, NULL);
-    close(sv[0]);
+    close(fd);
+    fuzz_peer_join(&client);
     free(wire);
     return 0;
 }

@@ -1,13 +1,18 @@
-/* fuzz.h: what the libFuzzer harnesses share: quiet logs, a private temp dir, a byte reader. */
+/* fuzz.h: what the libFuzzer harnesses share: quiet logs, a private temp dir, a byte reader,
+ * a peer over a socketpair. */
 #ifndef BM_TESTS_FUZZ_H
 #define BM_TESTS_FUZZ_H
 
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -101,6 +106,63 @@ static inline uint64_t fuzz_u64(struct fuzz_in *in)
 {
     uint64_t lo = fuzz_u32(in);
     return lo | (uint64_t)fuzz_u32(in) << 32;
+}
+
+/* The far end of a socketpair: a thread that writes the wire bytes while it reads (and drops)
+ * what comes back, so that neither side can block the other, then half-closes and reads to
+ * the end (or stops writing once the other end has gone). */
+struct fuzz_peer {
+    int fd;
+    const uint8_t *wire;
+    size_t len;
+    pthread_t thread;
+};
+
+static inline void *fuzz_peer_main(void *arg)
+{
+    struct fuzz_peer *c = arg;
+    size_t done = 0;
+    char buf[4096];
+    for (;;) {
+        struct pollfd p = {.fd = c->fd, .events = POLLIN | (done < c->len ? POLLOUT : 0)};
+        if (poll(&p, 1, -1) < 0)
+            continue;
+        if (p.revents & POLLOUT) {
+            ssize_t w = send(c->fd, c->wire + done, c->len - done, MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (w > 0)
+                done += (size_t)w;
+            else if (w < 0 && errno != EAGAIN && errno != EINTR)
+                done = c->len; /* the other end hung up */
+            if (done == c->len)
+                shutdown(c->fd, SHUT_WR);
+        }
+        if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
+            ssize_t r = recv(c->fd, buf, sizeof buf, MSG_DONTWAIT);
+            if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
+                return NULL;
+        }
+    }
+}
+
+/* Starts the peer with len bytes of wire; returns the other end, for the code under test,
+ * which the caller closes before fuzz_peer_join. Aborts where it cannot set up. */
+static inline int fuzz_peer_start(struct fuzz_peer *c, const uint8_t *wire, size_t len)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+        abort();
+    *c = (struct fuzz_peer){.fd = sv[0], .wire = wire, .len = len};
+    if (len == 0)
+        shutdown(sv[0], SHUT_WR);
+    if (pthread_create(&c->thread, NULL, fuzz_peer_main, c) != 0)
+        abort();
+    return sv[1];
+}
+
+static inline void fuzz_peer_join(struct fuzz_peer *c)
+{
+    pthread_join(c->thread, NULL);
+    close(c->fd);
 }
 
 #endif
