@@ -409,15 +409,17 @@ static int listen_private(struct bm_control *c, char *err, size_t errlen)
         snprintf(err, errlen, "%s: socket: %s", c->path, strerror(-r));
         return r;
     }
-    /* A socket's file mode cannot be set before bind (fchmod does not apply) and chmod after it
-     * leaves a window: bind under a umask that makes it 0600 at once. The umask is the
-     * process's: a file another thread creates meanwhile gets at most stricter permissions. */
-    mode_t old = umask(0177);
-    r = bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 ? 0 : -errno;
-    umask(old);
+    /* Linux gives the socket file the mode of the socket's own inode (less the umask): set on
+     * the descriptor before bind, 0600 holds from the file's first instant, without a chmod
+     * window after bind or a process-wide umask change under the other threads' feet. */
     struct stat st;
-    if (r == 0)
-        r = listen(fd, 16) == 0 && stat(c->path, &st) == 0 ? 0 : -errno;
+    if (fchmod(fd, 0600) < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
+        listen(fd, 16) < 0 || stat(c->path, &st) < 0)
+        r = -errno;
+    /* A umask that masks the owner's own bits made it stricter still: give those back (it was
+     * never more open than 0600), so that the owner can connect. */
+    else if ((st.st_mode & 0777) != 0600 && chmod(c->path, 0600) < 0)
+        r = -errno;
     if (r < 0) {
         snprintf(err, errlen, "cannot listen on %s: %s", c->path, strerror(-r));
         close(fd);

@@ -116,6 +116,16 @@ static void test_mode_and_live_path(void **state)
     json_object_put(r);
     bm_control_stop(c);
     assert_int_equal(access(sock, F_OK), -1);
+    /* A umask that masks the owner's bits: 0600 still, so that the owner can connect. */
+    old = umask(0377);
+    c = start();
+    umask(old);
+    assert_int_equal(stat(sock, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    r = bm_control_call(sock, "ping", NULL, -1, err, sizeof err);
+    assert_non_null(r);
+    json_object_put(r);
+    bm_control_stop(c);
 }
 
 static void test_stale_and_foreign(void **state)
