@@ -89,6 +89,11 @@ void bm_log(enum bm_log_level level, const char *fmt, ...)
     size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
     if (len > sizeof line - 2)
         len = sizeof line - 2;
+    /* One call, one line, whatever the arguments: a control byte in them (peer text that a
+     * caller did not escape) can neither start a forged line nor drive a terminal. */
+    for (size_t i = (size_t)n; i < len; i++)
+        if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f)
+            line[i] = '?';
     line[len++] = '\n';
     ssize_t r = write(STDERR_FILENO, line, len);
     (void)r;

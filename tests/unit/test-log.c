@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <cmocka.h>
+#include <unistd.h>
 
 #include "common/log.h"
 
@@ -43,12 +44,33 @@ static void test_escape_truncates_whole(void **state)
     assert_string_equal(bm_log_escape("abc", one, sizeof one), "");
 }
 
+/* Whatever bm_log is given, it writes one line without control bytes. */
+static void test_log_one_line(void **state)
+{
+    (void)state;
+    int p[2], saved = dup(STDERR_FILENO);
+    assert_int_equal(pipe(p), 0);
+    assert_true(dup2(p[1], STDERR_FILENO) >= 0);
+    bm_log_set_prefix("t");
+    bm_error("peer said '%s'", "bad\n\x1b[2Jt: error: fake\r\tx\x7f");
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    close(p[1]);
+    char buf[256];
+    ssize_t n = read(p[0], buf, sizeof buf - 1);
+    close(p[0]);
+    assert_true(n > 0);
+    buf[n] = '\0';
+    assert_string_equal(buf, "t: error: peer said 'bad??[2Jt: error: fake??x?'\n");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_escape_plain),
         cmocka_unit_test(test_escape_controls),
         cmocka_unit_test(test_escape_truncates_whole),
+        cmocka_unit_test(test_log_one_line),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
