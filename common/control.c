@@ -393,35 +393,13 @@ int bm_control_claim(const char *path, char *err, size_t errlen)
 /* Listen at path (claimed): a stale socket there is replaced; the new one is 0600. */
 static int listen_private(struct bm_control *c, char *err, size_t errlen)
 {
-    int r = bm_unix_probe(c->path, err, errlen);
-    if (r < 0)
-        return r;
-    if (r == 1 && unlink(c->path) < 0 && errno != ENOENT) {
-        r = -errno;
-        snprintf(err, errlen, "cannot remove the stale socket %s: %s", c->path, strerror(-r));
-        return r;
-    }
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", c->path);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        r = -errno;
-        snprintf(err, errlen, "%s: socket: %s", c->path, strerror(-r));
-        return r;
-    }
-    /* Linux gives the socket file the mode of the socket's own inode (less the umask): set on
-     * the descriptor before bind, 0600 holds from the file's first instant, without a chmod
-     * window after bind or a process-wide umask change under the other threads' feet. */
+    int fd = bm_listen_unix_mode(c->path, 0600, err, errlen);
+    if (fd < 0)
+        return fd;
     struct stat st;
-    if (fchmod(fd, 0600) < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
-        listen(fd, 16) < 0 || stat(c->path, &st) < 0)
-        r = -errno;
-    /* A umask that masks the owner's own bits made it stricter still: give those back (it was
-     * never more open than 0600), so that the owner can connect. */
-    else if ((st.st_mode & 0777) != 0600 && chmod(c->path, 0600) < 0)
-        r = -errno;
-    if (r < 0) {
-        snprintf(err, errlen, "cannot listen on %s: %s", c->path, strerror(-r));
+    if (stat(c->path, &st) < 0) {
+        int r = -errno;
+        snprintf(err, errlen, "%s: %s", c->path, strerror(-r));
         close(fd);
         return r;
     }

@@ -101,31 +101,51 @@ int bm_unix_probe(const char *path, char *err, size_t errlen)
     return r;
 }
 
-int bm_listen_unix(const char *path)
+int bm_listen_unix_mode(const char *path, mode_t mode, char *err, size_t errlen)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof sa.sun_path) {
-        bm_error("unix socket path too long (max %zu bytes): %s", sizeof sa.sun_path - 1, path);
+        snprintf(err, errlen, "unix socket path too long (max %zu bytes): %s",
+                 sizeof sa.sun_path - 1, path);
         return -ENAMETOOLONG;
     }
     strcpy(sa.sun_path, path);
-    char err[512];
-    int r = bm_unix_probe(path, err, sizeof err);
-    if (r < 0) {
-        bm_error("%s", err);
+    int r = bm_unix_probe(path, err, errlen);
+    if (r < 0)
+        return r;
+    if (r == 1 && unlink(path) < 0 && errno != ENOENT) {
+        r = -errno;
+        snprintf(err, errlen, "cannot remove the stale socket %s: %s", path, strerror(-r));
         return r;
     }
-    if (r == 1)
-        unlink(path); /* a stale socket: nobody listens there */
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 128) < 0) {
-        int e = errno;
-        bm_error("cannot listen on unix socket %s: %s", path, strerror(e));
-        close(fd);
-        return -e;
+    if (fd < 0) {
+        r = -errno;
+        snprintf(err, errlen, "%s: socket: %s", path, strerror(-r));
+        return r;
     }
+    /* Linux gives the socket file the mode of the socket's own inode less the umask: set on
+     * the descriptor before bind, the file is never more open than mode, and no process-wide
+     * umask change happens under the other threads' feet; chmod after bind gives back only
+     * what the umask took. */
+    r = 0;
+    if ((mode && fchmod(fd, mode) < 0) || bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
+        (mode && chmod(path, mode) < 0) || listen(fd, 128) < 0)
+        r = -errno;
+    if (r < 0) {
+        snprintf(err, errlen, "cannot listen on unix socket %s: %s", path, strerror(-r));
+        close(fd);
+        return r;
+    }
+    return fd;
+}
+
+int bm_listen_unix(const char *path)
+{
+    char err[512];
+    int fd = bm_listen_unix_mode(path, 0, err, sizeof err);
+    if (fd < 0)
+        bm_error("%s", err);
     return fd;
 }
 

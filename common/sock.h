@@ -3,6 +3,7 @@
 #define BM_COMMON_SOCK_H
 
 #include <stddef.h>
+#include <sys/types.h>
 
 /* Listen on every address host (NULL = all) resolves to, port given as a string. Stores up to
  * max fds in fds; returns how many (>= 1) or -errno, after logging why. */
@@ -11,6 +12,10 @@ int bm_listen_tcp(const char *host, const char *port, int *fds, int max);
  * that answers (-EADDRINUSE) or anything else (-EEXIST) is refused, after logging why.
  * Returns fd or -errno. */
 int bm_listen_unix(const char *path);
+/* The same, with err filled instead of a log line. With mode (not 0) the socket file is never
+ * more open than mode, and is mode once this returns, whatever the umask (0: the umask
+ * decides). */
+int bm_listen_unix_mode(const char *path, mode_t mode, char *err, size_t errlen);
 /* What is at path now: 0 nothing, 1 a stale socket (nobody listens: to be replaced), or -errno
  * with err filled: -EADDRINUSE a socket that answers, -EEXIST not a socket. */
 int bm_unix_probe(const char *path, char *err, size_t errlen);
