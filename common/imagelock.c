@@ -135,18 +135,19 @@ static bool is_number(const char *s)
     return true;
 }
 
-/* A process other than fd itself whose open file of the same inode locks byte. */
-static bool pid_holds(const char *pid, const struct stat *img, int self_fd, long byte)
+/* Whether process pid has an open file of the inode img that locks byte. (The caller's own
+ * descriptor holds no lock by then: bm_image_lock dropped them.) */
+static bool pid_holds(const char *pid, const struct stat *img, long byte)
 {
     char dirpath[64];
     snprintf(dirpath, sizeof dirpath, "/proc/%.20s/fd", pid);
     DIR *dir = opendir(dirpath);
     if (!dir)
         return false;
-    bool self = atol(pid) == (long)getpid(), found = false;
+    bool found = false;
     struct dirent *e;
     while (!found && (e = readdir(dir))) {
-        if (!is_number(e->d_name) || (self && atoi(e->d_name) == self_fd))
+        if (!is_number(e->d_name))
             continue;
         char link[96];
         struct stat st;
@@ -172,7 +173,7 @@ static void find_holder(int fd, long byte, struct bm_image_holder *h)
     }
     struct dirent *e;
     while ((e = readdir(proc))) {
-        if (!is_number(e->d_name) || !pid_holds(e->d_name, &img, fd, byte))
+        if (!is_number(e->d_name) || !pid_holds(e->d_name, &img, byte))
             continue;
         h->pid = atol(e->d_name);
         char path[64];
