@@ -488,9 +488,10 @@ int cmd_mirror(int argc, char **argv)
         goto out;
     }
     if (control) {
-        m.ctl = bm_control_start(control, "mirror", control_commands, on_control, &m);
+        m.ctl = bm_control_start(control, "mirror", control_commands, on_control, &m, err,
+                                 sizeof err);
         if (!m.ctl) {
-            bm_error("cannot open the control socket %s: %s", control, strerror(errno));
+            bm_error("control socket: %s", err);
             goto out;
         }
     }

@@ -489,15 +489,15 @@ struct bm_control *bm_control_start_claimed(int claim, const char *path, const c
 }
 
 struct bm_control *bm_control_start(const char *path, const char *service,
-                                    const char *const *commands, bm_control_fn fn, void *opaque)
+                                    const char *const *commands, bm_control_fn fn, void *opaque,
+                                    char *err, size_t errlen)
 {
-    char err[512];
-    int claim = bm_control_claim(path, err, sizeof err);
+    int claim = bm_control_claim(path, err, errlen);
     if (claim < 0) {
         errno = -claim;
         return NULL;
     }
-    return bm_control_start_claimed(claim, path, service, commands, fn, opaque, err, sizeof err);
+    return bm_control_start_claimed(claim, path, service, commands, fn, opaque, err, errlen);
 }
 
 void bm_control_emit(struct bm_control *c, const char *event, struct json_object *data)

@@ -48,10 +48,10 @@ void bm_control_release(const char *path, int claim);
 struct bm_control *bm_control_start_claimed(int claim, const char *path, const char *service,
                                             const char *const *commands, bm_control_fn fn,
                                             void *opaque, char *err, size_t errlen);
-/* bm_control_claim, then bm_control_start_claimed; returns NULL with errno only. */
+/* bm_control_claim, then bm_control_start_claimed: NULL with err filled and errno set. */
 struct bm_control *bm_control_start(const char *path, const char *service,
-                                    const char *const *commands, bm_control_fn fn,
-                                    void *opaque);
+                                    const char *const *commands, bm_control_fn fn, void *opaque,
+                                    char *err, size_t errlen);
 /* Send an event to every connected client (any thread). data may be NULL; it is released. */
 void bm_control_emit(struct bm_control *c, const char *event, struct json_object *data);
 /* Stop the thread, close clients, remove the socket file (if it is still this server's) and

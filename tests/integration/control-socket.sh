@@ -109,9 +109,18 @@ timeout 60 "$BLKMIG" incoming --listen "127.0.0.1:$(free_port)" --disk-dir "$D" 
 log "  exit $rc: $(head -c 300 "$TMP/second-incoming.err")"
 [ $rc -eq 2 ] || soft_fail "incoming on a live VM's socket exited $rc, expected 2"
 grep -q 'in use' "$TMP/second-incoming.err" || soft_fail "incoming does not say the socket is in use"
+log "blkmig mirror on the same --control path"
+truncate -s 4M "$D/msrc.img" "$D/mdst.img"
+start_server "$D/mdst.img"
+rc=0
+timeout 60 "$BLKMIG" mirror "$D/msrc.img" "$URI" --control "$SOCK" \
+    </dev/null >/dev/null 2>"$TMP/second-mirror.err" || rc=$?
+log "  exit $rc: $(head -c 300 "$TMP/second-mirror.err")"
+[ $rc -ne 0 ] || soft_fail "a mirror on a live VM's socket exited 0"
+grep -q 'in use: another process (pid' "$TMP/second-mirror.err" || soft_fail "the mirror does not name the process that holds the socket"
 [ "$(stat -c %i "$SOCK" 2>/dev/null)" = "$ino" ] || soft_fail "the first VM's socket file was replaced"
 [ "$(disk_of_vm)" = "$D/vm1.img" ] || soft_fail "the first VM no longer answers on its socket"
-check_sanitizer_log "$TMP/second-run.err" "$TMP/second-incoming.err"
+check_sanitizer_log "$TMP/second-run.err" "$TMP/second-incoming.err" "$TMP/second-mirror.err"
 
 # ---- idle clients ----
 log "silent clients and an unfinished line (BLKMIG_CONTROL_IDLE_TIMEOUT=$IDLE_S) beside a client that spoke"
