@@ -158,6 +158,11 @@ const char *bm_disk_path(const struct bm_disk *d)
     return d->path;
 }
 
+int bm_disk_fd(const struct bm_disk *d)
+{
+    return d->fd;
+}
+
 int bm_disk_set_path(struct bm_disk *d, const char *path)
 {
     char *p = strdup(path);

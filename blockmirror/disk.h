@@ -57,6 +57,9 @@ int bm_disk_relock(struct bm_disk *d, struct bm_image_holder *h);
 
 uint64_t bm_disk_size(const struct bm_disk *d);
 const char *bm_disk_path(const struct bm_disk *d);
+/* The image's descriptor, for looking at the file as it was opened (its format, its locks);
+ * never for I/O, which must go through bm_disk_* (the gate, the bitmaps, a redirect). */
+int bm_disk_fd(const struct bm_disk *d);
 /* Give the disk a new name (its file was renamed); only while nobody else uses the disk. */
 int bm_disk_set_path(struct bm_disk *d, const char *path);
 bool bm_disk_is_readonly(const struct bm_disk *d);

@@ -26,18 +26,12 @@ static void say_locked(const char *path, const struct cli_image *o, const struct
 /* Refuse an image whose header is another format's: opened raw, it would be destroyed. */
 static int check_raw(const char *path, struct bm_disk *d, const struct cli_image *o)
 {
-    uint8_t head[BM_IMAGEFMT_HEAD], tail[BM_IMAGEFMT_TAIL];
-    uint64_t size = bm_disk_size(d);
-    size_t hlen = size < sizeof head ? (size_t)size : sizeof head;
-    size_t tlen = size < sizeof tail ? 0 : sizeof tail;
-    int r = bm_disk_pread(d, head, hlen, 0);
-    if (r == 0 && tlen)
-        r = bm_disk_pread(d, tail, tlen, size - tlen);
+    const struct bm_imagefmt *f;
+    int r = bm_imagefmt_probe(bm_disk_fd(d), bm_disk_size(d), &f);
     if (r < 0) {
         bm_error("image %s: cannot read its header: %s", path, strerror(-r));
         return r;
     }
-    const struct bm_imagefmt *f = bm_imagefmt_detect(head, hlen, tail, tlen);
     if (!f)
         return 0;
     char advice[512];
