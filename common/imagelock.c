@@ -38,7 +38,7 @@ static int lock_byte(int fd, short type, int cmd, long byte, short *found)
 /* Whether another open file than fd holds a lock on byte. */
 static int byte_held(int fd, long byte, bool *held)
 {
-    short type;
+    short type = F_UNLCK;
     int r = lock_byte(fd, F_WRLCK, F_OFD_GETLK, byte, &type);
     if (r == 0)
         *held = type != F_UNLCK;
@@ -78,7 +78,7 @@ static long check(int fd, unsigned take, unsigned deny, unsigned *perm)
             if (!((pass == 0 ? take : deny) & bit))
                 continue;
             long byte = (pass == 0 ? BM_IMAGE_LOCK_SHARED_BASE : BM_IMAGE_LOCK_PERM_BASE) + b;
-            bool held;
+            bool held = false;
             int r = byte_held(fd, byte, &held);
             if (r < 0)
                 return r;
