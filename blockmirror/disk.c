@@ -45,6 +45,7 @@ struct bm_disk {
     /* Content changes made through this bm_disk (counted once each is done) and the count the
      * last successful bm_disk_flush covered: equal, a flush has nothing to make durable. */
     _Atomic uint64_t changes, flushed;
+    char *old_path; /* the name before bm_disk_set_path */
 };
 
 int bm_disk_open(const char *path, unsigned open_flags, struct bm_disk **out)
@@ -114,6 +115,7 @@ void bm_disk_close(struct bm_disk *d)
     pthread_mutex_destroy(&d->gate_lock);
     pthread_cond_destroy(&d->gate_cond);
     free(d->path);
+    free(d->old_path);
     free(d);
 }
 
@@ -168,7 +170,9 @@ int bm_disk_set_path(struct bm_disk *d, const char *path)
     char *p = strdup(path);
     if (!p)
         return -ENOMEM;
-    free(d->path);
+    /* Users may be reading the old name (a running VM's messages): it lives until close. */
+    free(d->old_path);
+    d->old_path = d->path;
     d->path = p;
     return 0;
 }

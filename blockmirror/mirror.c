@@ -542,7 +542,9 @@ static bool dirty_step(struct mirror_job *j, struct slot *s)
 
 /* The target's final flush has to write back everything it caches; flushing every so often
  * during the copy spreads that work over the copy instead of the switchover. */
+#ifndef FLUSH_EVERY /* (the three can be set at build time, to measure other policies) */
 #define FLUSH_EVERY (256u << 20)
+#endif
 
 static void periodic_flush_done(void *opaque, int err)
 {
@@ -559,8 +561,12 @@ static void periodic_flush_done(void *opaque, int err)
  * the background while the copy goes on, so the flush at completion, which writers wait for,
  * finds at most ~BUSY_FLUSH_NS of copying left to write back (measured at 1 Gbit/s into
  * qemu-nbd: 256 MiB between flushes left a 0.29 s final flush). */
+#ifndef IDLE_FLUSH_NS
 #define IDLE_FLUSH_NS 100000000ull
+#endif
+#ifndef BUSY_FLUSH_NS
 #define BUSY_FLUSH_NS 250000000ull
+#endif
 static void maybe_flush(struct mirror_job *j, bool idle)
 {
     if (j->flush_in_flight || j->unflushed == 0 || bm_target_dead(j->t) ||
@@ -810,7 +816,7 @@ static void run_loop(struct mirror_job *j)
         if (j->held && bm_disk_changes_in_progress(j->src) == 0 && j->nused == 0 &&
             bm_bitmap_count(j->dirty) == 0 && bm_target_in_flight(j->t) == 0) {
             uint64_t t_drained = mirror_now_ns();
-            int r = flush_target(j);
+            int r = j->o.skip_final_flush ? 0 : flush_target(j);
             bm_debug("mirror: completion: %.1f ms to copy and drain (at the hold: %llu dirty "
                      "bytes, %u commands in flight%s), final flush %.1f ms",
                      (double)(t_drained - j->hold_ns) / 1e6, (unsigned long long)j->hold_dirty,
@@ -981,8 +987,10 @@ static void *job_main(void *arg)
         mirror_set_state(j, MIRROR_DONE, NULL);
     }
     if (j->t && !j->pivoted) {
+        uint64_t t0 = mirror_now_ns();
         bm_target_close(j->t);
         j->t = NULL;
+        bm_debug("mirror: target closed in %.1f ms", (double)(mirror_now_ns() - t0) / 1e6);
     }
     return NULL;
 }
@@ -1016,9 +1024,9 @@ void mirror_complete_now(struct mirror_job *j)
     mirror_complete(j);
 }
 
-void mirror_quiet_flushes(struct mirror_job *j)
+void mirror_quiet_flushes(struct mirror_job *j, bool quiet)
 {
-    atomic_store(&j->quiet_flushes, true);
+    atomic_store(&j->quiet_flushes, quiet);
 }
 
 bool mirror_flush_busy(struct mirror_job *j)
@@ -1043,6 +1051,18 @@ void mirror_query(struct mirror_job *j, struct mirror_stats *st)
     pthread_mutex_lock(&j->stats_lock);
     *st = j->st;
     pthread_mutex_unlock(&j->stats_lock);
+}
+
+enum mirror_state mirror_wait_ended(struct mirror_job *j)
+{
+    for (;;) {
+        struct mirror_stats st;
+        mirror_query(j, &st);
+        if (st.state >= MIRROR_DONE || !j->started)
+            return st.state;
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+    }
 }
 
 int mirror_wait(struct mirror_job *j, char *err, size_t errlen)

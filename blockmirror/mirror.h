@@ -40,6 +40,10 @@ struct mirror_opts {
     unsigned stats_ms;  /* period of "stats" events (0 = none) */
     bool direct;        /* read the source with O_DIRECT through libaio where aligned */
     bool pivot;         /* at done, make the target the source's disk (see mirror_complete) */
+    /* At completion, leave the target unflushed: what was copied has arrived (every write is
+     * answered) but may sit in the target's cache. For a caller that makes the target durable
+     * itself, outside the hold (a migration's destination flushes after it resumes the VM). */
+    bool skip_final_flush;
 };
 
 void mirror_opts_default(struct mirror_opts *o);
@@ -86,15 +90,20 @@ void mirror_complete(struct mirror_job *j);
 /* The same, without waiting for ready once the bulk pass is over: for a caller whose writers
  * are stopped already (a paused VM), so the last dirty blocks go at once. */
 void mirror_complete_now(struct mirror_job *j);
-/* Start no more periodic flushes of the target (one in flight finishes): for a caller about to
- * complete, so that the completion, which writers wait for, does not queue behind one. */
-void mirror_quiet_flushes(struct mirror_job *j);
+/* quiet: start no more periodic flushes of the target (one in flight finishes): for a caller
+ * about to complete, so that the completion, which writers wait for, does not queue behind
+ * one. !quiet: start them again (the caller changed its mind). */
+void mirror_quiet_flushes(struct mirror_job *j, bool quiet);
 /* Whether a periodic flush of the target is in flight now. */
 bool mirror_flush_busy(struct mirror_job *j);
 /* Stop copying, flush what was written, end in cancelled. */
 void mirror_cancel(struct mirror_job *j);
 void mirror_set_speed(struct mirror_job *j, uint64_t bytes_per_second);
 void mirror_query(struct mirror_job *j, struct mirror_stats *st);
+/* Wait until the job has reached done, cancelled or failed, and return that state, without
+ * waiting for it to close its target connections (a round trip each); for a short wait (it
+ * polls). mirror_wait must still follow. */
+enum mirror_state mirror_wait_ended(struct mirror_job *j);
 /* Wait for the end. 0 = done, -ECANCELED = cancelled, other = failed (message in err). */
 int mirror_wait(struct mirror_job *j, char *err, size_t errlen);
 /* After mirror_wait: let the writers held by a completed job go on (to the source only). A

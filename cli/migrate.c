@@ -40,7 +40,8 @@ static void usage(FILE *f)
             "  --no-progress         no progress line on stderr\n"
             "  -h, --help            show this help\n"
             "Exit status: 0 migrated, 1 failed (the VM runs on the source), 2 usage,\n"
-            "3 cancelled, 4 outcome unknown (the VM is paused on the source).\n");
+            "3 cancelled, 4 outcome unknown (the VM is paused on the source), 5 migrated\n"
+            "but the destination did not confirm its disks durable.\n");
 }
 
 struct follow {
@@ -132,6 +133,18 @@ static void report(struct json_object *d)
     if (json_object_object_get_ex(d, "guest_downtime_ms", &x))
         printf("  downtime (guest)      %.2f ms (largest heartbeat gap)\n",
                json_object_get_double(x));
+    if (json_object_object_get_ex(d, "resumed_ms", &x)) {
+        struct json_object *du;
+        if (json_object_object_get_ex(d, "durable", &du) && json_object_get_boolean(du))
+            printf("  resumed / durable     at %llu ms / %llu ms (the destination's flush: "
+                   "%llu ms, after the resume)\n",
+                   (unsigned long long)geti(d, "resumed_ms", NULL),
+                   (unsigned long long)geti(d, "durable_ms", NULL),
+                   (unsigned long long)geti(d, "dest_flush_ms", NULL));
+        else
+            printf("  resumed / durable     at %llu ms / NOT CONFIRMED (see below)\n",
+                   (unsigned long long)geti(d, "resumed_ms", NULL));
+    }
     cli_human(geti(d, "ram", "transferred"), a, sizeof a);
     printf("  RAM                   %s sent, %llu normal + %llu zero pages, %llu rounds, "
            "dirty rate %llu KiB/s\n",
@@ -153,6 +166,14 @@ static void report(struct json_object *d)
                (unsigned long long)geti(d, "dest_digest_ms", NULL));
 }
 
+/* Whether a completed migration's destination confirmed its disks durable (a report without
+ * the field comes from a migration without that step). */
+static bool durable(struct json_object *d)
+{
+    struct json_object *x;
+    return !json_object_object_get_ex(d, "durable", &x) || json_object_get_boolean(x);
+}
+
 /* A migration that did not complete: its recorded reason, once, on stderr. */
 static void say_end(const char *status, struct json_object *d)
 {
@@ -165,6 +186,10 @@ static void say_end(const char *status, struct json_object *d)
         bm_error("migration: %s", why);
     else if (strcmp(status, "completed") != 0)
         bm_error("migration %s: %s", status, why);
+    else if (!durable(d))
+        bm_warn("migration completed, but %s",
+                json_object_object_get_ex(d, "durable_error", &x) ? json_object_get_string(x)
+                                                                  : "durability is unknown");
 }
 
 int cmd_migrate(int argc, char **argv)
@@ -305,7 +330,7 @@ int cmd_migrate(int argc, char **argv)
     }
     fflush(stdout); /* the report first, then why it failed */
     say_end(f.final_status, f.final);
-    rc = strcmp(f.final_status, "completed") == 0   ? 0
+    rc = strcmp(f.final_status, "completed") == 0   ? (durable(f.final) ? 0 : 5)
          : strcmp(f.final_status, "cancelled") == 0 ? 3
          : strcmp(f.final_status, "unknown") == 0   ? 4
                                                     : 1;

@@ -43,7 +43,40 @@ struct loop {
     unsigned scan_region; /* the count goes on a slice per loop turn (not on the critical path) */
     uint64_t scan_off;
     bool scan_done;
+    uint64_t quiet_since; /* the controller chose to switch over, and a target flush was in
+                             flight: periodic flushes are held off until it ends (0 = not) */
 };
+
+/* Before the pause no target flush may be in flight: the destination stops its NBD server in
+ * the pause, which waits for every request (a flush is a device barrier: 3-170 ms on a virtual
+ * disk). Hold new ones off; true once none is in flight, or after FLUSH_WAIT_MS (then the
+ * pause waits for it). */
+#define FLUSH_WAIT_MS 2000
+static bool flushes_quiet(struct mig_source *m, struct loop *l, uint64_t now)
+{
+    if (!l->quiet_since) {
+        l->quiet_since = now;
+        for (unsigned i = 0; i < m->nmj; i++)
+            mirror_quiet_flushes(m->mj[i], true);
+    }
+    bool busy = false;
+    for (unsigned i = 0; i < m->nmj; i++)
+        busy |= mirror_flush_busy(m->mj[i]);
+    if (busy && now - l->quiet_since < FLUSH_WAIT_MS * 1000000ull)
+        return false;
+    m->w.pre_pause_flush_ms = (now - l->quiet_since) / 1000000u;
+    return true;
+}
+
+/* The controller changed its mind while a flush was in flight: flush along the way again. */
+static void flushes_resume(struct mig_source *m, struct loop *l)
+{
+    if (!l->quiet_since)
+        return;
+    l->quiet_since = 0;
+    for (unsigned i = 0; i < m->nmj; i++)
+        mirror_quiet_flushes(m->mj[i], false);
+}
 
 /* Count non-zero pages, SCAN_BYTES per call, until every region is done. */
 #define SCAN_BYTES (32u << 20)
@@ -317,12 +350,19 @@ bool mig_converge(struct mig_source *m)
                 bm_disk_flush(m->vm->disks[i].disk);
         }
         bool timed = now - l.last_tick >= TICK_NS;
-        if (timed || l.pass_ended) {
+        /* Waiting for a flush before the pause: decide again as soon as it has ended, on
+         * figures taken then (the guest went on dirtying meanwhile). */
+        bool recheck = l.quiet_since != 0;
+        for (unsigned i = 0; recheck && i < m->nmj; i++)
+            recheck = !mirror_flush_busy(m->mj[i]);
+        if (timed || l.pass_ended || recheck) {
             struct mig_ctl_out out;
             l.pass_ended = false;
             decide(m, &l, now, timed, &out);
-            if (out.switchover)
+            if (out.switchover && flushes_quiet(m, &l, now))
                 return true;
+            if (!out.switchover)
+                flushes_resume(m, &l);
             if (out.abort) {
                 mig_rollback(m, MIG_FAILED,
                              "did not converge within %u s (expected downtime %llu ms, limit "
@@ -389,7 +429,7 @@ bool mig_converge(struct mig_source *m)
             uint64_t next = l.last_tick + TICK_NS;
             int ms = next > now ? (int)((next - now) / 1000000u) + 1 : 1;
             struct pollfd pfd = {.fd = m->c.fd, .events = POLLIN};
-            poll(&pfd, 1, ms > 20 ? 20 : ms);
+            poll(&pfd, 1, l.quiet_since ? 1 : ms > 20 ? 20 : ms);
         }
     }
 }

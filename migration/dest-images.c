@@ -408,14 +408,16 @@ int mig_images_place(struct mig_images *im, char *err, size_t errlen)
 {
     for (unsigned k = 0; k < im->n; k++) {
         struct mig_image *m = &im->img[k];
-        if (m->kind != MIG_IMAGE_NEW)
+        if (m->kind == MIG_IMAGE_SHARED)
             continue;
-        /* The source's last FLUSH made it durable already, unless it skipped that: then
-         * this one does (bm_disk_flush is a no-op on a flushed image). */
+        /* What the source's mirror wrote has arrived but may sit in the page cache: an image
+         * takes its name only once it is durable (bm_disk_flush is a no-op on a flushed one). */
         int r = bm_disk_flush(m->disk);
         if (r < 0)
             return errf(err, errlen, r, "cannot flush the image of disk %s: %s", m->name,
                         strerror(-r));
+        if (m->kind != MIG_IMAGE_NEW)
+            continue;
         r = place_one(m);
         if (r < 0)
             return errf(err, errlen, r, "cannot rename the image of disk %s to %s: %s%s", m->name,
@@ -462,6 +464,21 @@ static void close_old(struct mig_image *m)
 void mig_images_keep(struct mig_images *im)
 {
     im->kept = true;
+}
+
+int mig_images_durable(struct mig_images *im, char *err, size_t errlen)
+{
+    int r = mig_images_place(im, err, errlen);
+    if (r < 0) {
+        /* The VM runs on: say where its disks are. */
+        for (unsigned k = 0; k < im->n; k++) {
+            const struct mig_image *m = &im->img[k];
+            size_t n = strlen(err);
+            if (m->kind == MIG_IMAGE_NEW && !m->placed && n + 1 < errlen)
+                snprintf(err + n, errlen - n, "; disk %s is at %s/%s", m->name, m->dir, m->tmp);
+        }
+        return r;
+    }
     for (unsigned k = 0; k < im->n; k++) {
         struct mig_image *m = &im->img[k];
         if (m->dirfd < 0)
@@ -473,6 +490,7 @@ void mig_images_keep(struct mig_images *im)
         close(m->dirfd);
         m->dirfd = -1;
     }
+    return 0;
 }
 
 /* Take back what place_one did; the new image then sits at tmp again. */

@@ -56,18 +56,23 @@ int mig_dest_check_ram(const struct mig_incoming_opts *o, struct json_object *vm
 int mig_images_open(struct mig_images *im, const struct mig_incoming_opts *o, bool with_disk,
                     struct json_object *disks, char *err, size_t errlen);
 
-/* The migration is complete (state loaded, digests matched), RESUMED not sent yet: flush each
- * new image, rename it to its path (exchanging it with an image it replaces) and sync the
- * directories. A discard after this still undoes it. */
+/* Flush each image written over NBD, rename each new one to its path (exchanging it with an
+ * image it replaces) and sync the directories. A discard after this, unless kept, still undoes
+ * it. */
 int mig_images_place(struct mig_images *im, char *err, size_t errlen);
 
 /* Shared storage: take the images' locks (the source handed them over in its pause); before
  * RESUMED. 0, or -errno with the reason (the holder named) in err. */
 int mig_images_lock_shared(struct mig_images *im, char *err, size_t errlen);
 
-/* RESUMED is sent: the images belong to the VM (a later discard only closes them); remove the
- * images that were replaced. */
+/* RESUMED is sent: the images belong to the VM; a later discard only closes them (a new image
+ * not placed yet stays at its temporary name). */
 void mig_images_keep(struct mig_images *im);
+
+/* After keep, with the VM running on them: mig_images_place, then remove the images that were
+ * replaced. Once this returns 0 every image is durable at its path. On failure nothing is
+ * undone (an image may be left at its temporary name: err says which). */
+int mig_images_durable(struct mig_images *im, char *err, size_t errlen);
 
 /* Close every image; unless kept, remove what this migration made and put back what it
  * replaced. */

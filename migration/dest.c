@@ -461,12 +461,10 @@ int mig_incoming_run(const struct mig_incoming_opts *o, struct mig_incoming_resu
         verified = true;
     }
     json_object_put(complete);
-    /* The migration is complete: the new images take their names now, before RESUMED, so
-     * that a failure here still leaves the VM to the source. */
-    uint64_t t_p = now_ns();
-    if ((r = mig_images_place(&d.images, err, errlen)) < 0)
-        goto fail;
-    bm_info("incoming: images in place in %.1f ms", (double)(now_ns() - t_p) / 1e6);
+    /* Everything the guest wrote has arrived (the mirrors' writes were all answered before
+     * COMPLETE, and the NBD server has stopped): the guest may run on it. Making it durable
+     * is a device barrier of unknown length, and waits until after the resume (DURABLE): the
+     * source keeps its own, flushed images until then (docs/migration-stream.md, 7). */
     if ((r = mig_images_lock_shared(&d.images, err, errlen)) < 0)
         goto fail;
     struct json_object *rs = json_object_new_object();
@@ -480,12 +478,32 @@ int mig_incoming_run(const struct mig_incoming_opts *o, struct mig_incoming_resu
         goto fail;
     }
     mig_images_keep(&d.images); /* the VM is the source's no more: never remove its disks */
+    if (test_fault("dest-exit-before-durable"))
+        _exit(9); /* a crash after RESUMED, with the images not flushed nor in place */
     r = vm_resume(d.vm);
     if (r < 0) {
         bm_error("incoming: RESUMED was sent but the VM does not resume: %s", strerror(-r));
         failf(&d, r, "the VM failed to resume");
         goto fail;
     }
+    uint64_t t_res = now_ns();
+    /* Durable: flushed, and each new image at its name. A guest FLUSH meanwhile is a flush of
+     * the same files, so it covers everything that arrived before it too. */
+    char derr[1024] = "";
+    int dr = mig_images_durable(&d.images, derr, sizeof derr);
+    uint64_t flush_ms = (now_ns() - t_res) / 1000000u;
+    if (dr < 0)
+        bm_error("incoming: the VM runs, but its disks are not durable in place: %s", derr);
+    else
+        bm_info("incoming: disks durable and in place %llu ms after the resume",
+                (unsigned long long)flush_ms);
+    struct json_object *du = json_object_new_object();
+    json_object_object_add(du, "ok", json_object_new_boolean(dr == 0));
+    json_object_object_add(du, "flush_ms", json_object_new_int64((int64_t)flush_ms));
+    if (dr < 0)
+        json_object_object_add(du, "error", json_object_new_string(derr));
+    mig_send_json(&d.c, MIG_DURABLE, du);
+    json_object_put(du);
     report_gap(&d);
     mig_conn_close(&d.c);
     res->vm = d.vm;
@@ -498,6 +516,8 @@ int mig_incoming_run(const struct mig_incoming_opts *o, struct mig_incoming_resu
     json_object_object_add(res->stats, "ram_pages", json_object_new_int64((int64_t)d.pages));
     json_object_object_add(res->stats, "verified", json_object_new_boolean(verified));
     json_object_object_add(res->stats, "digest_ms", json_object_new_int64((int64_t)digest_ms));
+    json_object_object_add(res->stats, "durable", json_object_new_boolean(dr == 0));
+    json_object_object_add(res->stats, "durable_ms", json_object_new_int64((int64_t)flush_ms));
     free(d.state);
     bm_bitmap_free(d.loaded);
     return 0;

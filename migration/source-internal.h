@@ -20,6 +20,11 @@ struct mig_stats {
     uint64_t pre_pause_flush_ms; /* waiting for a periodic target flush before pausing */
     uint64_t src_digest_ms, dst_digest_ms;
     bool verified;
+    /* After RESUMED: when it came and when DURABLE came (ms since the start; 0 = not yet),
+     * whether the destination's disks are durable in place (-1 = no word), its flush. */
+    uint64_t resumed_ms, durable_ms, dest_flush_ms;
+    int durable;
+    char durable_error[512];
     struct ram_stats ram;
     uint64_t ram_dirty_rate;
     uint64_t disk_size, disk_bulk_total, disk_bulk_done, disk_bytes, disk_zero_bytes,

@@ -98,6 +98,16 @@ static struct json_object *stats_json(const struct mig_stats *s)
     I(o, "source_digest_ms", s->src_digest_ms);
     I(o, "dest_digest_ms", s->dst_digest_ms);
     json_object_object_add(o, "verified", json_object_new_boolean(s->verified));
+    if (s->resumed_ms) {
+        I(o, "resumed_ms", s->resumed_ms);
+        json_object_object_add(o, "durable", json_object_new_boolean(s->durable == 1));
+        if (s->durable_ms)
+            I(o, "durable_ms", s->durable_ms);
+        if (s->durable == 1)
+            I(o, "dest_flush_ms", s->dest_flush_ms);
+        if (s->durable_error[0])
+            json_object_object_add(o, "durable_error", json_object_new_string(s->durable_error));
+    }
     I(r, "transferred", s->ram.bytes);
     I(r, "normal_pages", s->ram.pages_normal);
     I(r, "zero_pages", s->ram.pages_zero);
@@ -156,7 +166,7 @@ void mig_set_status(struct mig_source *m, enum mig_status s, const char *phase)
     m->w.status = s;
     if (phase)
         m->w.phase = phase;
-    if (s >= MIG_COMPLETED)
+    if (s >= MIG_COMPLETED && !m->w.total_ms) /* completed: set at RESUMED */
         m->w.total_ms = since_ms(m->t0_ns);
     mig_publish(m);
     if (changed && m->fn)
@@ -422,6 +432,9 @@ static int start_mirrors(struct mig_source *m, struct json_object *ack, char *er
         o.ready_ms = m->p.downtime_limit_ms / 2 ? m->p.downtime_limit_ms / 2 : 1;
         o.stats_ms = 0;
         o.speed = m->p.max_bandwidth / m->vm->ndisks; /* the controller re-splits it */
+        /* Everything must have arrived before the destination resumes the guest; it makes
+         * the images durable itself, right after (DURABLE), not inside the pause. */
+        o.skip_final_flush = true;
         int r = mirror_new(m->vm->disks[i].disk, &o, mirror_event, m, &m->mj[m->nmj], err,
                            errlen);
         if (r < 0)

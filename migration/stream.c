@@ -20,7 +20,8 @@
 const char *mig_frame_name(uint32_t type)
 {
     static const char *const names[] = {"?",     "HELLO",    "HELLO_ACK", "RAM",   "RAM_ZLIB",
-                                        "STATE", "COMPLETE", "RESUMED",   "ABORT", "PING", "REPORT"};
+                                        "STATE", "COMPLETE", "RESUMED",   "ABORT", "PING", "REPORT",
+                                        "DURABLE"};
     return type <= MIG_FRAME_TYPE_MAX ? names[type] : "?";
 }
 

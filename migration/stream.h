@@ -32,7 +32,9 @@ enum mig_frame_type {
     MIG_ABORT = 8,     /* either way: JSON {reason}: give up this migration */
     MIG_PING = 9,      /* either way: keepalive; from dest: u64 stream bytes applied */
     MIG_REPORT = 10,   /* dest -> source, after RESUMED: JSON {guest_gap_ns} */
-    MIG_FRAME_TYPE_MAX = 10,
+    MIG_DURABLE = 11,  /* dest -> source, after RESUMED: JSON {ok, flush_ms, error?}: the
+                        * new images are flushed and in place */
+    MIG_FRAME_TYPE_MAX = 11,
 };
 
 const char *mig_frame_name(uint32_t type);

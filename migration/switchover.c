@@ -15,6 +15,77 @@ static uint64_t ms_since(uint64_t t)
     return (mig_now_ns() - t) / 1000000u;
 }
 
+/* After RESUMED the destination makes its disks durable (flushed, in place) and says DURABLE;
+ * then the guest's view of the pause comes, in REPORT. Until DURABLE the images here are the
+ * only durable copy of what the guest wrote before the switchover: this process stays until it
+ * comes, or DURABLE_WAIT_MS, or the connection ends. */
+#define DURABLE_WAIT_MS 120000
+#define REPORT_WAIT_MS 2000
+static void await_durable(struct mig_source *m, uint64_t src_digest_ms)
+{
+    mig_set_status(m, MIG_SWITCHOVER, "durable");
+    m->w.durable = -1;
+    uint64_t t0 = mig_now_ns(), t_dur = 0;
+    bool report = false;
+    const char *why = "no DURABLE within 120 s";
+    while (m->w.durable < 0 || !report) {
+        uint64_t now = mig_now_ns();
+        uint64_t deadline = m->w.durable < 0 ? t0 + DURABLE_WAIT_MS * 1000000ull
+                                             : t_dur + REPORT_WAIT_MS * 1000000ull;
+        if (now >= deadline)
+            break;
+        uint32_t type, len;
+        uint8_t *pl;
+        int r = mig_recv(&m->c, (int)((deadline - now) / 1000000u) + 1, &type, &pl, &len);
+        if (r < 0) {
+            if (r == -ECONNRESET || r == -EPIPE)
+                why = "the connection closed before DURABLE";
+            else if (r != -ETIMEDOUT)
+                why = "the stream broke before DURABLE";
+            break;
+        }
+        struct json_object *o = mig_parse_json(pl, len), *x;
+        if (type == MIG_REPORT && o && json_object_object_get_ex(o, "guest_gap_ns", &x)) {
+            /* The guest sat paused through both digests too: leave them out, as above. */
+            int64_t us = json_object_get_int64(x) / 1000 -
+                         (int64_t)(src_digest_ms + m->w.dst_digest_ms) * 1000;
+            m->w.guest_downtime_us = us > 0 ? us : 0;
+            report = true;
+        } else if (type == MIG_DURABLE && m->w.durable < 0) {
+            t_dur = mig_now_ns();
+            m->w.durable_ms = (t_dur - m->t0_ns) / 1000000u;
+            bool ok = o && json_object_object_get_ex(o, "ok", &x) && json_object_get_boolean(x);
+            if (o && json_object_object_get_ex(o, "flush_ms", &x))
+                m->w.dest_flush_ms = (uint64_t)json_object_get_int64(x);
+            m->w.durable = ok ? 1 : 0;
+            if (!ok) {
+                const char *e = o && json_object_object_get_ex(o, "error", &x) &&
+                                        json_object_is_type(x, json_type_string)
+                                    ? json_object_get_string(x)
+                                    : "(no reason)";
+                char esc[400];
+                bm_log_escape(e, esc, sizeof esc);
+                snprintf(m->w.durable_error, sizeof m->w.durable_error,
+                         "the destination could not make its disks durable in place: %s", esc);
+            }
+        }
+        json_object_put(o);
+    }
+    if (m->w.durable < 0) {
+        m->w.durable = 0;
+        snprintf(m->w.durable_error, sizeof m->w.durable_error,
+                 "the destination resumed the VM but did not confirm that its disks are "
+                 "durable (%s). If it crashed, the images here hold the guest's disks as of the "
+                 "switchover, with everything the guest was told was durable",
+                 why);
+    }
+    if (m->w.durable == 1)
+        bm_info("migration: the destination's disks are durable, %llu ms after RESUMED",
+                (unsigned long long)(m->w.durable_ms - m->w.resumed_ms));
+    else
+        bm_warn("migration: %s", m->w.durable_error);
+}
+
 /* After COMPLETE: wait for the destination's word. */
 static void await_resumed(struct mig_source *m, uint64_t t_pause, uint64_t t_complete,
                           uint64_t src_digest_ms)
@@ -71,48 +142,17 @@ static void await_resumed(struct mig_source *m, uint64_t t_pause, uint64_t t_com
         uint64_t pause_ms = (t_res - t_pause) / 1000000u;
         uint64_t digest = src_digest_ms + m->w.dst_digest_ms;
         m->w.downtime_ms = pause_ms > digest ? pause_ms - digest : 0;
+        m->w.resumed_ms = (t_res - m->t0_ns) / 1000000u;
+        m->w.total_ms = m->w.resumed_ms;
         break;
     }
-    /* The guest's own view of the pause comes a moment later. */
-    uint32_t type, len;
-    uint8_t *pl;
-    while (mig_recv(&m->c, 2000, &type, &pl, &len) == 0) {
-        if (type != MIG_REPORT)
-            continue;
-        struct json_object *o = mig_parse_json(pl, len), *x;
-        if (o && json_object_object_get_ex(o, "guest_gap_ns", &x)) {
-            /* The guest sat paused through both digests too: leave them out, as above. */
-            int64_t us = json_object_get_int64(x) / 1000 -
-                         (int64_t)(src_digest_ms + m->w.dst_digest_ms) * 1000;
-            m->w.guest_downtime_us = us > 0 ? us : 0;
-        }
-        json_object_put(o);
-        break;
-    }
+    await_durable(m, src_digest_ms);
     mig_set_status(m, MIG_COMPLETED, "completed");
-}
-
-/* Before the pause: no new periodic flushes, and let one in flight finish (at most
- * FLUSH_WAIT_MS), so that the final flush, inside the pause, does not queue behind one (seen:
- * a 585 ms periodic flush on a busy host disk turned a 25 ms pause into 640 ms). */
-#define FLUSH_WAIT_MS 2000
-static void quiet_flushes(struct mig_source *m)
-{
-    for (unsigned i = 0; i < m->nmj; i++)
-        mirror_quiet_flushes(m->mj[i]);
-    uint64_t t0 = mig_now_ns();
-    for (unsigned i = 0; i < m->nmj; i++)
-        while (mirror_flush_busy(m->mj[i]) && mig_now_ns() - t0 < FLUSH_WAIT_MS * 1000000ull) {
-            struct timespec ts = {0, 1000000};
-            nanosleep(&ts, NULL);
-        }
-    m->w.pre_pause_flush_ms = ms_since(t0);
 }
 
 void mig_switchover(struct mig_source *m)
 {
-    mig_set_status(m, MIG_SWITCHOVER, "switchover");
-    quiet_flushes(m);
+    mig_set_status(m, MIG_SWITCHOVER, "switchover"); /* no target flush in flight (converge.c) */
     uint64_t t_pause = mig_now_ns(), t;
     int r = vm_pause(m->vm);
     if (r < 0) {
@@ -150,10 +190,12 @@ void mig_switchover(struct mig_source *m)
     }
     m->w.pause_ram_ms = ms_since(t);
 
-    /* Wait for the disks' final copies (started above). */
+    /* Wait for the disks' final copies (started above): every write answered. Their
+     * connections close meanwhile, beside the rest of the pause (free_mirrors joins them). */
     for (unsigned i = 0; i < m->nmj; i++) {
         char err[256];
-        r = mirror_wait(m->mj[i], err, sizeof err);
+        r = mirror_wait_ended(m->mj[i]) == MIRROR_DONE ? 0
+                                                        : mirror_wait(m->mj[i], err, sizeof err);
         if (r < 0) {
             mig_rollback(m, MIG_FAILED, "the last copy of disk %s failed: %s", m->vm->disks[i].name,
                          err);

@@ -3,7 +3,7 @@
  * frame's record the way its receiver takes it: HELLO's VM description (disks: mig_disks_check,
  * the synthetic workload, a KVM CPUID, the VM factory of cli/vmproc.c), RAM and RAM_ZLIB records
  * (ram/ram.c) into a 256 KiB synthetic VM, STATE blobs (the synthetic VM's load_state),
- * COMPLETE/ABORT/PING and the source's HELLO_ACK/RESUMED/REPORT. Input: u8 flags (bit 0: frames
+ * COMPLETE/ABORT/PING and the source's HELLO_ACK/RESUMED/REPORT/DURABLE. Input: u8 flags (bit 0: frames
  * carry their own trailer, else the harness checksums them; bit 1: the next 16 bytes are the stream
  * header, else a valid one), then frames, each u32 type | u32 length | up to length bytes of
  * payload [| 8 bytes of trailer]. */
@@ -141,9 +141,11 @@ static void frame(uint32_t type, const uint8_t *pl, uint32_t len, struct bm_bitm
             (void)str(x, "vda");
         (void)num(o, "nbd_port");
         break;
-    default: /* COMPLETE, RESUMED, ABORT, REPORT */
+    default: /* COMPLETE, RESUMED, ABORT, REPORT, DURABLE */
         o = mig_parse_json(pl, len);
         (void)num(o, "ram_pages");
+        (void)num(o, "flush_ms");
+        (void)str(o, "error");
         (void)num(o, "digest_ms");
         (void)num(o, "guest_gap_ns");
         (void)str(o, "reason");

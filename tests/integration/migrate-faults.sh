@@ -2,6 +2,7 @@
 # Integration: `blkmig migrate` faults, each on a fresh source + destination pair: the
 # destination killed in the disk bulk phase and in the dirty rounds, dying on COMPLETE, refusing
 # a bad digest or a RAM record count that does not match, hanging after COMPLETE (outcome unknown: the source stays paused until `cont`),
+# dying after RESUMED before its disks are durable (the source's images hold the switchover),
 # the source killed, the link cut (netns only), a corrupted stream frame (corrupt-proxy.py), a
 # stranger probing the NBD exports, and the destination interrupted (SIGINT/SIGTERM). Until RESUMED the source owns the VM: it must keep running
 # with a clean guest, and the destination must end (non-zero, with a reason) without running it.
@@ -298,6 +299,47 @@ if want_case j; then
     assert_dest_failed "(j, waiting)" 1 'migration failed: interrupted while waiting'
     [ $(($(now_ms) - t0)) -le 5000 ] || soft_fail "(j, waiting): took $(($(now_ms) - t0)) ms to exit"
     [ -z "$(ls -A "$DST_DIR")" ] || soft_fail "(j, waiting): files left in the disk folder: $(ls "$DST_DIR")"
+    mig_check_logs
+fi
+
+# ---- (k) the destination dies after RESUMED, before its disks are durable ----
+# The pause does not wait for the destination's flush: the guest resumes there first, then the
+# destination flushes its images, renames them into place and says DURABLE. A destination that
+# dies in between leaves its images unflushed at their temporary names, and the source, which
+# kept its own images untouched since the pause, must say so: status completed (the guest was
+# handed over), exit 5, and a warning. Its image must then hold exactly the disk as of the
+# switchover: the same content as the destination's copy, which --verify found equal to the
+# source's digest at the pause.
+if want_case k; then
+    mig_case k-dest-exit-before-durable
+    log "(k) the destination exits after RESUMED, before DURABLE (dest-exit-before-durable)"
+    MIG_DEST_ENV=BLKMIG_TEST_FAULT=dest-exit-before-durable start_pair
+    mig_migrate 120 --with-disk --verify
+    log "  (k): migrate exit $MIG_RC, status $(mig_report status), durable $(mig_report durable)"
+    [ "$MIG_RC" -eq 5 ] || soft_fail "(k): blkmig migrate exited $MIG_RC, expected 5: $(mig_tail "$MIG_ERR")"
+    [ "$(mig_report status)" = completed ] || soft_fail "(k): status '$(mig_report status)', expected completed"
+    [ "$(mig_report verified)" = true ] || soft_fail "(k): the digests were not compared (verified $(mig_report verified))"
+    [ "$(mig_report durable)" = false ] || soft_fail "(k): the report says durable '$(mig_report durable)'"
+    [[ $(mig_report durable_error) =~ did\ not\ confirm.*images\ here\ hold ]] ||
+        soft_fail "(k): the report's durable_error says '$(mig_report durable_error)'"
+    grep -q 'did not confirm that its disks are durable' "$MIG_ERR" ||
+        soft_fail "(k): blkmig migrate's stderr does not say the disks are not confirmed durable: $(mig_tail "$MIG_ERR")"
+    mig_wait "$DST_PID" 20
+    [ "$WAIT_RC" -eq 9 ] || soft_fail "(k): the destination exited $WAIT_RC, expected 9 (the fault's _exit)"
+    mig_wait "$SRC_PID" 20
+    [ "$WAIT_RC" -eq 0 ] || soft_fail "(k): the source process exited $WAIT_RC after handing the VM over"
+    grep -q 'did not confirm that its disks are durable' "$SRC_LOG" ||
+        soft_fail "(k): the source's log does not say so: $(mig_tail "$SRC_LOG")"
+    # The image name was never taken by an image that is not durable.
+    [ ! -e "$DST_IMG" ] || soft_fail "(k): $DST_IMG exists although the destination never made it durable"
+    tmp=$(find "$DST_DIR" -maxdepth 1 -name '.vda.img.*.blkmig-tmp' | head -1)
+    if [ -z "$tmp" ]; then
+        soft_fail "(k): no temporary image in $DST_DIR: $(ls -A "$DST_DIR")"
+    elif cmp -s "$SRC_IMG" "$tmp"; then
+        log "  (k): the source's image equals the disk as of the switchover ($(stat -c %s "$SRC_IMG") bytes compared)"
+    else
+        soft_fail "(k): the source's image differs from the disk the destination verified at the switchover: $(cmp "$SRC_IMG" "$tmp" 2>&1 | head -1)"
+    fi
     mig_check_logs
 fi
 

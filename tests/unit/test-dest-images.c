@@ -133,7 +133,8 @@ static void test_force_discard_puts_old_back(void **state)
     assert_int_equal(count_entries(f->dir), 1);
 }
 
-/* --force, completed: the new image replaces the old, which is gone; the disk has its name. */
+/* --force, completed: RESUMED sent (keep), the old image is still in place; once durable the
+ * new image replaces it, the old one is gone, and the disk has its name. */
 static void test_force_keep_replaces(void **state)
 {
     struct fixture *f = *state;
@@ -141,13 +142,46 @@ static void test_force_keep_replaces(void **state)
     f->o.force = true;
     assert_int_equal(open_images(f, true, SIZE), 0);
     write_image(f, 0x33);
-    assert_int_equal(mig_images_place(&f->im, f->err, sizeof f->err), 0);
-    assert_string_equal(bm_disk_path(f->im.img[0].disk), f->img);
     mig_images_keep(&f->im);
+    assert_file(f->img, 0x11, SIZE);
+    assert_int_equal(count_entries(f->dir), 2);
+    assert_int_equal(mig_images_durable(&f->im, f->err, sizeof f->err), 0);
+    assert_string_equal(bm_disk_path(f->im.img[0].disk), f->img);
     assert_int_equal(count_entries(f->dir), 1);
     assert_file(f->img, 0x33, SIZE);
     mig_images_discard(&f->im); /* after keep: closes only */
     assert_file(f->img, 0x33, SIZE);
+}
+
+/* Kept but never made durable (the destination died before DURABLE, or its VM did not resume):
+ * the image name is untouched and the new image stays at its temporary name. */
+static void test_keep_without_durable(void **state)
+{
+    struct fixture *f = *state;
+    write_file(f->img, 0x11, SIZE);
+    f->o.force = true;
+    assert_int_equal(open_images(f, true, SIZE), 0);
+    write_image(f, 0x44);
+    mig_images_keep(&f->im);
+    mig_images_discard(&f->im);
+    assert_file(f->img, 0x11, SIZE);
+    assert_int_equal(count_entries(f->dir), 2);
+}
+
+/* A rename that fails after the resume says where the image is. */
+static void test_durable_failure_says_where(void **state)
+{
+    struct fixture *f = *state;
+    assert_int_equal(open_images(f, true, SIZE), 0);
+    write_image(f, 0x55);
+    mig_images_keep(&f->im);
+    write_file(f->img, 0x66, SIZE); /* a file appears at the name meanwhile */
+    assert_int_equal(mig_images_durable(&f->im, f->err, sizeof f->err), -EEXIST);
+    assert_non_null(strstr(f->err, "disk vda is at "));
+    assert_non_null(strstr(f->err, ".blkmig-tmp"));
+    mig_images_discard(&f->im);
+    assert_file(f->img, 0x66, SIZE);
+    assert_int_equal(count_entries(f->dir), 2);
 }
 
 /* A new image: placed and then discarded, nothing is left; kept, it stays. */
@@ -258,6 +292,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_force_discard_puts_old_back, setup, teardown),
         cmocka_unit_test_setup_teardown(test_force_keep_replaces, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_keep_without_durable, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_durable_failure_says_where, setup, teardown),
         cmocka_unit_test_setup_teardown(test_new_image, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_force, setup, teardown),
         cmocka_unit_test_setup_teardown(test_symlink_refused, setup, teardown),

@@ -68,6 +68,7 @@ static void test_frame_names(void **state)
     assert_string_equal(mig_frame_name(MIG_HELLO), "HELLO");
     assert_string_equal(mig_frame_name(MIG_RAM_ZLIB), "RAM_ZLIB");
     assert_string_equal(mig_frame_name(MIG_REPORT), "REPORT");
+    assert_string_equal(mig_frame_name(MIG_DURABLE), "DURABLE");
     assert_string_equal(mig_frame_name(0), "?");
     assert_string_equal(mig_frame_name(MIG_FRAME_TYPE_MAX + 1), "?");
     assert_string_equal(mig_frame_name(UINT32_MAX), "?");
