@@ -28,5 +28,8 @@ int bm_connect_timeout(const char *host, const char *port, unsigned timeout_ms);
 int bm_connect_unix(const char *path);
 /* TCP_NODELAY where the socket is TCP (ignored otherwise). */
 void bm_sock_nodelay(int fd);
+/* The smallest round-trip time the kernel has seen on TCP socket fd, in microseconds (the path
+ * without queueing), or -errno (-EAGAIN: none measured yet). */
+int bm_tcp_min_rtt_us(int fd);
 
 #endif

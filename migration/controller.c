@@ -4,8 +4,6 @@
 #include "migration/controller.h"
 
 #define UNDER_LIMIT_WAIT_MS 5000
-/* How fast a target is assumed to write back unflushed data (a local disk's order). */
-#define FLUSH_BYTES_PER_S 500e6
 
 void mig_ctl_decide(const struct mig_ctl_in *in, struct mig_ctl_out *out)
 {
@@ -23,13 +21,12 @@ void mig_ctl_decide(const struct mig_ctl_in *in, struct mig_ctl_out *out)
             out->start_ram = in->disk_bulk_done || in->disk_remaining <= in->ram_remaining;
     }
 
-    /* Switchover: what the pause must still move, over the link, plus state and flush. */
+    /* Switchover: what the pause must still move, over the link at the budgeted rate, plus
+     * its fixed costs. */
     double bytes = (double)in->ram_dirty + (in->with_disk ? (double)in->disk_dirty : 0) +
                    (double)in->state_bytes;
-    double ms = bytes / thr * 1000.0 + (in->with_disk ? in->flush_ms : 0) + 1.0;
-    /* The final flush writes back what earlier ones did not cover. */
-    if (in->with_disk)
-        ms += (double)in->disk_unflushed / FLUSH_BYTES_PER_S * 1000.0;
+    double pthr = in->pause_throughput > 0 ? (double)in->pause_throughput : thr;
+    double ms = bytes / pthr * 1000.0 + in->fixed_ms;
     out->expected_downtime_ms = ms >= 1.8e19 ? UINT64_MAX : (uint64_t)ms;
     bool disks_ok = !in->with_disk || (in->order == MIG_ORDER_DISK_FIRST ? in->disk_all_ready
                                                                         : in->disk_bulk_done);

@@ -16,12 +16,14 @@ struct mig_ctl_in {
     bool disk_all_ready;   /* every disk job reports ready */
     uint64_t disk_remaining; /* bulk left + dirty, all disks */
     uint64_t disk_dirty;     /* dirty now, all disks */
-    uint64_t disk_unflushed; /* written to the targets, not yet flushed there */
     uint64_t ram_remaining;  /* bytes round 0 would still send (non-zero pages) */
     uint64_t ram_dirty;      /* bytes waiting to be sent */
     uint64_t throughput;     /* bytes/s the link carries, both streams together */
+    uint64_t pause_throughput; /* the rate to budget the pause with: a low percentile of the
+                                * recent rates (0 = throughput) */
     uint64_t state_bytes;    /* device + vCPU state size */
-    unsigned flush_ms;       /* expected target flush time */
+    unsigned fixed_ms; /* what the pause costs besides moving bytes: round trip, both sides' work
+                          (the destination's disk flush is not in the pause) */
     unsigned downtime_limit_ms;
     unsigned target_ms;           /* the pause to aim for while it keeps getting shorter */
     unsigned passes_no_progress;  /* RAM passes since the expected pause last fell by 20 % */

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "common/sock.h"
 #include "common/zero.h"
 #include "migration/controller.h"
 #include "migration/source-internal.h"
@@ -16,7 +17,12 @@
 #define PING_NS 1000000000ull /* keepalive when nothing else is sent */
 #define PROGRESS_NS 500000000ull
 #define STEP_BYTES (1u << 20) /* RAM sent between two looks at the clock */
-#define FLUSH_MS 10           /* expected target flush at switchover */
+/* The pause's fixed costs besides the round trip: pausing, the destination's NBD stop, state
+ * load and resume (measured: 0.2-1 ms together on the synthetic guest). */
+#define PAUSE_FIXED_US 1500
+/* The pause is budgeted at the THR_PCT-th percentile of the last THR_SAMPLES ticks' rates. */
+#define THR_SAMPLES 20
+#define THR_PCT 20
 #define RAM_WINDOW (2u << 20) /* RAM stream bytes in flight at most */
 
 struct loop {
@@ -28,6 +34,8 @@ struct loop {
     uint64_t last_disk_flush;
     uint64_t bw_disk_bytes, bw_last; /* --max-bandwidth bookkeeping */
     double thr;          /* link throughput, bytes/s, both streams */
+    double thr_s[THR_SAMPLES]; /* the last ticks' rates, with a backlog (the link's) */
+    unsigned nthr_s, thr_pos;
     double ram_rate;     /* RAM stream bytes/s */
     double dirty_rate;   /* RAM dirtied bytes/s */
     uint64_t last_rounds, prev_pass_dirty;
@@ -153,8 +161,13 @@ static void measure(struct mig_source *m, struct loop *l, uint64_t now)
          * the average is below it. A small guest is copied whole within one such tick, after
          * the only tick with a backlog moved next to nothing while the connections opened; its
          * few KB/s stayed the average, and an idle guest's expected pause over the limit. */
-        if (backlog && t > 0)
+        if (backlog && t > 0) {
             l->thr = l->thr == 0 ? t : 0.7 * l->thr + 0.3 * t;
+            l->thr_s[l->thr_pos] = t;
+            l->thr_pos = (l->thr_pos + 1) % THR_SAMPLES;
+            if (l->nthr_s < THR_SAMPLES)
+                l->nthr_s++;
+        }
         else if (t > l->thr)
             l->thr = t;
         l->ram_rate = 0.7 * l->ram_rate + 0.3 * ram_d / dt;
@@ -171,6 +184,34 @@ static void measure(struct mig_source *m, struct loop *l, uint64_t now)
     else
         w->throughput = (uint64_t)l->thr;
     w->ram_dirty_rate = (uint64_t)l->dirty_rate;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The rate to budget the pause with: a low percentile of the recent ticks' rates (a pause taken
+ * on the average would be longer than expected whenever the link runs below it), never above
+ * the average. 0 (the average) until there are a few samples. */
+static uint64_t pause_throughput(const struct loop *l)
+{
+    if (l->nthr_s < 3)
+        return 0;
+    double v[THR_SAMPLES];
+    memcpy(v, l->thr_s, sizeof v[0] * l->nthr_s);
+    qsort(v, l->nthr_s, sizeof v[0], cmp_double);
+    double p = v[(l->nthr_s - 1) * THR_PCT / 100];
+    return (uint64_t)(p < l->thr ? p : l->thr);
+}
+
+/* The pause's fixed costs: the round trip from COMPLETE to RESUMED (the path's smallest, as
+ * queueing is the bytes' share) and both sides' work. */
+static unsigned pause_fixed_ms(struct mig_source *m)
+{
+    int rtt = bm_tcp_min_rtt_us(m->c.fd);
+    return (unsigned)(((rtt > 0 ? rtt : 0) + PAUSE_FIXED_US + 999) / 1000);
 }
 
 /* Harvest, gather the figures, and let the controller decide: every tick, and at the end of
@@ -219,6 +260,7 @@ static void decide(struct mig_source *m, struct loop *l, uint64_t now, bool time
             mirror_set_speed(m->mj[i], (uint64_t)(disk_share / m->nmj));
     }
 
+    unsigned fixed = pause_fixed_ms(m);
     struct mig_ctl_in in = {
         .order = m->p.order,
         .with_disk = m->nmj > 0,
@@ -231,16 +273,17 @@ static void decide(struct mig_source *m, struct loop *l, uint64_t now, bool time
                               ? UINT64_MAX
                               : w->disk_bulk_total - w->disk_bulk_done + w->disk_dirty,
         .disk_dirty = w->disk_dirty,
-        .disk_unflushed = w->disk_unflushed,
         .ram_remaining = m->ram_started ? 0 : ram_estimate(l),
         .ram_dirty = w->ram.dirty_pages * VM_PAGE_SIZE + w->in_flight,
         .throughput = w->throughput,
         .state_bytes = 4096,
-        .flush_ms = FLUSH_MS,
+        .pause_throughput = pause_throughput(l),
+        .fixed_ms = fixed,
         .downtime_limit_ms = m->p.downtime_limit_ms,
-        /* At least the flush plus a little: with disks the estimate never goes lower. */
-        .target_ms = m->p.downtime_limit_ms / 10 > FLUSH_MS + 5 ? m->p.downtime_limit_ms / 10
-                                                                 : FLUSH_MS + 5,
+        /* A twentieth of the limit (15 ms of the default 300), at least a little over the fixed
+         * costs: the estimate never goes lower. */
+        .target_ms = m->p.downtime_limit_ms / 20 > fixed + 5 ? m->p.downtime_limit_ms / 20
+                                                              : fixed + 5,
         .passes_no_progress = l->no_progress,
         .under_limit_ms = l->under_since_ns ? (now - l->under_since_ns) / 1000000u : 0,
         .elapsed_ms = (now - m->t0_ns) / 1000000u,

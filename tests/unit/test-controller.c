@@ -31,7 +31,7 @@ static struct mig_ctl_in ready_in(enum mig_order order)
         .ram_dirty = 64 << 10,
         .throughput = MiB,
         .state_bytes = 32 << 10,
-        .flush_ms = 10,
+        .fixed_ms = 11,
         .downtime_limit_ms = 300,
         .passes_no_progress = 2, /* settled: each pass no longer shortens the pause */
         .elapsed_ms = 1000,
@@ -121,7 +121,7 @@ static void test_switchover_boundary(void **state)
 {
     (void)state;
     struct mig_ctl_in in = ready_in(MIG_ORDER_JOINT);
-    /* (64K + 32K + 32K) / 1 MiB/s = 125 ms, + 10 ms flush + 1 = 136 ms. */
+    /* (64K + 32K + 32K) / 1 MiB/s = 125 ms, + 11 ms fixed = 136 ms. */
     struct mig_ctl_out out = decide(&in);
     assert_int_equal(out.expected_downtime_ms, 136);
     assert_true(out.switchover);
@@ -162,7 +162,7 @@ static void test_switchover_preconditions(void **state)
     assert_false(decide(&in).switchover);
     /* Even with nothing to move at all. */
     in.ram_dirty = in.disk_dirty = in.state_bytes = 0;
-    in.flush_ms = 0;
+    in.fixed_ms = 0;
     assert_false(decide(&in).switchover);
 
     /* Joint: the disks must be past their bulk pass; readiness is not required. */
@@ -191,7 +191,7 @@ static void test_switchover_no_throughput(void **state)
     assert_false(decide(&in).switchover);
     /* Not even when nothing is left to move: an unmeasured link proves nothing. */
     in.ram_dirty = in.disk_dirty = in.state_bytes = 0;
-    in.flush_ms = 0;
+    in.fixed_ms = 0;
     assert_false(decide(&in).switchover);
     in.with_disk = false;
     assert_false(decide(&in).switchover);
@@ -211,7 +211,7 @@ static void test_switchover_without_disks(void **state)
         .passes_no_progress = 2,
         /* Leftovers from a disk that is not part of this migration do not count. */
         .disk_dirty = 1ull << 30,
-        .flush_ms = 5000,
+        .fixed_ms = 1,
     };
     struct mig_ctl_out out = decide(&in);
     assert_int_equal(out.expected_downtime_ms, 126);
@@ -261,35 +261,40 @@ static void test_expected_downtime(void **state)
 {
     (void)state;
     struct mig_ctl_in in = ready_in(MIG_ORDER_JOINT);
-    /* Nothing to move: flush plus the 1 ms slack. */
+    /* Nothing to move: the fixed costs alone (no flush: the destination's comes after). */
     in.ram_dirty = in.disk_dirty = in.state_bytes = 0;
     assert_int_equal(decide(&in).expected_downtime_ms, 11);
-    in.flush_ms = 0;
-    assert_int_equal(decide(&in).expected_downtime_ms, 1);
-    /* Unflushed target data counts at 500 MB/s: 50 MB = 100 ms. */
-    in.disk_unflushed = 50000000;
-    assert_int_equal(decide(&in).expected_downtime_ms, 101);
-    in.with_disk = false;
-    assert_int_equal(decide(&in).expected_downtime_ms, 1);
-    in.with_disk = true;
-    in.disk_unflushed = 0;
-    /* 1 GB at 100 MB/s = 10 s; each byte class counts the same. */
+    in.fixed_ms = 0;
+    assert_int_equal(decide(&in).expected_downtime_ms, 0);
+    /* A disk's dirty blocks count only in a migration with disks. */
     in.throughput = 100000000;
+    in.disk_dirty = 1000000000;
+    assert_int_equal(decide(&in).expected_downtime_ms, 10000);
+    in.with_disk = false;
+    assert_int_equal(decide(&in).expected_downtime_ms, 0);
+    in.with_disk = true;
+    in.disk_dirty = 0;
+    /* 1 GB at 100 MB/s = 10 s; each byte class counts the same. */
     in.ram_dirty = 1000000000;
-    assert_int_equal(decide(&in).expected_downtime_ms, 10001);
+    assert_int_equal(decide(&in).expected_downtime_ms, 10000);
     in.ram_dirty = 0;
     in.disk_dirty = 1000000000;
-    assert_int_equal(decide(&in).expected_downtime_ms, 10001);
+    assert_int_equal(decide(&in).expected_downtime_ms, 10000);
     in.disk_dirty = 0;
     in.state_bytes = 1000000000;
-    assert_int_equal(decide(&in).expected_downtime_ms, 10001);
-    /* The sum, and the flush time on top. */
+    assert_int_equal(decide(&in).expected_downtime_ms, 10000);
+    /* The sum, and the fixed costs on top. */
     in.ram_dirty = in.disk_dirty = in.state_bytes = 500000000;
-    in.flush_ms = 250;
-    assert_int_equal(decide(&in).expected_downtime_ms, 15000 + 250 + 1);
+    in.fixed_ms = 250;
+    assert_int_equal(decide(&in).expected_downtime_ms, 15000 + 250);
+    /* The pause is budgeted at pause_throughput when given (a low percentile of the recent
+     * rates), not at the average the order decisions use. */
+    in.pause_throughput = 50000000;
+    assert_int_equal(decide(&in).expected_downtime_ms, 30000 + 250);
+    in.pause_throughput = 0;
     /* Fractions of a millisecond are dropped from the estimate. */
     in.disk_dirty = in.state_bytes = 0;
-    in.flush_ms = 0;
+    in.fixed_ms = 1;
     in.throughput = 1000;
     in.ram_dirty = 1; /* 1 ms */
     assert_int_equal(decide(&in).expected_downtime_ms, 2);
