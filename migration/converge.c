@@ -24,6 +24,12 @@
 #define THR_SAMPLES 20
 #define THR_PCT 20
 #define RAM_WINDOW (2u << 20) /* RAM stream bytes in flight at most */
+/* After round 0 the pause may come at any pass end, and it must wait for what is in flight:
+ * smaller frames (the destination acknowledges whole frames) and a smaller window then. At
+ * 1 Gbit/s 2 MiB in flight is 17 ms of pause; 768 KiB in 256 KiB frames is 6 ms, and still
+ * keeps the link busy (the destination acknowledges every frame it applies). */
+#define LATE_STEP_BYTES (256u << 10)
+#define LATE_RAM_WINDOW (768u << 10)
 
 struct loop {
     uint64_t last_tick, last_progress;
@@ -433,12 +439,14 @@ bool mig_converge(struct mig_source *m)
          * applied: more would only sit in socket buffers and qdiscs, where the pause would
          * have to wait for it. */
         bool sent = false;
-        bool window_full = m->c.bytes_sent - m->peer_received >= RAM_WINDOW;
+        bool late = m->w.ram.rounds >= 1;
+        bool window_full =
+            m->c.bytes_sent - m->peer_received >= (late ? LATE_RAM_WINDOW : RAM_WINDOW);
         if (m->ram_started && !window_full && (!m->p.max_bandwidth || l.tokens > 0)) {
             struct ram_stats rs;
             ram_sender_stats(m->ram, &rs);
             if (rs.dirty_pages > 0) {
-                uint64_t n = STEP_BYTES;
+                uint64_t n = late ? LATE_STEP_BYTES : STEP_BYTES;
                 if (m->p.max_bandwidth)
                     n = l.tokens < n ? l.tokens : n;
                 uint64_t b0 = m->c.bytes_sent, rounds0 = rs.rounds;

@@ -29,7 +29,7 @@
 /* Extra patience while the peer digests RAM and disks for --verify. */
 #define VERIFY_GRACE_MS 600000
 /* Progress PINGs go at least every 50 ms and every ACK_BYTES of stream applied. */
-#define ACK_BYTES (512u << 10)
+#define ACK_BYTES (128u << 10)
 
 struct dest {
     const struct mig_incoming_opts *o;
