@@ -19,7 +19,8 @@
 # RAM_FILL_M=512, DISK_M=4096, DISK_FILL_M=2048, REPS=1, SHAPED=both|0|1, RATE, MTU (of the shaped link,
 # 1500; 9000 = jumbo frames), ORDERS="joint
 # disk-first", SCENARIOS="idle moderate heavy", WARM_S=3, MAX_TIME=180, NETNS_NAME=bmmig,
-# BLKMIG (binary; default a fresh optimised build in build/release). Needs root (exit 77).
+# BLKMIG (binary; default a fresh optimised build in build/release), LOG_DIR (keep each run's
+# logs and report there), LOG_LEVEL (of both sides, default warn). Needs root (exit 77).
 # Last line: RESULT migrate {json}.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -35,6 +36,7 @@ SHAPED=${SHAPED:-both}; RATE=${RATE:-1gbit}; MTU=${MTU:-1500}
 ORDERS=${ORDERS:-joint disk-first}
 SCENARIOS=${SCENARIOS:-idle moderate heavy}
 WARM_S=${WARM_S:-3}; MAX_TIME=${MAX_TIME:-180}
+LOG_LEVEL=${LOG_LEVEL:-warn}
 NETNS_NAME=${NETNS_NAME:-bmmig}
 conf=$top/contrib/bench/scenarios/migrate.conf
 
@@ -68,12 +70,12 @@ one_run() {
     local wl
     wl="$(wl_of "$scen"),ram-fill=${RAM_FILL_M}M,disk-fill=${DISK_FILL_M}M"
     ip netns exec "$B" "$BLKMIG" incoming --listen 10.77.0.2:7700 --disk-dir "$dB" --force \
-        --control "$dsock" 2>"$work/dst.log" &
+        --control "$dsock" --log-level "$LOG_LEVEL" 2>"$work/dst.log" &
     local dpid=$!
     pids+=("$dpid")
     ip netns exec "$A" "$BLKMIG" run --synthetic --ram "${RAM_M}M" \
         --disk "vda=$dA/vda.img,size=${DISK_M}M" --workload "$wl" --control "$ssock" \
-        2>"$work/src.log" &
+        --log-level "$LOG_LEVEL" 2>"$work/src.log" &
     local spid=$!
     pids+=("$spid")
     for _ in $(seq 600); do [ -S "$ssock" ] && break; sleep 0.1; done
@@ -101,6 +103,11 @@ one_run() {
     wait "$spid" 2>/dev/null || true
     wait "$dpid" 2>/dev/null || true
     pids=()
+    if [ -n "${LOG_DIR:-}" ]; then
+        local tag=$LOG_DIR/$shaped-$scen-$order-$rep
+        cp "$work/src.log" "$tag.src.log"; cp "$work/dst.log" "$tag.dst.log"
+        cp "$work/mig.json" "$tag.mig.json"
+    fi
     if [ "$bad" != 0 ]; then
         echo "migrate-bench: the guest's self-check found $bad mismatches ($scen $order)" >&2
         tail -n 20 "$work/src.log" "$work/dst.log" >&2
@@ -130,6 +137,10 @@ out = {
     "exit": int(rc), "status": r.get("status"), "total_s": round(total_s, 3),
     "downtime_ms": r.get("downtime_ms"), "guest_downtime_ms": r.get("guest_downtime_ms"),
     "expected_downtime_ms": r.get("expected_downtime_ms"), "pause": r.get("pause"),
+    "expected_ratio": round(r["expected_downtime_ms"] / r["downtime_ms"], 3)
+        if r.get("downtime_ms") else None,
+    "durable": r.get("durable"), "dest_flush_ms": r.get("dest_flush_ms"),
+    "pre_pause_flush_ms": r.get("pre_pause_flush_ms"),
     "ram_start_s": r.get("ram_start_ms", 0) / 1000,
     "alloc_disk": alloc, "nonzero_ram": nonzero, "sent": sent,
     "amplification": round(sent / base, 3) if base else None,
