@@ -129,6 +129,7 @@ struct mirror_job {
     atomic_bool quiet_flushes; /* start no more periodic flushes (mirror_quiet_flushes) */
     /* At the hold (completion): when, and what was left (for the debug log). */
     uint64_t hold_ns, hold_dirty;
+    uint64_t drained_ns; /* pivot: when the copy was over and every command answered */
     unsigned hold_in_flight;
     bool hold_flushing;
     uint64_t flushing;    /* bytes the flush in flight makes durable */
@@ -167,9 +168,12 @@ void mirror_active_submit(struct mirror_job *j);
 void mirror_active_stop(struct mirror_job *j);
 
 /* mirror-pivot.c */
-/* On the job's thread, at done with the source held: start the pivot thread and redirect the
- * source disk to it. Returns 0 or -errno (nothing changed then). */
+/* On the job's thread, once drained with the source held: start the pivot thread and redirect
+ * the source disk to it. Returns 0 or -errno (nothing changed then). */
 int mirror_pivot_start(struct mirror_job *j);
+/* On the job's thread, after mirror_pivot_start: flush the target through the pivot thread,
+ * which owns its connections now, as a writer's flush is; wait for the answer. 0 or -errno. */
+int mirror_pivot_flush(struct mirror_job *j);
 /* Answer what is queued, wait for the target's answers (at most CANCEL_WAIT_NS; what is
  * still unanswered then fails with EIO), join. */
 void mirror_pivot_stop(struct mirror_job *j);

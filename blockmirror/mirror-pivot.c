@@ -10,12 +10,13 @@
 #include "common/log.h"
 
 /*
- * At done the target holds exactly what the source holds, and the source's writers are held.
- * A pivot makes the target their disk from then on: the source disk is redirected (bm_disk
- * redirect) to the functions below, so the held changes and every later request go to the
- * target and none to the source. The callers are the disk's users (the NBD server's workers);
- * each queues its request and waits, and the pivot thread, which owns the target's connections
- * as the job's thread did, submits it and answers it.
+ * At the pivot the target has answered every write of what the source holds (some perhaps only
+ * in its cache: the final flush comes after the pivot, see mirror_pivot_flush), and the
+ * source's writers are held. A pivot makes the target their disk from then on: the source disk
+ * is redirected (bm_disk redirect) to the functions below, so the held changes and every later
+ * request go to the target and none to the source. The callers are the disk's users (the NBD
+ * server's workers); each queues its request and waits, and the pivot thread, which owns the
+ * target's connections as the job's thread did, submits it and answers it.
  *
  * A target connection that dies after the pivot is not reconnected: writes it acknowledged may
  * not be durable, and a flush on a new connection would claim they are. Every later request
@@ -253,10 +254,21 @@ static int pivot_trim(void *opaque, uint64_t offset, uint64_t len, unsigned flag
     return call(opaque, &r);
 }
 
+/* A writer's flush covers every write answered before it, the mirror's copies included (all of
+ * them were answered before the pivot), so a writer never needs the job's final flush:
+ * bm_target_flush sends it on every connection, or, only when the target promises multi-conn
+ * (a flush on one connection covers the writes answered on all), on one. Without multi-conn
+ * the target is opened with one connection anyway, and no connection is added after the
+ * pivot (a dead one fails every request instead). */
 static int pivot_flush(void *opaque)
 {
     struct pivot_req r = {.kind = PIVOT_FLUSH};
     return call(opaque, &r);
+}
+
+int mirror_pivot_flush(struct mirror_job *j)
+{
+    return pivot_flush(j);
 }
 
 int mirror_pivot_start(struct mirror_job *j)

@@ -569,6 +569,10 @@ static void periodic_flush_done(void *opaque, int err)
 #endif
 static void maybe_flush(struct mirror_job *j, bool idle)
 {
+    /* A pivoting completion holds the writers only once no flush is in flight (run_loop), and
+     * flushes after the pivot anyway: start none that would delay the hold. */
+    if (j->o.pivot && atomic_load(&j->want_complete))
+        return;
     if (j->flush_in_flight || j->unflushed == 0 || bm_target_dead(j->t) ||
         atomic_load(&j->quiet_flushes))
         return;
@@ -781,10 +785,13 @@ static void run_loop(struct mirror_job *j)
         int wait_ms = bulk_over ? DIRTY_POLL_MS : TICK_MS;
         mirror_active_submit(j);
 
-        /* Completion: from ready, hold the writers, then copy what is left. */
+        /* Completion: from ready, hold the writers, then copy what is left. A pivot holds them
+         * for the copy only, so not while a periodic flush is in flight either: the drain
+         * below would wait for it, a device barrier as long as the target likes. */
         if (atomic_load(&j->want_complete) && !j->held &&
             (j->cur.state == MIRROR_READY ||
-             (atomic_load(&j->complete_now) && j->cur.state == MIRROR_DIRTY))) {
+             (atomic_load(&j->complete_now) && j->cur.state == MIRROR_DIRTY)) &&
+            !(j->o.pivot && j->flush_in_flight)) {
             bm_disk_hold(j->src);
             j->held = true;
             j->hold_ns = mirror_now_ns();
@@ -815,6 +822,13 @@ static void run_loop(struct mirror_job *j)
         }
         if (j->held && bm_disk_changes_in_progress(j->src) == 0 && j->nused == 0 &&
             bm_bitmap_count(j->dirty) == 0 && bm_target_in_flight(j->t) == 0) {
+            /* A pivot releases the writers before the final flush (pivot()), a device barrier
+             * as long as the target likes; a point-in-time copy flushes inside the hold, its
+             * writers being held until the job's owner releases them anyway. */
+            if (j->o.pivot) {
+                j->drained_ns = mirror_now_ns();
+                return;
+            }
             uint64_t t_drained = mirror_now_ns();
             int r = j->o.skip_final_flush ? 0 : flush_target(j);
             bm_debug("mirror: completion: %.1f ms to copy and drain (at the hold: %llu dirty "
@@ -926,7 +940,11 @@ static int setup(struct mirror_job *j, bool *attached)
     return 0;
 }
 
-/* Done, pivoting: the writers held at completion, and every later request, go to the target. */
+/* Drained, pivoting: the writers held at completion, and every later request, go to the
+ * target; then the target is flushed, and only then is the job done. Releasing the writers
+ * before that flush loses nothing: SOURCE is never written after the pivot and holds every
+ * write they were told was durable (their flushes went to it until then), and a flush of theirs
+ * after the pivot covers the mirror's copies too (pivot_flush in mirror-pivot.c). */
 static void pivot(struct mirror_job *j)
 {
     int r = mirror_pivot_start(j);
@@ -937,9 +955,26 @@ static void pivot(struct mirror_job *j)
         mirror_set_state(j, MIRROR_FAILED, j->errmsg);
         return;
     }
-    mirror_set_state(j, MIRROR_DONE, "pivoted: the writers' disk is now the target");
     bm_disk_release(j->src);
     j->released = true;
+    uint64_t t_released = mirror_now_ns();
+    r = mirror_pivot_flush(j);
+    bm_debug("mirror: completion: writers held %.1f ms (%.1f ms to copy and drain; at the hold: "
+             "%llu dirty bytes, %u commands in flight%s), final flush after the pivot %.1f ms",
+             (double)(t_released - j->hold_ns) / 1e6, (double)(j->drained_ns - j->hold_ns) / 1e6,
+             (unsigned long long)j->hold_dirty, j->hold_in_flight,
+             j->hold_flushing ? " with a periodic flush" : "",
+             (double)(mirror_now_ns() - t_released) / 1e6);
+    if (r < 0) {
+        /* The pivot stays: the writers may have written to the target since. */
+        fail(j, -r,
+             "the target could not be made durable (final flush after the pivot: %s); the "
+             "writers' disk stays the target; SOURCE holds everything written up to the switch",
+             strerror(-r));
+        mirror_set_state(j, MIRROR_FAILED, j->errmsg);
+        return;
+    }
+    mirror_set_state(j, MIRROR_DONE, "pivoted: the writers' disk is now the target");
 }
 
 static void *job_main(void *arg)

@@ -80,12 +80,14 @@ int mirror_new(struct bm_disk *src, const struct mirror_opts *o, mirror_event_fn
                void *opaque, struct mirror_job **out, char *err, size_t errlen);
 /* Start the job's thread. */
 int mirror_start(struct mirror_job *j);
-/* Ask for completion: from ready (or as soon as it is), hold the source's writers, copy what is
- * left, flush the target, and end in done. With o.pivot the job then redirects the source disk
- * to the target (bm_disk_redirect) and lets the held writers go on, to the target only: from
- * done on, every read, write, zero, trim and flush of the source disk is served from the target
- * until mirror_free, which its users must not outlive. Without it the writers stay held until
- * mirror_release, which lets them go on to the source only. */
+/* Ask for completion: from ready (or as soon as it is), hold the source's writers and copy what
+ * is left. With o.pivot the job then redirects the source disk to the target (bm_disk_redirect)
+ * and lets the held writers go on, to the target only: from then on, every read, write, zero,
+ * trim and flush of the source disk is served from the target until mirror_free, which its
+ * users must not outlive; only then does it flush the target and end in done (or, if that flush
+ * fails, in failed, still pivoted). Without o.pivot it flushes the target with the writers
+ * held and ends in done; they stay held until mirror_release, which lets them go on to the
+ * source only. */
 void mirror_complete(struct mirror_job *j);
 /* The same, without waiting for ready once the bulk pass is over: for a caller whose writers
  * are stopped already (a paused VM), so the last dirty blocks go at once. */
@@ -109,7 +111,8 @@ int mirror_wait(struct mirror_job *j, char *err, size_t errlen);
 /* After mirror_wait: let the writers held by a completed job go on (to the source only). A
  * pivoted job released them to the target already: nothing to do. */
 void mirror_release(struct mirror_job *j);
-/* After mirror_wait: whether the job pivoted (the source disk now serves from the target). */
+/* After mirror_wait: whether the job pivoted (the source disk now serves from the target): after
+ * done, or after a failed final flush of the target. */
 bool mirror_pivoted(struct mirror_job *j);
 void mirror_free(struct mirror_job *j);
 

@@ -66,14 +66,17 @@ static void usage(FILE *f)
         "      --source-io MODE     buffered (default): pread through the page cache;\n"
         "                           direct: O_DIRECT reads through libaio where aligned\n"
         "When ready:\n"
-        "      --on-ready ACTION    complete (default): hold writers, copy the rest, flush, exit;\n"
+        "      --on-ready ACTION    complete (default): hold writers, copy the rest, then\n"
+        "                           pivot or release (--on-complete), flush, exit;\n"
         "                           wait: stay in sync until `complete` (control) or SIGUSR1;\n"
         "                           cancel: stop; the target holds what was copied, flushed\n"
-        "      --on-complete MODE   pivot (default): at done the writers' disk becomes the\n"
-        "                           target: held and later requests are served from it until\n"
-        "                           the writers disconnect; SOURCE is no longer written;\n"
-        "                           release: held and later writes go to SOURCE only; the\n"
-        "                           target is a point-in-time copy as of completion\n"
+        "      --on-complete MODE   pivot (default): once the copy is over the writers'\n"
+        "                           disk becomes the target: held and later requests are\n"
+        "                           served from it until the writers disconnect; SOURCE is\n"
+        "                           no longer written; the target is flushed after that;\n"
+        "                           release: the target is flushed with the writers held,\n"
+        "                           then held and later writes go to SOURCE only; the target\n"
+        "                           is a point-in-time copy as of completion\n"
         "Reporting and control:\n"
         "      --control PATH       control socket (JSON lines: query, complete, cancel,\n"
         "                           set-speed)\n"
@@ -88,10 +91,14 @@ static void usage(FILE *f)
         "  -l, --log-level L        error, warn, info or debug (default warn)\n"
         "  -h, --help               show this help\n"
         "\n"
-        "Exit status: 0 done (target identical to SOURCE at completion), 1 failed, 2 usage\n"
-        "error, 3 cancelled. SIGINT/SIGTERM cancel; SIGUSR1 completes. A failed or cancelled\n"
-        "mirror keeps serving SOURCE until its writers disconnect (or another signal); a\n"
-        "pivoted one serves them from the target the same way.\n");
+        "Exit status: 0 done, 1 failed, 2 usage error, 3 cancelled. Done (the event, status\n"
+        "0, the --json summary) means: pivot: the target holds all of SOURCE's data, flushed,\n"
+        "and the writers have been on the target since the pivot, which came before that\n"
+        "flush; release: the target is identical to SOURCE as of the hold, flushed, and the\n"
+        "writers stay held until exit. SIGINT/SIGTERM cancel; SIGUSR1 completes. A failed or\n"
+        "cancelled mirror keeps serving SOURCE until its writers disconnect (or another\n"
+        "signal); a pivoted one, done or failed (its final flush failed: SOURCE holds all up\n"
+        "to the switch), serves them from the target the same way.\n");
 }
 
 static struct json_object *stats_json(const struct mirror_stats *st)
@@ -527,7 +534,9 @@ int cmd_mirror(int argc, char **argv)
     if (m.progress && m.progress_shown)
         fprintf(stderr, "\r\033[K");
     const char *result = r == 0 ? "done" : r == -ECANCELED ? "cancelled" : "failed";
-    bool pivoted = r == 0 && mirror_pivoted(m.job);
+    /* A pivoted job that failed (its final flush did) pivoted all the same: the writers'
+     * disk is the target. */
+    bool pivoted = mirror_pivoted(m.job);
     unsigned writers = srv.running ? nbd_server_connections(srv.s) : 0;
     double secs = (double)st.elapsed_ms / 1000.0;
     uint64_t mean = st.elapsed_ms ? (st.bytes_sent + st.active_bytes) * 1000 / st.elapsed_ms : 0;
@@ -538,7 +547,7 @@ int cmd_mirror(int argc, char **argv)
         json_object_object_add(o, "mean_throughput", json_object_new_int64((int64_t)mean));
         if (r != 0 && r != -ECANCELED)
             json_object_object_add(o, "error", json_object_new_string(err));
-        if (r == 0)
+        if (r == 0 || pivoted)
             add_completion_json(o, pivoted, writers);
         printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
         json_object_put(o);
@@ -560,7 +569,7 @@ int cmd_mirror(int argc, char **argv)
                 (unsigned long long)st.retries, (unsigned long long)st.mode_switches);
         if (r != 0 && r != -ECANCELED)
             fprintf(stderr, "  error: %s\n", err);
-        if (r == 0)
+        if (r == 0 || pivoted)
             print_completion(pivoted, writers);
     }
     fflush(stdout);
@@ -571,6 +580,10 @@ int cmd_mirror(int argc, char **argv)
         if (!pivoted)
             bm_warn("the mirror %s; still serving %s to its writers until they disconnect "
                     "(SIGINT or SIGTERM to stop now)", result, src_path);
+        else if (r != 0)
+            bm_warn("the mirror failed after the pivot; still serving the target %s to the "
+                    "writers of %s until they disconnect (SIGINT or SIGTERM to stop now)",
+                    mo.target_uri, src_path);
         while (nbd_server_connections(srv.s) > 0) {
             struct pollfd pfd = {.fd = sfd, .events = POLLIN};
             if (poll(&pfd, 1, 200) > 0) {
