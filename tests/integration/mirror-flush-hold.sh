@@ -34,7 +34,8 @@ log "target: $TARGET_KIND, every flush delayed ${FLUSH_MS} ms"
 # The writer: 4 KiB writes (each a new pattern) spread over the disk, one at a time, each timed,
 # until the file STOP exists; it keeps a copy of the disk as it must be (the source's initial
 # content, then its writes) and writes to OUT its largest wait, when each write started, and the
-# MD5 of that copy. With "tolerant", failed writes are counted, not fatal.
+# MD5 of that copy. It creates OUT.started after its first 10 writes. With "tolerant", failed
+# writes are counted, not fatal.
 cat >"$TMP/writer.py" <<'PY'
 import hashlib, json, os, sys, time
 import nbd
@@ -62,6 +63,8 @@ while not os.path.exists(stop):
     if lat > worst:
         worst, worst_at = lat, t
     i += 1
+    if i == 10:
+        open(out + ".started", "w").close()
     time.sleep(0.002)
 h.shutdown()
 json.dump({"worst": worst, "worst_at": worst_at, "starts": starts, "errors": errors,
@@ -88,7 +91,13 @@ setup() {
     WRITER_PID=$!
     track_pid "$WRITER_PID"
     wait_event "$TMP/$n.json" ready 30 || fail "$n: no ready event within 30 s"
-    sleep 0.5 # writes before completion too
+    local deadline=$((SECONDS + 30))
+    until [ -e "$TMP/writer-$n.json.started" ]; do
+        kill -0 "$WRITER_PID" 2>/dev/null || fail "$n: the writer died: $(tail -3 "$TMP/writer-$n.err")"
+        [ $SECONDS -lt $deadline ] || fail "$n: the writer wrote nothing within 30 s"
+        sleep 0.05
+    done
+    sleep 0.5 # more writes before completion
 }
 
 # writer_field NAME EXPR: EXPR (Python, over the writer's result w) for the writer of NAME.
@@ -118,7 +127,7 @@ check_sanitizer_log "$TMP/p.err"
 grep -E 'writers held|final flush' "$TMP/p.err" | sed "s/^/# $TEST_NAME:   /" >&2 || true
 worst=$(writer_field p 'round(w["worst"], 3)')
 during=$(writer_field p "sum($t_complete <= s <= $t_done for s in w['starts'])")
-log "  the longest write took $worst s; $during writes started between complete and done"
+log "  the longest write took $worst s; $during writes started between complete and done, $(writer_field p 'len(w["starts"])') in all"
 [ "$during" -ge 20 ] || soft_fail "p: only $during writes between complete and done: the writer was not writing across completion"
 "$PY3" -c 'import sys; sys.exit(float(sys.argv[1]) >= 1.0)' "$worst" ||
     soft_fail "p: a write waited $worst s across completion (the writers were held through the flush)"
