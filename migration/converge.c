@@ -174,8 +174,17 @@ static void measure(struct mig_source *m, struct loop *l, uint64_t now)
             if (l->nthr_s < THR_SAMPLES)
                 l->nthr_s++;
         }
-        else if (t > l->thr)
+        else if (t > l->thr) {
             l->thr = t;
+            /* The link can do at least t: samples below it measured something else (the
+             * connections opening, TCP's ramp), not the link. */
+            unsigned n = 0;
+            for (unsigned i = 0; i < l->nthr_s; i++)
+                if (l->thr_s[i] >= t)
+                    l->thr_s[n++] = l->thr_s[i];
+            l->nthr_s = n;
+            l->thr_pos = n % THR_SAMPLES;
+        }
         l->ram_rate = 0.7 * l->ram_rate + 0.3 * ram_d / dt;
         if (l->harvests > 1)
             l->dirty_rate = 0.7 * l->dirty_rate + 0.3 * (double)l->newly_pages * VM_PAGE_SIZE / dt;
@@ -200,7 +209,8 @@ static int cmp_double(const void *a, const void *b)
 
 /* The rate to budget the pause with: a low percentile of the recent ticks' rates (a pause taken
  * on the average would be longer than expected whenever the link runs below it), never above
- * the average. 0 (the average) until there are a few samples. */
+ * the average nor below half of it (one slow tick among few must not hold a small guest back
+ * for ever). 0 (the average) until there are a few samples. */
 static uint64_t pause_throughput(const struct loop *l)
 {
     if (l->nthr_s < 3)
@@ -209,7 +219,11 @@ static uint64_t pause_throughput(const struct loop *l)
     memcpy(v, l->thr_s, sizeof v[0] * l->nthr_s);
     qsort(v, l->nthr_s, sizeof v[0], cmp_double);
     double p = v[(l->nthr_s - 1) * THR_PCT / 100];
-    return (uint64_t)(p < l->thr ? p : l->thr);
+    if (p > l->thr)
+        p = l->thr;
+    if (p < l->thr / 2)
+        p = l->thr / 2;
+    return (uint64_t)p;
 }
 
 /* The pause's fixed costs: the round trip from COMPLETE to RESUMED (the path's smallest, as
