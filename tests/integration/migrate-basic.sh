@@ -30,6 +30,14 @@ check_completed() {
     [ "$MIG_RC" -eq 0 ] || fail "$label: blkmig migrate exited $MIG_RC: $(mig_tail "$MIG_ERR") $(mig_report error)"
     [ "$st" = completed ] || soft_fail "$label: the report says status '$st'"
     [ "$ver" = true ] || soft_fail "$label: the report says verified '$ver'"
+    # The destination made its disks durable after the resume, and said so.
+    local res dur
+    res=$(mig_report resumed_ms)
+    dur=$(mig_report durable_ms)
+    [ "$(mig_report durable)" = true ] && [ -n "$res" ] && [ -n "$dur" ] && [ "$dur" -ge "$res" ] ||
+        soft_fail "$label: durable '$(mig_report durable)', resumed_ms '$res', durable_ms '$dur' ($(mig_report durable_error))"
+    [ -z "$(find "$DST_DIR" -maxdepth 1 -name '*.blkmig-tmp')" ] ||
+        soft_fail "$label: temporary images left after DURABLE: $(ls -A "$DST_DIR")"
     local bound=$((LIMIT_MS + MARGIN_MS))
     [ -n "$dt" ] && "$PY3" -c "import sys; sys.exit(not float('$dt') < $bound)" ||
         soft_fail "$label: downtime_ms '$dt' not under $bound"
