@@ -20,7 +20,9 @@
 # 1500; 9000 = jumbo frames), ORDERS="joint
 # disk-first", SCENARIOS="idle moderate heavy", WARM_S=3, MAX_TIME=180, NETNS_NAME=bmmig,
 # BLKMIG (binary; default a fresh optimised build in build/release), LOG_DIR (keep each run's
-# logs and report there), LOG_LEVEL (of both sides, default warn). Needs root (exit 77).
+# logs and report there), LOG_LEVEL (of both sides, default warn), VERIFY=1 (migrate with
+# --verify: the run fails unless every digest matched; the digests lengthen the total, not the
+# pause figures). Needs root (exit 77).
 # Last line: RESULT migrate {json}.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -37,6 +39,9 @@ ORDERS=${ORDERS:-joint disk-first}
 SCENARIOS=${SCENARIOS:-idle moderate heavy}
 WARM_S=${WARM_S:-3}; MAX_TIME=${MAX_TIME:-180}
 LOG_LEVEL=${LOG_LEVEL:-warn}
+VERIFY=${VERIFY:-0}
+verify_arg=()
+[ "$VERIFY" = 1 ] && verify_arg=(--verify)
 NETNS_NAME=${NETNS_NAME:-bmmig}
 conf=$top/contrib/bench/scenarios/migrate.conf
 
@@ -87,7 +92,7 @@ one_run() {
     w1=$(q "$ssock" query-status | jget '["return"]["guest"]["ram_writes"]')
     t1=$(date +%s.%N)
     local rc=0
-    "$BLKMIG" migrate --with-disk --json --order "$order" --max-time "$MAX_TIME" "$ssock" \
+    "$BLKMIG" migrate --with-disk "${verify_arg[@]}" --json --order "$order" --max-time "$MAX_TIME" "$ssock" \
         tcp:10.77.0.2:7700 >"$work/mig.json" 2>"$work/mig.err" || rc=$?
     local t2 w2=0 bad=-1
     t2=$(date +%s.%N)
@@ -140,6 +145,9 @@ out = {
     "expected_ratio": round(r["expected_downtime_ms"] / r["downtime_ms"], 3)
         if r.get("downtime_ms") else None,
     "durable": r.get("durable"), "dest_flush_ms": r.get("dest_flush_ms"),
+    "verified": r.get("verified"),
+    "guest_expected_ratio": round(r["expected_downtime_ms"] / r["guest_downtime_ms"], 3)
+        if r.get("guest_downtime_ms") else None,
     "pre_pause_flush_ms": r.get("pre_pause_flush_ms"),
     "ram_start_s": r.get("ram_start_ms", 0) / 1000,
     "alloc_disk": alloc, "nonzero_ram": nonzero, "sent": sent,
@@ -153,6 +161,10 @@ out = {
 print(json.dumps(out))
 PY
     tail -n 1 "$work/runs.jsonl" >&2
+    if [ "$VERIFY" = 1 ] && [ "$rc" = 0 ] && ! grep -q '"verified": true' <(tail -n 1 "$work/runs.jsonl"); then
+        echo "migrate-bench: --verify did not report every digest matching ($scen $order)" >&2
+        exit 1
+    fi
 }
 
 case $SHAPED in both) shapes="0 1" ;; 0|1) shapes=$SHAPED ;; *) echo "SHAPED: both, 0 or 1" >&2; exit 2 ;; esac
@@ -180,14 +192,30 @@ groups = {}
 for r in runs:
     groups.setdefault((r["shaped"], r["scenario"], r["order"]), []).append(r)
 rows = []
-print("| link | scenario | order | status | total s | bound s | total/bound | downtime ms (source / guest) | amplification | RAM rounds | throttle max | guest RAM writes/s during/before |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| link | scenario | order | status | runs | total s | bound s | total/bound (median, max) | pause ms, source (min / median / max) | pause ms, guest (min / median / max) | expected / actual within ±30 % (source, guest) | durable after resume ms (median, max) | amplification | RAM rounds | throttle max | guest RAM writes/s during/before |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+def vals(rs, k):
+    return [x[k] for x in rs if x.get(k) is not None]
 for (shaped, scen, order), rs in groups.items():
-    med = lambda k: statistics.median([x[k] for x in rs if x.get(k) is not None]) if any(x.get(k) is not None for x in rs) else None
-    row = {k: med(k) for k in ("total_s", "lower_bound_s", "ratio_to_bound", "downtime_ms", "guest_downtime_ms", "amplification", "ram_rounds", "throttle_max", "guest_ram_writes_per_s_before", "guest_ram_writes_per_s_during")}
+    med = lambda k: statistics.median(vals(rs, k)) if vals(rs, k) else None
+    row = {k: med(k) for k in ("total_s", "lower_bound_s", "ratio_to_bound", "downtime_ms", "guest_downtime_ms", "amplification", "ram_rounds", "throttle_max", "guest_ram_writes_per_s_before", "guest_ram_writes_per_s_during", "dest_flush_ms")}
+    for k in ("ratio_to_bound", "downtime_ms", "guest_downtime_ms", "dest_flush_ms"):
+        v = vals(rs, k)
+        row[k + "_min"], row[k + "_max"] = (min(v), max(v)) if v else (None, None)
+    within = lambda k: sum(1 for x in rs if x.get(k) is not None and 0.7 <= x[k] <= 1.3) if vals(rs, k) else None
+    row["expected_within_30pct"] = within("expected_ratio")
+    row["guest_expected_within_30pct"] = within("guest_expected_ratio")
     row.update(shaped=shaped, scenario=scen, order=order, status=",".join(sorted({x["status"] or "?" for x in rs})), n=len(rs))
     rows.append(row)
     f = lambda v, p=2: "-" if v is None else (f"{v:.{p}f}" if isinstance(v, float) else str(v))
-    print(f"| {rate + (' mtu ' + mtu if mtu != '1500' else '') if shaped else 'veth, unshaped'} | {scen} | {order} | {row['status']} | {f(row['total_s'])} | {f(row['lower_bound_s'])} | {f(row['ratio_to_bound'], 3)} | {f(row['downtime_ms'], 0)} / {f(row['guest_downtime_ms'], 1)} | {f(row['amplification'], 3)} | {f(row['ram_rounds'], 0)} | {f(row['throttle_max'], 0)} | {f(row['guest_ram_writes_per_s_during'], 0)}/{f(row['guest_ram_writes_per_s_before'], 0)} |")
+    link = rate + (" mtu " + mtu if mtu != "1500" else "") if shaped else "veth, unshaped"
+    print(f"| {link} | {scen} | {order} | {row['status']} | {row['n']} | {f(row['total_s'])} | {f(row['lower_bound_s'])} | "
+          f"{f(row['ratio_to_bound'], 3)}, {f(row['ratio_to_bound_max'], 3)} | "
+          f"{f(row['downtime_ms_min'], 0)} / {f(row['downtime_ms'], 1)} / {f(row['downtime_ms_max'], 0)} | "
+          f"{f(row['guest_downtime_ms_min'], 1)} / {f(row['guest_downtime_ms'], 1)} / {f(row['guest_downtime_ms_max'], 1)} | "
+          f"{f(row['expected_within_30pct'])}/{row['n']}, {f(row['guest_expected_within_30pct'])}/{row['n']} | "
+          f"{f(row['dest_flush_ms'], 0)}, {f(row['dest_flush_ms_max'], 0)} | "
+          f"{f(row['amplification'], 3)} | {f(row['ram_rounds'], 0)} | {f(row['throttle_max'], 0)} | "
+          f"{f(row['guest_ram_writes_per_s_during'], 0)}/{f(row['guest_ram_writes_per_s_before'], 0)} |")
 print("RESULT migrate " + json.dumps({"ram_mib": int(ram_m), "disk_mib": int(disk_m), "disk_fill_mib": int(fill_m), "rate": rate, "mtu": int(mtu), "reps": int(reps), "rows": rows, "runs": runs}))
 PY
