@@ -280,6 +280,8 @@ static int receive(struct dest *d, struct json_object **complete)
                 return failf(d, -ENOMEM, "out of memory");
             memcpy(d->state, pl, len);
             d->state_len = len;
+            /* Acknowledge it at once: a --verify source waits for this before it digests. */
+            d->last_ping_ns = 0;
             break;
         case MIG_COMPLETE:
             if (d->o->at_complete)

@@ -2,6 +2,7 @@
 #include <config.h>
 
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -150,6 +151,27 @@ static void await_resumed(struct mig_source *m, uint64_t t_pause, uint64_t t_com
     mig_set_status(m, MIG_COMPLETED, "completed");
 }
 
+/* --verify: the digests take seconds and are left out of the pause figures, and so would the
+ * RAM and state still crossing the link while the source digests. Wait first until the
+ * destination has applied everything (it acknowledges STATE at once). */
+static int await_applied(struct mig_source *m, char *why, size_t whylen)
+{
+    uint64_t t0 = mig_now_ns();
+    while (m->peer_received < m->c.bytes_sent) {
+        struct pollfd pfd = {.fd = m->c.fd, .events = POLLIN};
+        poll(&pfd, 1, 10);
+        int r = mig_poll_peer(m, why, whylen);
+        if (r < 0)
+            return r;
+        if (mig_now_ns() - t0 > (uint64_t)m->p.peer_timeout_ms * 1000000u) {
+            snprintf(why, whylen, "the destination did not acknowledge the VM state within %u ms",
+                     m->p.peer_timeout_ms);
+            return -ETIMEDOUT;
+        }
+    }
+    return 0;
+}
+
 void mig_switchover(struct mig_source *m)
 {
     mig_set_status(m, MIG_SWITCHOVER, "switchover"); /* no target flush in flight (converge.c) */
@@ -226,6 +248,10 @@ void mig_switchover(struct mig_source *m)
     free(state);
     if (r < 0) {
         mig_rollback(m, MIG_FAILED, "sending the VM state: %s", strerror(-r));
+        return;
+    }
+    if (m->p.verify && (r = await_applied(m, why, sizeof why)) < 0) {
+        mig_rollback(m, MIG_FAILED, "%s", why);
         return;
     }
     m->w.pause_state_ms = ms_since(t);
