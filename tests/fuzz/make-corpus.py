@@ -131,6 +131,40 @@ write("control", {
 })
 
 
+# ---- qmp: u8 flags (bit 0: also a fake QEMU's stream; bit 1: typed returns) | lines ----
+GREETING = {"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7},
+                                "package": "Debian 1:7.2+dfsg-7"}, "capabilities": ["oob"]}}
+
+
+def qev(name, data=None):
+    e = {"timestamp": {"seconds": 1700000000, "microseconds": 5}, "event": name}
+    if data is not None:
+        e["data"] = data
+    return e
+
+
+def qlines(*objs):
+    return b"".join(js(o) + b"\r\n" for o in objs)
+
+
+write("qmp", {
+    "session": bytes([1]) + qlines(
+        GREETING, {"return": {}, "id": 1},
+        qev("STOP"), {"return": {"status": "paused", "running": False}, "id": 2},
+        {"error": {"class": "CommandNotFound", "desc": "no such command"}, "id": 3},
+        qev("RESUME"), {"return": {"status": "running", "running": True}, "id": 4},
+        qev("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})),
+    "typed": bytes([3]) + qlines(GREETING, {"return": {}, "id": 1}, {"return": [], "id": 2},
+                                 {"return": {}, "id": 7}),
+    "not-qmp": bytes([1]) + b"SSH-2.0-OpenSSH_9.2p1\r\n",
+    "lines": bytes([0]) + qlines(GREETING, qev("BLOCK_JOB_READY", {"device": "d0"}),
+                                 {"return": [{"device": "d0", "inserted": {"drv": "raw"}}],
+                                  "id": 18446744073709551615},
+                                 {"error": {"class": "GenericError", "desc": "x"}}) +
+    b'{"return": {}} {}\n{"event": 1}\n[]\n',
+})
+
+
 # ---- kvm-state: u8 (disks, 0x80 = magic included) | sections (u32 tag | u32 len | payload),
 # host-endian; x86-64 sizes of linux/kvm.h structures and of struct kvm_vblk.
 def sec(tag, payload):
