@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -213,21 +214,34 @@ int bm_connect(const char *host, const char *port)
     return bm_connect_timeout(host, port, 0);
 }
 
-int bm_connect_unix(const char *path)
+static int connect_unix(const char *path, bool nowait)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof sa.sun_path)
         return -ENAMETOOLONG;
     strcpy(sa.sun_path, path);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | (nowait ? SOCK_NONBLOCK : 0), 0);
     if (fd < 0)
         return -errno;
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+    /* A unix connect either completes at once or, non-blocking, fails with EAGAIN when the
+     * listener's backlog is full: there is no connection in progress to wait for. */
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
+        (nowait && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0)) {
         int e = errno;
         close(fd);
         return -e;
     }
     return fd;
+}
+
+int bm_connect_unix(const char *path)
+{
+    return connect_unix(path, false);
+}
+
+int bm_connect_unix_nowait(const char *path)
+{
+    return connect_unix(path, true);
 }
 
 void bm_sock_nodelay(int fd)

@@ -26,6 +26,9 @@ int bm_connect(const char *host, const char *port);
 int bm_connect_timeout(const char *host, const char *port, unsigned timeout_ms);
 /* Connect to the unix socket at path. Returns fd or -errno. */
 int bm_connect_unix(const char *path);
+/* The same, but never blocking: -EAGAIN when the listener's backlog is full (it does not
+ * accept, e.g. a server that takes one client at a time and has one). The fd returned blocks. */
+int bm_connect_unix_nowait(const char *path);
 /* TCP_NODELAY where the socket is TCP (ignored otherwise). */
 void bm_sock_nodelay(int fd);
 /* The smallest round-trip time the kernel has seen on TCP socket fd, in microseconds (the path

@@ -85,6 +85,15 @@ int main(int argc, char **argv)
 
     expect_status("running");
 
+    /* QEMU serves one QMP client at a time: a second one gets no greeting (or no place in the
+     * backlog), and is told why, quickly. */
+    struct bm_qmp *q2 = NULL;
+    r = bm_qmp_connect(argv[1], 300, &q2, err, sizeof err);
+    if ((r != -ETIMEDOUT && r != -EAGAIN) || q2 || !strstr(err, "one QMP client at a time"))
+        fail("a second client gave %d, \"%s\"", r, err);
+    printf("ok second client: %s\n", err);
+    expect_status("running");
+
     struct json_object *ret = NULL;
     r = bm_qmp_exec(q, "no-such-command", NULL, &ret, TIMEOUT_MS, err, sizeof err);
     if (r != -EREMOTEIO || ret || strncmp(err, "CommandNotFound: ", 17) != 0)

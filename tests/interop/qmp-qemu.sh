@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # qmp-qemu.sh: the QMP client (vm/qemu/qmp.c) against a real QEMU, through
-# tests/interop/qmp-probe: the greeting and its version, query-status, QEMU's own errors
-# (an unknown command, an unknown argument), a return of an unexpected type, query-block,
-# query-block (one null-co drive), stop and cont with their STOP and RESUME events, and quit with SHUTDOWN and then EOF.
+# tests/interop/qmp-probe: the greeting and its version, query-status, a second client turned
+# away with a message (QEMU serves one at a time), QEMU's own errors (an unknown command, an
+# unknown argument), a return of an unexpected type, query-block (one null-co drive), stop and
+# cont with their STOP and RESUME events, and quit with SHUTDOWN and then EOF.
 . "$(dirname "$0")/../lib.sh"
 
 need_cmd qemu-system-x86_64 qemu-system-x86

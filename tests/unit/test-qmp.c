@@ -62,8 +62,10 @@ static int64_t srv_recv(struct fake *f, char *name, size_t namelen)
     int64_t id = -1;
     if (o && json_object_object_get_ex(o, "id", &x) && json_object_is_type(x, json_type_int))
         id = json_object_get_int64(x);
-    else
-        f->failed = true, fprintf(stderr, "fake: bad command '%s'\n", line);
+    else {
+        fprintf(stderr, "fake QEMU: not a command with an integer id: '%s'\n", line);
+        f->failed = true;
+    }
     if (name && o && json_object_object_get_ex(o, "execute", &x))
         snprintf(name, namelen, "%s", json_object_get_string(x));
     json_object_put(o);
@@ -496,6 +498,19 @@ static void test_connect_path(void **state)
     int stale = accept(l.lfd, NULL, NULL);
     assert_true(stale >= 0);
     close(stale);
+    /* A listener whose backlog is full: refused at once, not waited for. */
+    char path2[80];
+    snprintf(path2, sizeof path2, "%s/full.sock", dir);
+    int full = bm_listen_unix(path2);
+    assert_true(full >= 0);
+    assert_int_equal(listen(full, 0), 0);
+    int first = bm_connect_unix(path2);
+    assert_true(first >= 0);
+    assert_int_equal(bm_qmp_connect(path2, 5000, &q, err, sizeof err), -EAGAIN);
+    assert_non_null(strstr(err, "not accepting connections"));
+    close(first);
+    close(full);
+    unlink(path2);
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, accept_main, &l), 0);
     assert_int_equal(bm_qmp_connect(path, 2000, &q, err, sizeof err), 0);

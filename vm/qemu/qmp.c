@@ -41,7 +41,7 @@ struct bm_qmp {
     char *buf;
     size_t cap, off, len, scanned;
     int broken;           /* 0, or the -errno every call returns from now on */
-    char broken_msg[256]; /* and its message */
+    char broken_msg[512]; /* and its message */
     struct event *head, *tail;
     size_t nevents, event_bytes;
     uint64_t dropped;
@@ -597,6 +597,12 @@ static int read_greeting(struct bm_qmp *q, int64_t deadline, char *err, size_t e
     do
         r = read_line(q, deadline, "waiting for the greeting", &line, &len, err, errlen);
     while (r == 0 && len == 0);
+    /* QEMU greets a client only once it has accepted it, and serves one at a time. */
+    if (r == -ETIMEDOUT)
+        return soft(r, err, errlen,
+                    "QMP %s: timed out waiting for the greeting (QEMU serves one QMP client at a "
+                    "time: is another one connected?)",
+                    q->name);
     if (r < 0)
         return r;
     struct bm_qmp_msg m;
@@ -648,9 +654,14 @@ int bm_qmp_open_fd(int fd, const char *name, int timeout_ms, struct bm_qmp **qp,
 int bm_qmp_connect(const char *path, int timeout_ms, struct bm_qmp **q, char *err, size_t errlen)
 {
     *q = NULL;
-    int fd = bm_connect_unix(path);
+    int fd = bm_connect_unix_nowait(path);
     if (fd == -ENOENT || fd == -ECONNREFUSED)
         return soft(fd, err, errlen, "QMP %s: nothing listening (%s)", path, strerror(-fd));
+    if (fd == -EAGAIN)
+        return soft(fd, err, errlen,
+                    "QMP %s: not accepting connections (QEMU serves one QMP client at a time: "
+                    "is another one connected?)",
+                    path);
     if (fd < 0)
         return soft(fd, err, errlen, "QMP %s: cannot connect: %s", path, strerror(-fd));
     return bm_qmp_open_fd(fd, path, timeout_ms, q, err, errlen);

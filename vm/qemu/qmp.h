@@ -57,8 +57,11 @@ struct bm_qmp;
 
 /* Connect to the QMP socket at path, read the greeting, keep QEMU's version, send
  * qmp_capabilities and wait for its return, all within timeout_ms. Returns 0 with *q set, or
- * -errno with err filled: -ENOENT or -ECONNREFUSED (nothing listening at path), -EPROTO (the
- * first line is not a QMP greeting: err quotes its start), -ETIMEDOUT, -ECONNRESET, ... */
+ * -errno with err filled: -ENOENT or -ECONNREFUSED (nothing listening at path), -EAGAIN (the
+ * socket's backlog is full: QEMU accepts one QMP client at a time on a socket, and one more
+ * waits in the backlog without a greeting, which gives -ETIMEDOUT), -EPROTO (the first line is
+ * not a QMP greeting: err quotes its start), -ETIMEDOUT, -ECONNRESET, ... The connect itself
+ * never blocks. */
 int bm_qmp_connect(const char *path, int timeout_ms, struct bm_qmp **q, char *err, size_t errlen);
 /* The same over a connected stream socket fd, which the client owns from now on (also when this
  * fails: it is closed then). name is used in messages. */
