@@ -481,12 +481,31 @@ static void *accept_main(void *arg)
     return fake_main(&l->f);
 }
 
+/* The socket files of test_connect_path, removed whatever the test's outcome. */
+static char dir[64], path[96], path2[96];
+
+static int setup_dir(void **state)
+{
+    (void)state;
+    snprintf(dir, sizeof dir, "/tmp/test-qmp.XXXXXX");
+    if (!mkdtemp(dir))
+        return -1;
+    snprintf(path, sizeof path, "%s/qmp.sock", dir);
+    snprintf(path2, sizeof path2, "%s/full.sock", dir);
+    return 0;
+}
+
+static int teardown_dir(void **state)
+{
+    (void)state;
+    unlink(path);
+    unlink(path2);
+    return rmdir(dir);
+}
+
 static void test_connect_path(void **state)
 {
     (void)state;
-    char dir[] = "/tmp/test-qmp.XXXXXX", path[64];
-    assert_non_null(mkdtemp(dir));
-    snprintf(path, sizeof path, "%s/qmp.sock", dir);
     struct bm_qmp *q;
     assert_int_equal(bm_qmp_connect(path, 1000, &q, err, sizeof err), -ENOENT);
     assert_non_null(strstr(err, "nothing listening"));
@@ -499,8 +518,6 @@ static void test_connect_path(void **state)
     assert_true(stale >= 0);
     close(stale);
     /* A listener whose backlog is full: refused at once, not waited for. */
-    char path2[80];
-    snprintf(path2, sizeof path2, "%s/full.sock", dir);
     int full = bm_listen_unix(path2);
     assert_true(full >= 0);
     assert_int_equal(listen(full, 0), 0);
@@ -523,7 +540,6 @@ static void test_connect_path(void **state)
     close(l.lfd);
     unlink(path);
     assert_int_equal(bm_qmp_connect(path, 1000, &q, err, sizeof err), -ENOENT);
-    rmdir(dir);
 }
 
 static void test_parse(void **state)
@@ -582,13 +598,20 @@ static void test_parse(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_greeting_and_exec), cmocka_unit_test(test_error_reply),
-        cmocka_unit_test(test_events_in_order),   cmocka_unit_test(test_event_queue_bound),
-        cmocka_unit_test(test_reply_ids),         cmocka_unit_test(test_garbage_line),
-        cmocka_unit_test(test_oversized_line),    cmocka_unit_test(test_eof_mid_reply),
-        cmocka_unit_test(test_no_answer),         cmocka_unit_test(test_no_greeting),
-        cmocka_unit_test(test_not_qmp),           cmocka_unit_test(test_return_type),
-        cmocka_unit_test(test_connect_path),      cmocka_unit_test(test_parse),
+        cmocka_unit_test(test_greeting_and_exec),
+        cmocka_unit_test(test_error_reply),
+        cmocka_unit_test(test_events_in_order),
+        cmocka_unit_test(test_event_queue_bound),
+        cmocka_unit_test(test_reply_ids),
+        cmocka_unit_test(test_garbage_line),
+        cmocka_unit_test(test_oversized_line),
+        cmocka_unit_test(test_eof_mid_reply),
+        cmocka_unit_test(test_no_answer),
+        cmocka_unit_test(test_no_greeting),
+        cmocka_unit_test(test_not_qmp),
+        cmocka_unit_test(test_return_type),
+        cmocka_unit_test_setup_teardown(test_connect_path, setup_dir, teardown_dir),
+        cmocka_unit_test(test_parse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
