@@ -48,6 +48,19 @@ static void parse_fails(const char *const *argv, int rc, const char *what)
         fail_msg("error \"%s\" does not name \"%s\"", err, what);
 }
 
+static void expect_argv(char **got, const char *const *want)
+{
+    size_t i = 0;
+    for (; want[i]; i++) {
+        if (!got[i])
+            fail_msg("argv ends at %zu, want %s", i, want[i]);
+        if (strcmp(got[i], want[i]) != 0)
+            fail_msg("argv[%zu] is \"%s\", want \"%s\"", i, got[i], want[i]);
+    }
+    if (got[i])
+        fail_msg("argv has more: argv[%zu] \"%s\"", i, got[i]);
+}
+
 static const struct qemu_disk *disk(const struct qemu_cmdline *cl, const char *name)
 {
     for (size_t i = 0; i < cl->ndisks; i++)
@@ -110,6 +123,45 @@ static void test_libvirt(void **state)
     assert_int_equal(cl->monitors[0].kind, QEMU_MON_MON);
     assert_string_equal(cl->monitors[0].chardev, "charmonitor");
 
+    const struct qemu_cmdline_image img[] = {{"libvirt-1-format", "/dst/vm1,new.raw", "raw"}};
+    char **argv;
+    assert_int_equal(
+        qemu_cmdline_dest_argv(cl, img, 1, "/run/b", "/run/b/qmp.sock", &argv, err, sizeof err), 0);
+    /* The monitor and its own chardev go, -S goes, the JSON keeps its form and order. */
+    const char *const want[] = {
+        Q,
+        "-name",
+        "guest=vm1,debug-threads=on",
+        "-machine",
+        "pc-q35-7.2,usb=off,dump-guest-core=off",
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host,migratable=on",
+        "-m",
+        "1024",
+        "-blockdev",
+        "{\"driver\":\"file\",\"filename\":\"/dst/vm1,new.raw\",\"node-name\":"
+        "\"libvirt-1-storage\",\"auto-read-only\":true,\"discard\":\"unmap\"}",
+        "-blockdev",
+        "{\"node-name\":\"libvirt-1-format\",\"read-only\":false,\"driver\":\"raw\",\"file\":"
+        "\"libvirt-1-storage\",\"backing\":null}",
+        "-device",
+        "virtio-blk-pci,bus=pci.3,addr=0x0,drive=libvirt-1-format,id=virtio-disk0,"
+        "bootindex=1",
+        "-chardev",
+        "pty,id=charserial0",
+        "-device",
+        "isa-serial,chardev=charserial0,id=serial0",
+        "-msg",
+        "timestamp=on",
+        "-qmp",
+        "unix:/run/b/qmp.sock,server=on,wait=off",
+        "-incoming",
+        "defer",
+        NULL};
+    expect_argv(argv, want);
+    free(argv);
     qemu_cmdline_free(cl);
 }
 
@@ -173,6 +225,57 @@ static void test_hand_written(void **state)
     assert_string_equal(cl->paths[0].path, "/run/x.sock");
     assert_int_equal(cl->paths[1].kind, QEMU_PATH_FILE);
 
+    const struct qemu_cmdline_image img[] = {{"drive0", "/new/d0.qcow2", "qcow2"},
+                                             {"data", "/new/da,ta.raw", NULL}};
+    char **argv;
+    assert_int_equal(
+        qemu_cmdline_dest_argv(cl, img, 2, "/run/dst/", "/run/dst/qmp", &argv, err, sizeof err), 0);
+    /* Both chardev paths are called x.sock: the second becomes x-1.sock. The cdrom has no
+     * image and keeps its file. */
+    const char *const want[] = {
+        Q,
+        "-M",
+        "q35",
+        "-m",
+        "512",
+        "-drive",
+        "file=/new/d0.qcow2,if=virtio,format=qcow2",
+        "-drive",
+        "file=/new/da,,ta.raw,format=raw,if=none,id=data,cache=none,aio=native",
+        "-device",
+        "virtio-blk-pci,drive=data,id=vdb",
+        "-cdrom",
+        "/iso/install.iso",
+        "-chardev",
+        "socket,id=ser0,path=/run/dst/x.sock,server=on,wait=off",
+        "-serial",
+        "chardev:ser0",
+        "-chardev",
+        "file,id=log0,path=/run/dst/x-1.sock",
+        "-device",
+        "virtconsole,chardev=log0",
+        "-display",
+        "none",
+        "-qmp",
+        "unix:/run/dst/qmp,server=on,wait=off",
+        "-incoming",
+        "defer",
+        NULL};
+    expect_argv(argv, want);
+    free(argv);
+
+    /* The source: -daemonize goes, the user's QMP stays, blkmig's is added. */
+    assert_int_equal(qemu_cmdline_source_argv(cl, "/run/src/q,mp", &argv, err, sizeof err), 0);
+    size_t n = 0;
+    while (argv[n])
+        n++;
+    assert_int_equal(n, (size_t)argc_of(hand_line) - 1 + 2);
+    assert_string_equal(argv[n - 2], "-qmp");
+    assert_string_equal(argv[n - 1], "unix:/run/src/q,,mp,server=on,wait=off");
+    for (size_t i = 0; i < n; i++)
+        assert_string_not_equal(argv[i], "-daemonize");
+    assert_string_equal(argv[22], "unix:/run/user-qmp.sock,server,nowait");
+    free(argv);
     qemu_cmdline_free(cl);
 }
 
@@ -202,6 +305,31 @@ static void test_keyval_blockdev(void **state)
     assert_int_equal(cl->npaths, 3);
     assert_string_equal(cl->paths[1].path, "/tmp/par,1.sock");
 
+    const struct qemu_cmdline_image img[] = {{"sys", "/b/sys.qcow2", NULL}};
+    char **argv;
+    assert_int_equal(qemu_cmdline_dest_argv(cl, img, 1, "/r", "/r/qmp", &argv, err, sizeof err), 0);
+    const char *const want[] = {
+        Q,
+        "-blockdev",
+        "driver=qcow2,node-name=sys,file.driver=file,file.filename=/b/sys.qcow2",
+        "-device",
+        "scsi-hd,drive=sys,id=sd0",
+        "-serial",
+        "file:/r/console.log",
+        "-parallel",
+        "unix:/r/par,,1.sock,server=on,wait=off",
+        "-D",
+        "/r/qemu.log",
+        "-qmp",
+        "unix:/r/qmp,server=on,wait=off",
+        "-incoming",
+        "defer",
+        NULL};
+    expect_argv(argv, want);
+    free(argv);
+    assert_int_equal(qemu_cmdline_source_argv(cl, "/r/qmp", &argv, err, sizeof err), -EINVAL);
+    assert_null(argv);
+    assert_non_null(strstr(err, "-incoming"));
     qemu_cmdline_free(cl);
 }
 
@@ -269,13 +397,90 @@ static void test_bounds(void **state)
     free(argv);
 }
 
+/* The destination rewrite's own refusals: missing or unknown images, a socket path too long
+ * for sun_path. */
+static void test_dest_refusals(void **state)
+{
+    struct qemu_cmdline *cl = parse_ok(hand_line);
+    char **argv;
+    const struct qemu_cmdline_image one[] = {{"data", "/n/data", NULL}};
+    assert_int_equal(qemu_cmdline_dest_argv(cl, one, 1, "/r", "/r/q", &argv, err, sizeof err),
+                     -ENOENT);
+    assert_null(argv);
+    assert_non_null(strstr(err, "drive0"));
+    const struct qemu_cmdline_image bad[] = {
+        {"drive0", "/n/0", NULL}, {"data", "/n/1", NULL}, {"vdz", "/n/2", NULL}};
+    assert_int_equal(qemu_cmdline_dest_argv(cl, bad, 3, "/r", "/r/q", &argv, err, sizeof err),
+                     -EINVAL);
+    assert_non_null(strstr(err, "vdz"));
+    char longdir[200];
+    memset(longdir, 'd', sizeof longdir - 1);
+    longdir[0] = '/';
+    longdir[sizeof longdir - 1] = '\0';
+    assert_int_equal(qemu_cmdline_dest_argv(cl, bad, 2, longdir, "/r/q", &argv, err, sizeof err),
+                     -ENAMETOOLONG);
+    assert_non_null(strstr(err, "chardev ser0"));
+    qemu_cmdline_free(cl);
+}
+
+/* Legacy disks: kept as is without a format, written as their -drive with one; a bare file
+ * node takes a raw image only; a monitor's chardev shared with a device stays. */
+static void test_dest_forms(void **state)
+{
+    const char *const line[] = {Q,
+                                "-hda",
+                                "/a/x,y.img",
+                                "-fdb",
+                                "/a/f.img",
+                                "-blockdev",
+                                "driver=file,node-name=bare,filename=/a/bare.img",
+                                "-chardev",
+                                "socket,id=mux,path=/run/mux.sock,server=on,wait=off,mux=on",
+                                "-mon",
+                                "chardev=mux",
+                                "-device",
+                                "virtserialport,chardev=mux",
+                                NULL};
+    struct qemu_cmdline *cl = parse_ok(line);
+    char **argv;
+    const struct qemu_cmdline_image img[] = {
+        {"hda", "/b/x,y.img", NULL}, {"fdb", "/b/f,2.qcow2", "qcow2"}, {"bare", "/b/bare", NULL}};
+    assert_int_equal(
+        qemu_cmdline_dest_argv(cl, img, 3, "/r", "/r/mux.sock", &argv, err, sizeof err), 0);
+    const char *const want[] = {Q,
+                                "-hda",
+                                "/b/x,y.img",
+                                "-drive",
+                                "file=/b/f,,2.qcow2,format=qcow2,if=floppy,index=1",
+                                "-blockdev",
+                                "driver=file,node-name=bare,filename=/b/bare",
+                                "-chardev",
+                                "socket,id=mux,path=/r/mux-1.sock,server=on,wait=off,mux=on",
+                                "-device",
+                                "virtserialport,chardev=mux",
+                                "-qmp",
+                                "unix:/r/mux.sock,server=on,wait=off",
+                                "-incoming",
+                                "defer",
+                                NULL};
+    expect_argv(argv, want);
+    free(argv);
+    const struct qemu_cmdline_image q[] = {
+        {"hda", "/b/x", NULL}, {"fdb", "/b/f", NULL}, {"bare", "/b/bare", "qcow2"}};
+    assert_int_equal(qemu_cmdline_dest_argv(cl, q, 3, "/r", "/r/q", &argv, err, sizeof err),
+                     -ENOTSUP);
+    assert_non_null(strstr(err, "bare"));
+    qemu_cmdline_free(cl);
+}
+
 int main(void)
 {
     bm_log_set_level((enum bm_log_level) - 1); /* the refusals are expected */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_libvirt),         cmocka_unit_test(test_hand_written),
         cmocka_unit_test(test_keyval_blockdev), cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_bounds),
+        cmocka_unit_test(test_bounds),          cmocka_unit_test(test_dest_refusals),
+        cmocka_unit_test(test_dest_forms),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

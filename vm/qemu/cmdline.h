@@ -92,4 +92,30 @@ int qemu_cmdline_parse(int argc, const char *const *argv, struct qemu_cmdline **
 
 void qemu_cmdline_free(struct qemu_cmdline *cl);
 
+/* One disk's image on the destination. format NULL keeps the line's format. */
+struct qemu_cmdline_image {
+    const char *disk; /* qemu_disk.name */
+    const char *path;
+    const char *format;
+};
+
+/* The destination's command line: cl's, with every drive's file replaced by its image from
+ * images[] (nimages; a read-only or cdrom disk with no entry keeps its file, any other disk
+ * must have one, and an entry for no disk is an error), the user's -qmp, -monitor, -mon (and
+ * a chardev only a -mon used), -daemonize, -pidfile, -S and -incoming removed, host-local
+ * paths (qemu_cmdline.paths) moved into rundir under their base names (made unique), then
+ * "-qmp unix:QMP_PATH,server=on,wait=off -incoming defer" appended.
+ * On success *argv_out is a NULL-terminated argv in ONE allocation (pointers and strings):
+ * free(*argv_out) frees it. Errors as qemu_cmdline_parse: -EINVAL, -ENOENT (no image for a
+ * writable disk), -ENAMETOOLONG (a socket path past sun_path), -ENOTSUP, -ENOMEM. */
+int qemu_cmdline_dest_argv(const struct qemu_cmdline *cl, const struct qemu_cmdline_image *images,
+                           size_t nimages, const char *rundir, const char *qmp_path,
+                           char ***argv_out, char *err, size_t errlen);
+
+/* The source's command line for `blkmig run --qemu`: cl's with -daemonize removed and
+ * "-qmp unix:QMP_PATH,server=on,wait=off" appended. -EINVAL if cl has -incoming. The user's
+ * own monitors stay (see cmdline.c). *argv_out as for qemu_cmdline_dest_argv. */
+int qemu_cmdline_source_argv(const struct qemu_cmdline *cl, const char *qmp_path, char ***argv_out,
+                             char *err, size_t errlen);
+
 #endif
