@@ -236,3 +236,33 @@ write("virtio-blk", {
     bytes([3, 4]) + struct.pack("<I", 0),
     "reset": HANDSHAKE + wr(0x70, 0) + request(0, 0, 512, 1),
 })
+
+
+# ---- qemu-cmdline: argv, NUL-separated ----
+def argv(*args):
+    return b"\0".join(a.encode() for a in ("qemu-system-x86_64",) + args)
+
+
+write("qemu-cmdline", {
+    "libvirt": argv(
+        "-machine", "pc-q35-7.2,usb=off", "-cpu", "host", "-chardev",
+        "socket,id=charmonitor,fd=23,server=on,wait=off", "-mon",
+        "chardev=charmonitor,id=monitor,mode=control", "-blockdev",
+        '{"driver":"file","filename":"/img/vm.qcow2","node-name":"s"}', "-blockdev",
+        '{"node-name":"f","read-only":false,"driver":"qcow2","file":"s","backing":null}',
+        "-device", "virtio-blk-pci,drive=f,id=virtio-disk0", "-S"),
+    "drives": argv(
+        "-M", "q35", "-drive", "file=disk.qcow2,if=virtio", "-drive",
+        "file=/d/a,,b.raw,format=raw,if=none,id=data,cache=none,aio=native", "-device",
+        "virtio-blk-pci,drive=data,id=vdb", "-cdrom", "/iso/x.iso", "-drive",
+        "if=ide,media=cdrom,id=cd1,readonly=on"),
+    "chardevs": argv(
+        "-hda", "a.img", "-chardev", "socket,id=s0,path=/run/x.sock,server=on,wait=off",
+        "-serial", "chardev:s0", "-chardev", "file,id=f0,path=/log/x.sock,logfile=/log/l",
+        "-parallel", "unix:/tmp/p,,1.sock,server,nowait", "-serial", "file:/var/c.log",
+        "-qmp", "unix:/run/q.sock,server=on,wait=off", "-monitor", "stdio",
+        "-daemonize", "-pidfile", "/run/vm.pid", "-D", "/tmp/q.log"),
+    "keyval": argv(
+        "--blockdev", "qcow2,node-name=sys,file.driver=file,file.filename=/a/sys.qcow2",
+        "-device", "scsi-hd,drive=sys,id=sd0", "-incoming", "tcp:0:4444", "-pflash", "/fw.fd"),
+})
