@@ -473,6 +473,33 @@ static void test_dest_forms(void **state)
     qemu_cmdline_free(cl);
 }
 
+/* An empty cdrom is kept (and needs no image), an empty file= is no file; a device may name
+ * a drive by its node-name. */
+static void test_drive_edges(void **state)
+{
+    const char *const line[] = {Q,
+                                "-drive",
+                                "if=ide,media=cdrom,id=cd",
+                                "-drive",
+                                "file=/a/r.img,id=r,node-name=rn,readonly=on",
+                                "-device",
+                                "virtio-blk-pci,drive=rn,id=vr",
+                                NULL};
+    struct qemu_cmdline *cl = parse_ok(line);
+    assert_null(disk(cl, "cd")->file);
+    assert_true(disk(cl, "cd")->cdrom);
+    assert_true(disk(cl, "r")->readonly);
+    assert_string_equal(disk(cl, "r")->device_id, "vr");
+    char **argv;
+    assert_int_equal(qemu_cmdline_dest_argv(cl, NULL, 0, "/r", "/r/q", &argv, err, sizeof err), 0);
+    assert_string_equal(argv[2], "if=ide,media=cdrom,id=cd");
+    assert_string_equal(argv[4], "file=/a/r.img,id=r,node-name=rn,readonly=on");
+    free(argv);
+    qemu_cmdline_free(cl);
+    parse_fails((const char *const[]){Q, "-drive", "file=,if=virtio", NULL}, -EINVAL,
+                "without a file");
+}
+
 int main(void)
 {
     bm_log_set_level((enum bm_log_level) - 1); /* the refusals are expected */
@@ -480,7 +507,7 @@ int main(void)
         cmocka_unit_test(test_libvirt),         cmocka_unit_test(test_hand_written),
         cmocka_unit_test(test_keyval_blockdev), cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_bounds),          cmocka_unit_test(test_dest_refusals),
-        cmocka_unit_test(test_dest_forms),
+        cmocka_unit_test(test_dest_forms),      cmocka_unit_test(test_drive_edges),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

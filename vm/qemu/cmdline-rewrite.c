@@ -181,12 +181,14 @@ static int relocate(struct outv *o, const struct qemu_cmdline *cl, const char *r
         return fail(o, -ENOMEM, "out of memory");
     for (size_t i = 0; i < cl->npaths; i++) {
         const struct qemu_hostpath *p = &cl->paths[i];
-        if (reloc_find(rl, p->path))
-            continue;
-        char *to = reloc_name(o, rl, rundir, p->path, qmp_path);
-        if (!to)
-            return o->err;
-        rl->r[rl->n++] = (struct reloc){.from = p->path, .to = to};
+        const char *to = reloc_find(rl, p->path);
+        if (!to) {
+            char *name = reloc_name(o, rl, rundir, p->path, qmp_path);
+            if (!name)
+                return o->err;
+            rl->r[rl->n++] = (struct reloc){.from = p->path, .to = name};
+            to = name;
+        }
         if (p->kind == QEMU_PATH_SOCKET && strlen(to) >= sizeof((struct sockaddr_un *)0)->sun_path)
             return fail(o, -ENAMETOOLONG, "%s: %s is too long for a socket path", p->owner,
                         ESC(to));
@@ -413,8 +415,9 @@ static void dest_arg(struct outv *o, const struct qemu_cmdline *cl, size_t i,
     } else if (a->def->flags & QOPT_CHRSPEC) {
         out_chrspec(o, a, rl);
     } else if (strcmp(opt, "D") == 0) {
+        const char *to = reloc_find(rl, a->value);
         out_opt(o, opt);
-        out_str(o, reloc_find(rl, a->value));
+        out_str(o, to ? to : a->value);
     } else {
         out_verbatim(o, a);
     }

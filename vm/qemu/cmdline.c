@@ -196,6 +196,8 @@ static int parse_drive(struct pstate *ps, struct qemu_cmdline_arg *a)
         return fail(ps, -EINVAL, "-drive: both file= and file.filename=");
     if (!file)
         file = ffile;
+    if (file && !*file)
+        file = NULL; /* QEMU's "no medium" */
     if (format && driver)
         return fail(ps, -EINVAL, "-drive: both format= and driver=");
     if ((r = check_driver(ps, "-drive", format ? format : driver, true)) < 0 ||
@@ -534,7 +536,7 @@ static int attach_devices(struct pstate *ps)
         const char *drive = qemu_kv_get(&cl->args[i].kv, "drive");
         for (size_t k = 0; drive && k < cl->ndisks; k++) {
             struct qemu_disk *d = &cl->disks[k];
-            if (!d->name || strcmp(d->name, drive) != 0)
+            if (strcmp(d->name, drive) != 0 && (!d->node_name || strcmp(d->node_name, drive) != 0))
                 continue;
             if (d->device_driver)
                 return fail(ps, -EINVAL, "-device: disk %s attached twice", ESC(drive));
