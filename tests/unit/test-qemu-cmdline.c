@@ -371,6 +371,11 @@ static void test_refusals(void **state)
                                       NULL},
                 -ENOTSUP, "backing");
     parse_fails((const char *const[]){Q, "-blockdev", "{\"driver\":", NULL}, -EINVAL, "JSON");
+    parse_fails((const char *const[]){Q, "-blockdev",
+                                      "{\"driver\":\"file\",\"node-name\":\"a\",\"filename\":"
+                                      "\"/a\"} junk",
+                                      NULL},
+                -EINVAL, "one JSON object");
     parse_fails((const char *const[]){Q, "-blockdev", "driver=qcow2,node-name=a,file=nope", NULL},
                 -EINVAL, "file names no node");
     parse_fails((const char *const[]){Q, "-drive", "file=a,", NULL}, -EINVAL, "trailing comma");

@@ -259,11 +259,18 @@ static int parse_legacy(struct pstate *ps, struct qemu_cmdline_arg *a)
 static int parse_blockdev(struct pstate *ps, struct qemu_cmdline_arg *a)
 {
     if (a->value[0] == '{') {
-        enum json_tokener_error jerr;
-        a->bd = json_tokener_parse_verbose(a->value, &jerr);
+        /* All of it one object: QEMU refuses trailing text, which a rewrite would drop. */
+        struct json_tokener *tok = json_tokener_new();
+        size_t len = strlen(a->value);
+        if (!tok)
+            return nomem(ps);
+        a->bd = json_tokener_parse_ex(tok, a->value, (int)len);
+        bool whole = json_tokener_get_error(tok) == json_tokener_success &&
+                     (size_t)json_tokener_get_parse_end(tok) == len;
+        json_tokener_free(tok);
         a->bd_json = true;
-        if (!a->bd || !json_object_is_type(a->bd, json_type_object))
-            return fail(ps, -EINVAL, "-blockdev: not a JSON object");
+        if (!whole || !a->bd || !json_object_is_type(a->bd, json_type_object))
+            return fail(ps, -EINVAL, "-blockdev: not one JSON object");
         return 0;
     }
     struct qemu_kvlist l;
