@@ -11,26 +11,26 @@
 #include "vm/qemu/cmdline-internal.h"
 
 /* Reads a value up to an unescaped ',' or the end, turning ",," into ','. Returns the
- * position after the value (at ',' or NUL); *out malloc'd (NULL on ENOMEM). */
+ * position after the value (at ',' or NUL); *out malloc'd to the value's size, so that many
+ * short values in a long argument cost no more than the argument (NULL on ENOMEM). */
 static const char *read_value(const char *p, char **out)
 {
-    size_t n = 0;
-    char *v = malloc(strlen(p) + 1);
-    if (!v) {
-        *out = NULL;
-        return p;
+    size_t n = 0, len = 0;
+    const char *end = p;
+    while (*end && (*end != ',' || end[1] == ',')) {
+        end += *end == ',' ? 2 : 1;
+        len++;
     }
-    while (*p) {
-        if (*p == ',') {
-            if (p[1] != ',')
-                break;
-            p++;
-        }
-        v[n++] = *p++;
+    char *v = malloc(len + 1);
+    *out = v;
+    if (!v)
+        return p;
+    while (p < end) {
+        v[n++] = *p;
+        p += *p == ',' ? 2 : 1;
     }
     v[n] = '\0';
-    *out = v;
-    return p;
+    return end;
 }
 
 static int kv_push(struct qemu_kvlist *l, char *key, char *value, bool implied)

@@ -384,44 +384,51 @@ static int bd_walk(struct pstate *ps, struct json_object *o, size_t arg, unsigne
     return bd_walk(ps, ps->cl->args[c].bd, (size_t)c, 0, hops + 1, d, di);
 }
 
-/* Whether any -blockdev's chain (inline objects included) names node as its file. */
-static bool bd_referenced(struct json_object *o, const char *node)
+/* Marks in ref[] the -blockdev argument that the chain of argument j (through inline objects)
+ * names as its file, if any. */
+static void bd_mark_child(const struct qemu_cmdline *cl, size_t j, bool *ref)
 {
-    struct json_object *v;
-    if (!json_object_object_get_ex(o, "file", &v))
-        return false;
-    if (json_object_is_type(v, json_type_object))
-        return bd_referenced(v, node);
-    return json_object_is_type(v, json_type_string) && strcmp(json_object_get_string(v), node) == 0;
+    struct json_object *o = cl->args[j].bd, *v = NULL;
+    while (json_object_object_get_ex(o, "file", &v) && json_object_is_type(v, json_type_object))
+        o = v;
+    if (v && json_object_is_type(v, json_type_string)) {
+        long c = bd_find(cl, json_object_get_string(v));
+        if (c >= 0 && (size_t)c != j)
+            ref[c] = true;
+    }
 }
 
 /* Every -blockdev node that no other names as its file is a disk. */
 static int resolve_blockdevs(struct pstate *ps)
 {
     struct qemu_cmdline *cl = ps->cl;
-    for (size_t i = 0; i < cl->nargs; i++) {
+    bool *ref = calloc(cl->nargs + 1, sizeof *ref);
+    int r = ref ? 0 : nomem(ps);
+    for (size_t i = 0; r == 0 && i < cl->nargs; i++) {
         if (!cl->args[i].bd)
             continue;
         const char *node = bd_str(cl->args[i].bd, "node-name");
         if (!node || !*node)
-            return fail(ps, -EINVAL, "-blockdev without node-name");
-        if (bd_find(cl, node) != (long)i)
-            return fail(ps, -EINVAL, "duplicate -blockdev node-name %s", ESC(node));
-        bool top = true;
-        for (size_t j = 0; top && j < cl->nargs; j++)
-            top = !cl->args[j].bd || j == i || !bd_referenced(cl->args[j].bd, node);
-        if (!top)
+            r = fail(ps, -EINVAL, "-blockdev without node-name");
+        else if (bd_find(cl, node) != (long)i)
+            r = fail(ps, -EINVAL, "duplicate -blockdev node-name %s", ESC(node));
+        else
+            bd_mark_child(cl, i, ref);
+    }
+    for (size_t i = 0; r == 0 && i < cl->nargs; i++) {
+        if (!cl->args[i].bd || ref[i])
             continue;
+        const char *node = bd_str(cl->args[i].bd, "node-name");
         struct qemu_disk *d = disk_new(ps, QEMU_DISK_BLOCKDEV);
         if (!d)
-            return nomem(ps);
-        if (dup_into(ps, &d->name, node) < 0 || dup_into(ps, &d->node_name, node) < 0)
-            return -ENOMEM;
-        int r = bd_walk(ps, cl->args[i].bd, i, 0, 0, d, &cl->dint[cl->ndisks - 1]);
-        if (r < 0)
-            return r;
+            r = nomem(ps);
+        else if (dup_into(ps, &d->name, node) < 0 || dup_into(ps, &d->node_name, node) < 0)
+            r = -ENOMEM;
+        else
+            r = bd_walk(ps, cl->args[i].bd, i, 0, 0, d, &cl->dint[cl->ndisks - 1]);
     }
-    return 0;
+    free(ref);
+    return r;
 }
 
 static int parse_chardev(struct pstate *ps, struct qemu_cmdline_arg *a)
