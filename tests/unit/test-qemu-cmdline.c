@@ -378,7 +378,11 @@ static void test_refusals(void **state)
                 -EINVAL, "one JSON object");
     parse_fails((const char *const[]){Q, "-blockdev", "driver=qcow2,node-name=a,file=nope", NULL},
                 -EINVAL, "file names no node");
-    parse_fails((const char *const[]){Q, "-drive", "file=a,", NULL}, -EINVAL, "trailing comma");
+    parse_fails((const char *const[]){Q, "-drive", ",file=a", NULL}, -EINVAL, "an empty key");
+    parse_fails((const char *const[]){Q, "-object", "secret,id=s,data=x", "-object",
+                                      "{\"qom-type\":\"secret\",\"id\":\"s\",\"data\":\"y\"}",
+                                      NULL},
+                -EINVAL, "duplicate -object id s");
     parse_fails((const char *const[]){NULL}, -EINVAL, "binary");
 }
 
@@ -500,6 +504,18 @@ static void test_drive_edges(void **state)
     assert_string_equal(argv[2], "if=ide,media=cdrom,id=cd");
     assert_string_equal(argv[4], "file=/a/r.img,id=r,node-name=rn,readonly=on");
     free(argv);
+    qemu_cmdline_free(cl);
+    /* -device in JSON, and a trailing comma, as QEMU 7.2 takes them. */
+    const char *const json[] = {
+        Q,
+        "-drive",
+        "file=/a/j.img,if=none,id=j,",
+        "-device",
+        "{\"driver\":\"virtio-blk-pci\",\"drive\":\"j\",\"id\":\"vj\",\"x\":{}}",
+        NULL};
+    cl = parse_ok(json);
+    assert_string_equal(disk(cl, "j")->device_id, "vj");
+    assert_string_equal(disk(cl, "j")->device_driver, "virtio-blk-pci");
     qemu_cmdline_free(cl);
     parse_fails((const char *const[]){Q, "-drive", "file=,if=virtio", NULL}, -EINVAL,
                 "without a file");

@@ -62,6 +62,10 @@ struct qemu_disk_internal {
  * lack "key=" when implied is given). 0, -EINVAL (msg set), -ENOMEM. */
 int qemu_kv_parse(const char *s, const char *implied, struct qemu_kvlist *out, const char **msg);
 void qemu_kv_free(struct qemu_kvlist *l);
+/* The scalar members of a JSON option argument (-device {...}) as a kvlist. 0 or -ENOMEM. */
+int qemu_kv_from_json(struct json_object *o, struct qemu_kvlist *out);
+/* s as one JSON object and nothing after it (QEMU's rule), or NULL. */
+struct json_object *qemu_json_parse_object(const char *s);
 const char *qemu_kv_get(const struct qemu_kvlist *l, const char *key);
 
 /* Writes l back as an option argument, with keys[i] given values vals[i] (appended when l

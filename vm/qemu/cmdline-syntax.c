@@ -83,20 +83,51 @@ int qemu_kv_parse(const char *s, const char *implied, struct qemu_kvlist *out, c
         if (!key || kv_push(out, key, value, imp) < 0)
             goto nomem;
         first = false;
-        if (*p == ',') {
-            p++;
-            if (!*p) {
-                *msg = "a trailing comma";
-                qemu_kv_free(out);
-                return -EINVAL;
-            }
-        }
+        if (*p == ',')
+            p++; /* QEMU takes a trailing comma too */
     }
     return 0;
 nomem:
     qemu_kv_free(out);
     *msg = "out of memory";
     return -ENOMEM;
+}
+
+int qemu_kv_from_json(struct json_object *o, struct qemu_kvlist *out)
+{
+    *out = (struct qemu_kvlist){0};
+    json_object_object_foreach(o, key, val)
+    {
+        if (json_object_is_type(val, json_type_object) || json_object_is_type(val, json_type_array))
+            continue;
+        char *k = strdup(key), *v = strdup(json_object_get_string(val));
+        if (!k || !v || kv_push(out, k, v, false) < 0) {
+            if (!k || !v) {
+                free(k);
+                free(v);
+            }
+            qemu_kv_free(out);
+            return -ENOMEM;
+        }
+    }
+    return 0;
+}
+
+struct json_object *qemu_json_parse_object(const char *s)
+{
+    struct json_tokener *tok = json_tokener_new();
+    size_t len = strlen(s);
+    if (!tok)
+        return NULL;
+    struct json_object *o = json_tokener_parse_ex(tok, s, (int)len);
+    bool whole = json_tokener_get_error(tok) == json_tokener_success &&
+                 json_tokener_get_parse_end(tok) == len;
+    json_tokener_free(tok);
+    if (o && (!whole || !json_object_is_type(o, json_type_object))) {
+        json_object_put(o);
+        return NULL;
+    }
+    return o;
 }
 
 void qemu_kv_free(struct qemu_kvlist *l)

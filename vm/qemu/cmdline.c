@@ -38,10 +38,10 @@ static const struct qemu_opt_def opt_defs[] = {
     {"initrd", A, NULL}, {"iscsi", A, NULL}, {"k", A, NULL}, {"kernel", A, NULL},
     {"loadvm", A, NULL}, {"m", A, NULL}, {"machine", KV, "type"}, {"mem-path", A, NULL},
     {"mem-prealloc", 0, NULL}, {"mon", KV, "chardev"}, {"monitor", CHR, NULL}, {"msg", A, NULL},
-    {"mtdblock", LEG, NULL}, {"name", A, NULL}, {"net", A, NULL}, {"netdev", A, NULL},
+    {"mtdblock", LEG, NULL}, {"name", A, NULL}, {"net", A, NULL}, {"netdev", KV, "type"},
     {"nic", A, NULL}, {"no-acpi", 0, NULL}, {"no-fd-bootchk", 0, NULL}, {"no-hpet", 0, NULL},
     {"no-reboot", 0, NULL}, {"no-shutdown", 0, NULL}, {"no-user-config", 0, NULL},
-    {"nodefaults", 0, NULL}, {"nographic", 0, NULL}, {"numa", A, NULL}, {"object", A, NULL},
+    {"nodefaults", 0, NULL}, {"nographic", 0, NULL}, {"numa", A, NULL}, {"object", KV, "qom-type"},
     {"old-param", 0, NULL}, {"only-migratable", 0, NULL}, {"option-rom", A, NULL},
     {"overcommit", A, NULL}, {"parallel", CHR, NULL}, {"pflash", LEG, NULL}, {"pidfile", A, NULL},
     {"plugin", A, NULL}, {"portrait", 0, NULL}, {"preconfig", 0, NULL}, {"prom-env", A, NULL},
@@ -145,6 +145,8 @@ static int path_add(struct pstate *ps, enum qemu_hostpath_kind kind, const char 
     struct qemu_cmdline *cl = ps->cl;
     if (!*path)
         return fail(ps, -EINVAL, "%s: an empty path", owner);
+    if (cl->npaths == QEMU_CMDLINE_MAX_PATHS)
+        return fail(ps, -E2BIG, "more than %d host paths", QEMU_CMDLINE_MAX_PATHS);
     struct qemu_hostpath *p = realloc(cl->paths, (cl->npaths + 1) * sizeof *p);
     if (!p)
         return nomem(ps);
@@ -259,17 +261,8 @@ static int parse_legacy(struct pstate *ps, struct qemu_cmdline_arg *a)
 static int parse_blockdev(struct pstate *ps, struct qemu_cmdline_arg *a)
 {
     if (a->value[0] == '{') {
-        /* All of it one object: QEMU refuses trailing text, which a rewrite would drop. */
-        struct json_tokener *tok = json_tokener_new();
-        size_t len = strlen(a->value);
-        if (!tok)
-            return nomem(ps);
-        a->bd = json_tokener_parse_ex(tok, a->value, (int)len);
-        bool whole = json_tokener_get_error(tok) == json_tokener_success &&
-                     (size_t)json_tokener_get_parse_end(tok) == len;
-        json_tokener_free(tok);
         a->bd_json = true;
-        if (!whole || !a->bd || !json_object_is_type(a->bd, json_type_object))
+        if (!(a->bd = qemu_json_parse_object(a->value)))
             return fail(ps, -EINVAL, "-blockdev: not one JSON object");
         return 0;
     }
@@ -456,6 +449,8 @@ static int add_monitor(struct pstate *ps, enum qemu_monitor_kind kind, const cha
                        const char *chardev)
 {
     struct qemu_cmdline *cl = ps->cl;
+    if (cl->nmonitors == QEMU_CMDLINE_MAX_MONITORS)
+        return fail(ps, -E2BIG, "more than %d monitors", QEMU_CMDLINE_MAX_MONITORS);
     struct qemu_monitor *m = realloc(cl->monitors, (cl->nmonitors + 1) * sizeof *m);
     if (!m)
         return nomem(ps);
@@ -500,7 +495,17 @@ static int parse_one(struct pstate *ps, struct qemu_cmdline_arg *a)
 {
     struct qemu_cmdline *cl = ps->cl;
     const char *opt = a->def->name;
-    if (a->def->flags & QOPT_KV) {
+    if ((a->def->flags & QOPT_KV) && a->value[0] == '{' &&
+        (strcmp(opt, "device") == 0 || strcmp(opt, "object") == 0 || strcmp(opt, "netdev") == 0)) {
+        /* QEMU 7.2 takes these three as JSON too; they are written back verbatim. */
+        struct json_object *o = qemu_json_parse_object(a->value);
+        if (!o)
+            return fail(ps, -EINVAL, "-%s: not one JSON object", opt);
+        int r = qemu_kv_from_json(o, &a->kv);
+        json_object_put(o);
+        if (r < 0)
+            return nomem(ps);
+    } else if (a->def->flags & QOPT_KV) {
         const char *msg;
         int r = qemu_kv_parse(a->value, a->def->implied, &a->kv, &msg);
         if (r < 0)
@@ -583,17 +588,24 @@ static int check_ids(struct pstate *ps)
             return fail(ps, -EINVAL, "duplicate drive id or node-name %s",
                         ESC(d->name ? d->name : d->node_name));
     }
-    for (size_t s = 0; s < sizeof spaces / sizeof spaces[0]; s++)
-        for (size_t i = 0; i < cl->nargs; i++) {
-            if (strcmp(cl->args[i].def->name, spaces[s]) != 0)
+    /* Each argument's id looked up once: an argument may have many keys. */
+    const char **ids = calloc(cl->nargs + 1, sizeof *ids);
+    if (!ids)
+        return nomem(ps);
+    for (size_t i = 0; i < cl->nargs; i++)
+        ids[i] = qemu_kv_get(&cl->args[i].kv, "id");
+    int r = 0;
+    for (size_t s = 0; r == 0 && s < sizeof spaces / sizeof spaces[0]; s++)
+        for (size_t i = 0; r == 0 && i < cl->nargs; i++) {
+            if (!ids[i] || strcmp(cl->args[i].def->name, spaces[s]) != 0)
                 continue;
-            const char *id = qemu_kv_get(&cl->args[i].kv, "id");
-            for (size_t j = i + 1; id && j < cl->nargs; j++)
-                if (strcmp(cl->args[j].def->name, spaces[s]) == 0 &&
-                    strcmp(qemu_kv_get(&cl->args[j].kv, "id") ?: "", id) == 0)
-                    return fail(ps, -EINVAL, "duplicate -%s id %s", spaces[s], ESC(id));
+            for (size_t j = i + 1; r == 0 && j < cl->nargs; j++)
+                if (ids[j] && strcmp(ids[j], ids[i]) == 0 &&
+                    strcmp(cl->args[j].def->name, spaces[s]) == 0)
+                    r = fail(ps, -EINVAL, "duplicate -%s id %s", spaces[s], ESC(ids[i]));
         }
-    return 0;
+    free(ids);
+    return r;
 }
 
 /* Names for -drive options without id or node-name: "driveN", skipping taken names. */

@@ -7,10 +7,12 @@
 #include <stddef.h>
 
 /* Bounds on a command line, which may come from another host in the migration stream. */
-#define QEMU_CMDLINE_MAX_ARGS  4096        /* argc, argv[0] included */
-#define QEMU_CMDLINE_MAX_ARG   (64 * 1024) /* one argument's bytes */
-#define QEMU_CMDLINE_MAX_TOTAL (1024 * 1024)
-#define QEMU_CMDLINE_ERRLEN    256 /* an error text never needs more */
+#define QEMU_CMDLINE_MAX_ARGS     4096        /* argc, argv[0] included */
+#define QEMU_CMDLINE_MAX_ARG      (64 * 1024) /* one argument's bytes */
+#define QEMU_CMDLINE_MAX_TOTAL    (1024 * 1024)
+#define QEMU_CMDLINE_MAX_PATHS    256 /* host-local paths (the rewrite's renaming is quadratic) */
+#define QEMU_CMDLINE_MAX_MONITORS 64
+#define QEMU_CMDLINE_ERRLEN       256 /* an error text never needs more */
 
 enum qemu_disk_kind {
     QEMU_DISK_DRIVE,    /* -drive */
