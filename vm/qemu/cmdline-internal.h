@@ -5,10 +5,26 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdlib.h>
 
 #include "vm/qemu/cmdline.h"
 
 struct json_object;
+
+/* Makes room for element n of the array *pp (of elem-byte elements) that grows one element at
+ * a time: reallocates, to twice the size, only when n is 0 or a power of two, so that reaching
+ * n elements costs O(n) even where realloc always copies. false (array untouched) on ENOMEM. */
+static inline bool qemu_grow(void *pp, size_t n, size_t elem)
+{
+    void **p = pp;
+    if (n & (n - 1))
+        return true;
+    void *t = realloc(*p, (n ? 2 * n : 1) * elem);
+    if (!t)
+        return false;
+    *p = t;
+    return true;
+}
 
 /* One key=value of a QEMU option argument. value NULL: a bare flag ("server", QEMU's old
  * boolean form), kept as written. implied: the first item without "key=" (e.g. the backend

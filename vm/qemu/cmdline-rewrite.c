@@ -43,15 +43,13 @@ static int __attribute__((format(printf, 3, 4))) fail(struct outv *o, int rc, co
 /* Takes s (malloc'd, NULL meaning ENOMEM). */
 static void out_take(struct outv *o, char *s)
 {
-    char **v = s && !o->err ? realloc(o->v, (o->n + 1) * sizeof *v) : NULL;
-    if (!v) {
+    if (!s || o->err || !qemu_grow(&o->v, o->n, sizeof *o->v)) {
         free(s);
         if (!o->err)
             fail(o, -ENOMEM, "out of memory");
         return;
     }
-    o->v = v;
-    v[o->n++] = s;
+    o->v[o->n++] = s;
 }
 
 static void out_str(struct outv *o, const char *s)

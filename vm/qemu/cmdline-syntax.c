@@ -35,14 +35,12 @@ static const char *read_value(const char *p, char **out)
 
 static int kv_push(struct qemu_kvlist *l, char *key, char *value, bool implied)
 {
-    struct qemu_kv *v = realloc(l->v, (l->n + 1) * sizeof *v);
-    if (!v) {
+    if (!qemu_grow(&l->v, l->n, sizeof *l->v)) {
         free(key);
         free(value);
         return -ENOMEM;
     }
-    l->v = v;
-    v[l->n++] = (struct qemu_kv){.key = key, .value = value, .implied = implied};
+    l->v[l->n++] = (struct qemu_kv){.key = key, .value = value, .implied = implied};
     return 0;
 }
 

@@ -126,17 +126,12 @@ static int dup_into(struct pstate *ps, char **dst, const char *s)
 static struct qemu_disk *disk_new(struct pstate *ps, enum qemu_disk_kind kind)
 {
     struct qemu_cmdline *cl = ps->cl;
-    struct qemu_disk *d = realloc(cl->disks, (cl->ndisks + 1) * sizeof *d);
-    if (!d)
+    if (!qemu_grow(&cl->disks, cl->ndisks, sizeof *cl->disks) ||
+        !qemu_grow(&cl->dint, cl->ndisks, sizeof *cl->dint))
         return NULL;
-    cl->disks = d;
-    struct qemu_disk_internal *di = realloc(cl->dint, (cl->ndisks + 1) * sizeof *di);
-    if (!di)
-        return NULL;
-    cl->dint = di;
-    di[cl->ndisks] = (struct qemu_disk_internal){0};
-    d[cl->ndisks] = (struct qemu_disk){.kind = kind};
-    return &d[cl->ndisks++];
+    cl->dint[cl->ndisks] = (struct qemu_disk_internal){0};
+    cl->disks[cl->ndisks] = (struct qemu_disk){.kind = kind};
+    return &cl->disks[cl->ndisks++];
 }
 
 static int path_add(struct pstate *ps, enum qemu_hostpath_kind kind, const char *owner,
@@ -147,10 +142,9 @@ static int path_add(struct pstate *ps, enum qemu_hostpath_kind kind, const char 
         return fail(ps, -EINVAL, "%s: an empty path", owner);
     if (cl->npaths == QEMU_CMDLINE_MAX_PATHS)
         return fail(ps, -E2BIG, "more than %d host paths", QEMU_CMDLINE_MAX_PATHS);
-    struct qemu_hostpath *p = realloc(cl->paths, (cl->npaths + 1) * sizeof *p);
-    if (!p)
+    if (!qemu_grow(&cl->paths, cl->npaths, sizeof *cl->paths))
         return nomem(ps);
-    cl->paths = p;
+    struct qemu_hostpath *p = cl->paths;
     p[cl->npaths] = (struct qemu_hostpath){.kind = kind};
     cl->npaths++;
     if (dup_into(ps, &p[cl->npaths - 1].owner, owner) < 0)
@@ -451,11 +445,9 @@ static int add_monitor(struct pstate *ps, enum qemu_monitor_kind kind, const cha
     struct qemu_cmdline *cl = ps->cl;
     if (cl->nmonitors == QEMU_CMDLINE_MAX_MONITORS)
         return fail(ps, -E2BIG, "more than %d monitors", QEMU_CMDLINE_MAX_MONITORS);
-    struct qemu_monitor *m = realloc(cl->monitors, (cl->nmonitors + 1) * sizeof *m);
-    if (!m)
+    if (!qemu_grow(&cl->monitors, cl->nmonitors, sizeof *cl->monitors))
         return nomem(ps);
-    cl->monitors = m;
-    m += cl->nmonitors++;
+    struct qemu_monitor *m = &cl->monitors[cl->nmonitors++];
     *m = (struct qemu_monitor){.kind = kind};
     if (dup_into(ps, &m->spec, spec) < 0 || dup_into(ps, &m->chardev, chardev) < 0)
         return -ENOMEM;
