@@ -10,7 +10,7 @@
 #define QEMU_CMDLINE_MAX_ARGS     4096        /* argc, argv[0] included */
 #define QEMU_CMDLINE_MAX_ARG      (64 * 1024) /* one argument's bytes */
 #define QEMU_CMDLINE_MAX_TOTAL    (1024 * 1024)
-#define QEMU_CMDLINE_MAX_PATHS    256 /* host-local paths (the rewrite's renaming is quadratic) */
+#define QEMU_CMDLINE_MAX_PATHS    256 /* host-local paths: the rewrite names each against all */
 #define QEMU_CMDLINE_MAX_MONITORS 64
 #define QEMU_CMDLINE_ERRLEN       256 /* an error text never needs more */
 
@@ -116,7 +116,7 @@ int qemu_cmdline_dest_argv(const struct qemu_cmdline *cl, const struct qemu_cmdl
 
 /* The source's command line for `blkmig run --qemu`: cl's with -daemonize removed and
  * "-qmp unix:QMP_PATH,server=on,wait=off" appended. -EINVAL if cl has -incoming. The user's
- * own monitors stay (see cmdline.c). *argv_out as for qemu_cmdline_dest_argv. */
+ * own monitors stay (cmdline-rewrite.c says why). *argv_out as for qemu_cmdline_dest_argv. */
 int qemu_cmdline_source_argv(const struct qemu_cmdline *cl, const char *qmp_path, char ***argv_out,
                              char *err, size_t errlen);
 
