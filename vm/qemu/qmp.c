@@ -235,7 +235,7 @@ int bm_qmp_parse(const char *line, size_t len, struct bm_qmp_msg *m, char *err, 
         len--;
     if (len > BM_QMP_MAX_LINE)
         return soft(-EMSGSIZE, err, errlen, "a line of more than %u bytes", BM_QMP_MAX_LINE);
-    struct json_object *o;
+    struct json_object *o = NULL;
     int r = parse_object(line, len, &o, err, errlen);
     if (r < 0)
         return r;
