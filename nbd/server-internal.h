@@ -47,6 +47,10 @@ struct nbd_server {
     char *unix_path;
     int stop_pipe[2];
     _Atomic bool stopping;
+    /* nbd_server_quiesce: requests read from now on are refused, not run. requests counts
+     * those between their header and their reply. */
+    _Atomic bool quiesced;
+    _Atomic unsigned requests;
     /* lock protects conns, nconns; cond signals nconns going down. */
     pthread_mutex_t lock;
     pthread_cond_t cond;

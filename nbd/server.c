@@ -96,6 +96,24 @@ void nbd_server_shutdown(struct nbd_server *s)
     (void)r;
 }
 
+int nbd_server_quiesce(struct nbd_server *s, unsigned timeout_ms)
+{
+    /* Sequentially consistent with the workers' side (transmission.c): a worker counts its
+     * request, then looks at quiesced; if it saw false, this wait sees its count. */
+    atomic_store(&s->quiesced, true);
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (atomic_load(&s->requests) > 0) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        int64_t ms = (int64_t)(now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000;
+        if (ms >= (int64_t)timeout_ms)
+            return -ETIMEDOUT;
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+    }
+    return 0;
+}
+
 unsigned nbd_server_connections(struct nbd_server *s)
 {
     pthread_mutex_lock(&s->lock);

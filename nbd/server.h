@@ -48,6 +48,14 @@ int nbd_server_listen_unix(struct nbd_server *s, const char *path);
 int nbd_server_run(struct nbd_server *s);
 /* Async-signal-safe: ask nbd_server_run() to drain and return. */
 void nbd_server_shutdown(struct nbd_server *s);
+/* No request runs from now on (one whose header arrives later, or whose payload is still
+ * arriving, is answered ESHUTDOWN without touching its export); wait, at most timeout_ms,
+ * until no request is between its header and its reply. 0: nothing reaches an export any
+ * more; -ETIMEDOUT: a request is still unfinished (a payload that stalls, a disk call that
+ * hangs). The server keeps its connections and threads until nbd_server_shutdown: for a caller
+ * that must know the exports are left alone now, and can end the connections (1-2 ms each)
+ * later. */
+int nbd_server_quiesce(struct nbd_server *s, unsigned timeout_ms);
 /* Connections open now. */
 unsigned nbd_server_connections(struct nbd_server *s);
 /* Free a server whose run has returned (or never started). Removes its unix socket file. */

@@ -413,6 +413,8 @@ static enum read_outcome read_request(struct worker *w, struct nbd_request *req,
     }
     if (req->type == NBD_CMD_DISC)
         return REQ_STOP;
+    /* Counted until its reply (nbd_server_quiesce waits for none). */
+    atomic_fetch_add(&c->server->requests, 1);
     struct nbd_request_caps caps = {.size = bm_disk_size(c->exp->disk),
                                     .readonly = c->exp->readonly,
                                     .structured = c->structured,
@@ -434,6 +436,7 @@ static enum read_outcome read_request(struct worker *w, struct nbd_request *req,
                     strerror(r == -ENODATA ? ECONNRESET : -r));
             if (*reject == 0)
                 mem_release(c, req_mem(req));
+            atomic_fetch_sub(&c->server->requests, 1);
             return REQ_STOP;
         }
     }
@@ -480,8 +483,13 @@ void *nbd_conn_worker(void *arg)
         pthread_mutex_unlock(&c->lock);
         pthread_mutex_unlock(&c->read_lock);
 
-        int r = o == REQ_REJECT ? send_error_reply(c, &req, reject)
-                                : execute(&w, &req, inject_err, inject_delay);
+        /* Quiesced (after counting the request: see nbd_server_quiesce): refused, the export
+         * is no longer touched. */
+        if (o == REQ_RUN && atomic_load(&c->server->quiesced))
+            reject = ESHUTDOWN;
+        int r = reject ? send_error_reply(c, &req, reject)
+                       : execute(&w, &req, inject_err, inject_delay);
+        atomic_fetch_sub(&c->server->requests, 1);
         if (o == REQ_RUN)
             mem_release(c, req_mem(&req));
         if (w.cap > BUF_KEEP) {
