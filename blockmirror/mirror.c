@@ -1021,7 +1021,7 @@ static void *job_main(void *arg)
     } else {
         mirror_set_state(j, MIRROR_DONE, NULL);
     }
-    if (j->t && !j->pivoted) {
+    if (j->t && !j->pivoted && !(j->o.linger && j->cur.state == MIRROR_DONE)) {
         uint64_t t0 = mirror_now_ns();
         bm_target_close(j->t);
         j->t = NULL;

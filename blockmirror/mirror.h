@@ -44,6 +44,10 @@ struct mirror_opts {
      * answered) but may sit in the target's cache. For a caller that makes the target durable
      * itself, outside the hold (a migration's destination flushes after it resumes the VM). */
     bool skip_final_flush;
+    /* At done, keep the target's connections open until mirror_free instead of closing them
+     * as the job ends (a migration: their teardown, a round trip and the server's threads,
+     * 1-2 ms a connection, would otherwise overlap the guest resuming on the destination). */
+    bool linger;
 };
 
 void mirror_opts_default(struct mirror_opts *o);

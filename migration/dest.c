@@ -420,9 +420,11 @@ int mig_incoming_run(const struct mig_incoming_opts *o, struct mig_incoming_resu
     t0 = now_ns();
     if ((r = hello(&d, h)) < 0 || (r = receive(&d, &complete)) < 0)
         goto fail;
-    /* The source's mirrors flushed and finished: no NBD writes after this. */
+    /* The source's mirrors finished, every write answered: no NBD request may run after this.
+     * Quiescing is enough for that; the server is stopped once the guest runs (its
+     * connections' threads take 1-2 ms each to end: a third of a pause on a fast link). */
     uint64_t t_c = now_ns();
-    if ((r = stop_nbd(&d)) < 0) {
+    if ((r = d.nbd ? nbd_server_quiesce(d.nbd, cfg.drain_timeout_ms) : 0) < 0) {
         if (r == -ETIMEDOUT)
             failf(&d, r,
                   "a request on the migration's NBD port was still unfinished after the "
@@ -434,7 +436,7 @@ int mig_incoming_run(const struct mig_incoming_opts *o, struct mig_incoming_resu
     }
     uint64_t t_nbd = now_ns();
     r = d.vm->ops->load_state(d.vm, d.state, d.state_len);
-    bm_info("incoming: COMPLETE: NBD server stopped in %.1f ms, state loaded in %.1f ms",
+    bm_info("incoming: COMPLETE: NBD server quiesced in %.1f ms, state loaded in %.1f ms",
             (double)(t_nbd - t_c) / 1e6, (double)(now_ns() - t_nbd) / 1e6);
     if (r < 0) {
         failf(&d, r, "cannot load the VM state");
@@ -508,6 +510,7 @@ int mig_incoming_run(const struct mig_incoming_opts *o, struct mig_incoming_resu
     json_object_put(du);
     report_gap(&d);
     mig_conn_close(&d.c);
+    stop_nbd(&d); /* quiesced before the state loaded: only its connections are left to end */
     res->vm = d.vm;
     res->ndisks = d.ndisks;
     for (unsigned k = 0; k < d.ndisks; k++)

@@ -435,6 +435,7 @@ static int start_mirrors(struct mig_source *m, struct json_object *ack, char *er
         /* Everything must have arrived before the destination resumes the guest; it makes
          * the images durable itself, right after (DURABLE), not inside the pause. */
         o.skip_final_flush = true;
+        o.linger = true; /* closed by free_mirrors, once the guest runs there */
         int r = mirror_new(m->vm->disks[i].disk, &o, mirror_event, m, &m->mj[m->nmj], err,
                            errlen);
         if (r < 0)
