@@ -22,7 +22,9 @@
 # BLKMIG (binary; default a fresh optimised build in build/release), LOG_DIR (keep each run's
 # logs and report there), LOG_LEVEL (of both sides, default warn), VERIFY=1 (migrate with
 # --verify: the run fails unless every digest matched; the digests lengthen the total, not the
-# pause figures). Needs root (exit 77).
+# pause figures), SLOW_FLUSH_MS=N (the destination's every fsync/fdatasync takes N ms longer,
+# through the LD_PRELOAD shim slow-flush.c: a slow virtual disk's device barrier). Needs root
+# (exit 77).
 # Last line: RESULT migrate {json}.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -42,6 +44,7 @@ LOG_LEVEL=${LOG_LEVEL:-warn}
 VERIFY=${VERIFY:-0}
 verify_arg=()
 [ "$VERIFY" = 1 ] && verify_arg=(--verify)
+SLOW_FLUSH_MS=${SLOW_FLUSH_MS:-0}
 NETNS_NAME=${NETNS_NAME:-bmmig}
 conf=$top/contrib/bench/scenarios/migrate.conf
 
@@ -60,6 +63,11 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+dst_env=()
+if [ "$SLOW_FLUSH_MS" != 0 ]; then
+    cc -shared -fPIC -O2 -o "$work/slow-flush.so" "$top/contrib/bench/slow-flush.c" -ldl
+    dst_env=(env "LD_PRELOAD=$work/slow-flush.so" "SLOW_FLUSH_MS=$SLOW_FLUSH_MS")
+fi
 
 wl_of() { awk -v n="$1" '$1 == n { print $2 }' "$conf"; }
 q() { "$BLKMIG" control "$1" "$2" 2>/dev/null; }
@@ -74,7 +82,7 @@ one_run() {
     rm -f "$ssock" "$dsock" "$dB"/*.img "$dA"/*.img # every run starts from a fresh image
     local wl
     wl="$(wl_of "$scen"),ram-fill=${RAM_FILL_M}M,disk-fill=${DISK_FILL_M}M"
-    ip netns exec "$B" "$BLKMIG" incoming --listen 10.77.0.2:7700 --disk-dir "$dB" --force \
+    ip netns exec "$B" "${dst_env[@]}" "$BLKMIG" incoming --listen 10.77.0.2:7700 --disk-dir "$dB" --force \
         --control "$dsock" --log-level "$LOG_LEVEL" 2>"$work/dst.log" &
     local dpid=$!
     pids+=("$dpid")
