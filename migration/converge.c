@@ -66,6 +66,14 @@ struct loop {
  * disk). Hold new ones off; true once none is in flight, or after FLUSH_WAIT_MS (then the
  * pause waits for it). */
 #define FLUSH_WAIT_MS 2000
+static bool any_flush_busy(struct mig_source *m)
+{
+    for (unsigned i = 0; i < m->nmj; i++)
+        if (mirror_flush_busy(m->mj[i]))
+            return true;
+    return false;
+}
+
 static bool flushes_quiet(struct mig_source *m, struct loop *l, uint64_t now)
 {
     if (!l->quiet_since) {
@@ -73,10 +81,7 @@ static bool flushes_quiet(struct mig_source *m, struct loop *l, uint64_t now)
         for (unsigned i = 0; i < m->nmj; i++)
             mirror_quiet_flushes(m->mj[i], true);
     }
-    bool busy = false;
-    for (unsigned i = 0; i < m->nmj; i++)
-        busy |= mirror_flush_busy(m->mj[i]);
-    if (busy && now - l->quiet_since < FLUSH_WAIT_MS * 1000000ull)
+    if (any_flush_busy(m) && now - l->quiet_since < FLUSH_WAIT_MS * 1000000ull)
         return false;
     m->w.pre_pause_flush_ms = (now - l->quiet_since) / 1000000u;
     return true;
@@ -415,9 +420,7 @@ bool mig_converge(struct mig_source *m)
         bool timed = now - l.last_tick >= TICK_NS;
         /* Waiting for a flush before the pause: decide again as soon as it has ended, on
          * figures taken then (the guest went on dirtying meanwhile). */
-        bool recheck = l.quiet_since != 0;
-        for (unsigned i = 0; recheck && i < m->nmj; i++)
-            recheck = !mirror_flush_busy(m->mj[i]);
+        bool recheck = l.quiet_since != 0 && !any_flush_busy(m);
         if (timed || l.pass_ended || recheck) {
             struct mig_ctl_out out;
             l.pass_ended = false;

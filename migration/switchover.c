@@ -28,7 +28,8 @@ static void await_durable(struct mig_source *m, uint64_t src_digest_ms)
     m->w.durable = -1;
     uint64_t t0 = mig_now_ns(), t_dur = 0;
     bool report = false;
-    const char *why = "no DURABLE within 120 s";
+    char why[64];
+    snprintf(why, sizeof why, "no DURABLE within %d s", DURABLE_WAIT_MS / 1000);
     while (m->w.durable < 0 || !report) {
         uint64_t now = mig_now_ns();
         uint64_t deadline = m->w.durable < 0 ? t0 + DURABLE_WAIT_MS * 1000000ull
@@ -40,9 +41,9 @@ static void await_durable(struct mig_source *m, uint64_t src_digest_ms)
         int r = mig_recv(&m->c, (int)((deadline - now) / 1000000u) + 1, &type, &pl, &len);
         if (r < 0) {
             if (r == -ECONNRESET || r == -EPIPE)
-                why = "the connection closed before DURABLE";
+                snprintf(why, sizeof why, "the connection closed before DURABLE");
             else if (r != -ETIMEDOUT)
-                why = "the stream broke before DURABLE";
+                snprintf(why, sizeof why, "the stream broke before DURABLE");
             break;
         }
         struct json_object *o = mig_parse_json(pl, len), *x;
@@ -213,7 +214,8 @@ void mig_switchover(struct mig_source *m)
     m->w.pause_ram_ms = ms_since(t);
 
     /* Wait for the disks' final copies (started above): every write answered. Their
-     * connections close meanwhile, beside the rest of the pause (free_mirrors joins them). */
+     * connections stay open (mirror_opts.linger) until free_mirrors, after the guest runs
+     * there. */
     for (unsigned i = 0; i < m->nmj; i++) {
         char err[256];
         r = mirror_wait_ended(m->mj[i]) == MIRROR_DONE ? 0
