@@ -463,6 +463,24 @@ static void load_tsc(struct kvm_vmm *k, const struct kvm_clock_data *src, bool h
     }
 }
 
+/* The sections that go into KVM by one ioctl as they are; the others are handled by kind. */
+static const struct {
+    unsigned long req;
+    const char *what;
+} set_ioctl[] = {
+    [T_MP_STATE] = {KVM_SET_MP_STATE, "MP_STATE"},
+    [T_REGS] = {KVM_SET_REGS, "REGS"},
+    [T_SREGS] = {KVM_SET_SREGS, "SREGS"},
+    [T_XSAVE] = {KVM_SET_XSAVE, "XSAVE"},
+    [T_XCRS] = {KVM_SET_XCRS, "XCRS"},
+    [T_DEBUGREGS] = {KVM_SET_DEBUGREGS, "DEBUGREGS"},
+    [T_LAPIC] = {KVM_SET_LAPIC, "LAPIC"},
+    [T_MSRS] = {KVM_SET_MSRS, "MSRS"},
+    [T_EVENTS] = {KVM_SET_VCPU_EVENTS, "VCPU_EVENTS"},
+    [T_IRQCHIP] = {KVM_SET_IRQCHIP, "IRQCHIP"},
+    [T_PIT2] = {KVM_SET_PIT2, "PIT2"},
+};
+
 int kvm_load(struct vm *vm, const void *buf, size_t len)
 {
     struct kvm_vmm *k = K(vm);
@@ -485,42 +503,12 @@ int kvm_load(struct vm *vm, const void *buf, size_t len)
             return -ENOMEM;
         memcpy(obj, sec, l);
         int fd = tag < T_IRQCHIP ? k->vcpus[vcpu].fd : k->vm_fd;
-        int req = 0;
-        const char *what = NULL;
+        bool plain = tag < sizeof set_ioctl / sizeof set_ioctl[0];
+        unsigned long req = plain ? set_ioctl[tag].req : 0;
+        const char *what = plain ? set_ioctl[tag].what : NULL;
         switch (tag) {
-        case T_MP_STATE:
-            req = KVM_SET_MP_STATE, what = "MP_STATE";
-            break;
-        case T_REGS:
-            req = KVM_SET_REGS, what = "REGS";
-            break;
-        case T_SREGS:
-            req = KVM_SET_SREGS, what = "SREGS";
-            break;
-        case T_XSAVE:
-            req = KVM_SET_XSAVE, what = "XSAVE";
-            break;
-        case T_XCRS:
-            req = KVM_SET_XCRS, what = "XCRS";
-            break;
-        case T_DEBUGREGS:
-            req = KVM_SET_DEBUGREGS, what = "DEBUGREGS";
-            break;
-        case T_LAPIC:
-            req = KVM_SET_LAPIC, what = "LAPIC";
-            break;
-        case T_MSRS:
-            req = KVM_SET_MSRS, what = "MSRS";
-            break;
-        case T_EVENTS:
-            req = KVM_SET_VCPU_EVENTS, what = "VCPU_EVENTS";
+        case T_EVENTS: /* the last section of a vCPU */
             vcpu++;
-            break;
-        case T_IRQCHIP:
-            req = KVM_SET_IRQCHIP, what = "IRQCHIP";
-            break;
-        case T_PIT2:
-            req = KVM_SET_PIT2, what = "PIT2";
             break;
         case T_CLOCK: {
             /* kvmclock goes on from the source's value advanced by the time since
@@ -552,7 +540,7 @@ int kvm_load(struct vm *vm, const void *buf, size_t len)
         }
         int r = 0;
         if (what) {
-            int n = ioctl(fd, (unsigned long)req, obj);
+            int n = ioctl(fd, req, obj);
             if (n < 0 || (tag == T_MSRS && (uint32_t)n != ((struct kvm_msrs *)obj)->nmsrs)) {
                 r = n < 0 ? -errno : -EPROTO;
                 bm_error("kvm: loading state: %s: %s", what,
