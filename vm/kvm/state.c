@@ -288,8 +288,8 @@ static bool sized(uint32_t tag, uint32_t len)
         return len >= sizeof(struct kvm_msrs) &&
                len <= sizeof(struct kvm_msrs) + NMSRS * sizeof(struct kvm_msr_entry) &&
                (len - sizeof(struct kvm_msrs)) % sizeof(struct kvm_msr_entry) == 0;
-    case T_SERIAL:
-        return len < 512;
+    case T_SERIAL: /* a partial line, kept with room for its terminating NUL */
+        return len < sizeof(((struct kvm_vmm *)0)->serial_line);
     default:
         return false;
     }
