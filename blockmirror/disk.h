@@ -60,7 +60,9 @@ const char *bm_disk_path(const struct bm_disk *d);
 /* The image's descriptor, for looking at the file as it was opened (its format, its locks);
  * never for I/O, which must go through bm_disk_* (the gate, the bitmaps, a redirect). */
 int bm_disk_fd(const struct bm_disk *d);
-/* Give the disk a new name (its file was renamed); only while nobody else uses the disk. */
+/* Give the disk a new name (its file was renamed). A user may still hold the name returned by
+ * bm_disk_path before: it stays valid until bm_disk_close (one rename; not for concurrent
+ * callers of this function). */
 int bm_disk_set_path(struct bm_disk *d, const char *path);
 bool bm_disk_is_readonly(const struct bm_disk *d);
 bool bm_disk_is_blockdev(const struct bm_disk *d);
