@@ -144,12 +144,11 @@ static int path_add(struct pstate *ps, enum qemu_hostpath_kind kind, const char 
         return fail(ps, -E2BIG, "more than %d host paths", QEMU_CMDLINE_MAX_PATHS);
     if (!qemu_grow(&cl->paths, cl->npaths, sizeof *cl->paths))
         return nomem(ps);
-    struct qemu_hostpath *p = cl->paths;
-    p[cl->npaths] = (struct qemu_hostpath){.kind = kind};
-    cl->npaths++;
-    if (dup_into(ps, &p[cl->npaths - 1].owner, owner) < 0)
+    struct qemu_hostpath *p = &cl->paths[cl->npaths++];
+    *p = (struct qemu_hostpath){.kind = kind};
+    if (dup_into(ps, &p->owner, owner) < 0)
         return -ENOMEM;
-    return dup_into(ps, &p[cl->npaths - 1].path, path);
+    return dup_into(ps, &p->path, path);
 }
 
 /* A drive's filename: refuses QEMU's protocol prefixes ("nbd:", "iscsi://", "json:") but
