@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -454,6 +455,8 @@ static int read_one(struct bm_qmp *q, int64_t deadline, const char *what, uint64
     return -EPROTO;
 }
 
+#define QMP_SEND_TIMEOUT_S 10
+
 static int send_command(struct bm_qmp *q, const char *command, struct json_object *args,
                         uint64_t id, char *err, size_t errlen)
 {
@@ -473,6 +476,8 @@ static int send_command(struct bm_qmp *q, const char *command, struct json_objec
     json_object_put(req);
     if (r == -EPIPE)
         r = -ECONNRESET;
+    if (r == -EAGAIN || r == -EWOULDBLOCK)
+        r = -ETIMEDOUT; /* QMP_SEND_TIMEOUT_S: QEMU stopped reading its monitor */
     if (r < 0)
         return fatal(q, r, err, errlen, "QMP %s: sending %s: %s", q->name, command, strerror(-r));
     return 0;
@@ -638,6 +643,11 @@ int bm_qmp_open_fd(int fd, const char *name, int timeout_ms, struct bm_qmp **qp,
     }
     q->fd = fd;
     q->next_id = 1;
+    /* A command is a few hundred bytes: a send that cannot go on for this long means QEMU no
+     * longer reads its monitor, and must not block the caller for ever (the reply's timeout
+     * covers only the wait for the reply). */
+    struct timeval tv = {.tv_sec = QMP_SEND_TIMEOUT_S};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     int64_t deadline = deadline_of(timeout_ms);
     int r = read_greeting(q, deadline, err, errlen);
     if (r == 0)
