@@ -274,7 +274,13 @@ static int parse_blockdev(struct pstate *ps, struct qemu_cmdline_arg *a)
             break;
         }
         /* Walk (and make) the objects of "a.b.c"; a key that is both a value and an object
-         * is malformed, as QEMU says too. */
+         * is malformed, as QEMU says too, and so is one with an empty part ("a..b", ".a",
+         * "a."), which would come back from the destination's rewrite as another key. */
+        for (const char *k = key; r == 0 && (dot = strchr(k, '.')); k = dot + 1)
+            if (dot == k || dot[1] == '\0')
+                r = fail(ps, -EINVAL, "-blockdev: %s has an empty part", ESC(l.v[i].key));
+        if (r == 0 && key[0] == '\0')
+            r = fail(ps, -EINVAL, "-blockdev: an empty key");
         for (; r == 0 && (dot = strchr(key, '.')); key = dot + 1) {
             *dot = '\0';
             struct json_object *c = NULL;
