@@ -558,6 +558,11 @@ static void test_parse(void **state)
         "{\"return\": {}, \"id\": \"a\"}",
         "{\"event\": \"X\"}",
         "{\"event\": \"\", \"timestamp\": {\"seconds\": 1, \"microseconds\": 1}}",
+        /* A string read as a C string must not hide a NUL. */
+        "{\"event\": \"\\u0000\", \"timestamp\": {\"seconds\": 1, \"microseconds\": 1}}",
+        "{\"event\": \"X\\u0000Y\", \"timestamp\": {\"seconds\": 1, \"microseconds\": 1}}",
+        "{\"error\": {\"class\": \"GenericError\\u0000\", \"desc\": \"b\"}}",
+        "{\"error\": {\"class\": \"a\", \"desc\": \"b\\u0000c\"}}",
         "{\"event\": \"X\", \"data\": 1, \"timestamp\": {\"seconds\": 1, \"microseconds\": 1}}",
         "{\"QMP\": {\"version\": {\"qemu\": {\"major\": 7, \"minor\": 2, \"micro\": "
         "99999999999}}, \"capabilities\": []}}",

@@ -137,6 +137,15 @@ static struct json_object *get_type(struct json_object *o, const char *key, enum
     return json_object_object_get_ex(o, key, &x) && json_object_is_type(x, t) ? x : NULL;
 }
 
+/* A string member this client reads as a C string: one with a \u0000 inside is refused, or
+ * "Foo\u0000bar" would be read as "Foo". */
+static struct json_object *get_cstr(struct json_object *o, const char *key)
+{
+    struct json_object *x = get_type(o, key, json_type_string);
+    return x && strlen(json_object_get_string(x)) == (size_t)json_object_get_string_len(x) ? x
+                                                                                           : NULL;
+}
+
 static int parse_greeting(struct bm_qmp_msg *m, struct json_object *g, char *err, size_t errlen)
 {
     struct json_object *ver = get_type(g, "version", json_type_object);
@@ -160,9 +169,9 @@ static int parse_greeting(struct bm_qmp_msg *m, struct json_object *g, char *err
 
 static int parse_event(struct bm_qmp_msg *m, struct json_object *o, char *err, size_t errlen)
 {
-    struct json_object *name = get_type(o, "event", json_type_string), *x;
+    struct json_object *name = get_cstr(o, "event"), *x;
     if (!name || json_object_get_string_len(name) == 0)
-        return soft(-EPROTO, err, errlen, "event whose name is not a non-empty string");
+        return soft(-EPROTO, err, errlen, "event whose name is not a non-empty string without NUL");
     if (json_object_object_get_ex(o, "data", &x) && !json_object_is_type(x, json_type_object))
         return soft(-EPROTO, err, errlen, "event whose data is not an object");
     struct json_object *ts = get_type(o, "timestamp", json_type_object);
@@ -190,10 +199,11 @@ static int parse_reply(struct bm_qmp_msg *m, struct json_object *o, char *err, s
         return 0;
     }
     json_object_object_get_ex(o, "error", &e);
-    struct json_object *cls = e ? get_type(e, "class", json_type_string) : NULL;
-    struct json_object *desc = e ? get_type(e, "desc", json_type_string) : NULL;
+    struct json_object *cls = e ? get_cstr(e, "class") : NULL;
+    struct json_object *desc = e ? get_cstr(e, "desc") : NULL;
     if (!cls || !desc)
-        return soft(-EPROTO, err, errlen, "error reply without error.class and error.desc strings");
+        return soft(-EPROTO, err, errlen,
+                    "error reply without error.class and error.desc strings (without NUL)");
     m->kind = BM_QMP_ERROR;
     m->err_class = json_object_get_string(cls);
     m->err_desc = json_object_get_string(desc);
