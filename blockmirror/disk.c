@@ -46,6 +46,9 @@ struct bm_disk {
      * last successful bm_disk_flush covered: equal, a flush has nothing to make durable. */
     _Atomic uint64_t changes, flushed;
     char *old_path; /* the name before bm_disk_set_path */
+    /* A remote disk (fd -1, read-only): its reads, extents and harvests. */
+    bool remote;
+    struct bm_disk_remote rem;
 };
 
 int bm_disk_open(const char *path, unsigned open_flags, struct bm_disk **out)
@@ -58,6 +61,44 @@ int bm_disk_open(const char *path, unsigned open_flags, struct bm_disk **out)
         return -e;
     }
     return bm_disk_open_fd(fd, path, open_flags, out);
+}
+
+static int alloc_disk(const char *path, struct bm_disk **out)
+{
+    struct bm_disk *d = calloc(1, sizeof *d);
+    if (!d || !(d->path = strdup(path))) {
+        free(d);
+        return -ENOMEM;
+    }
+    /* Whatever was done to the image before it was opened here is not known to be durable. */
+    atomic_init(&d->changes, 1);
+    atomic_init(&d->flushed, 0);
+    pthread_rwlock_init(&d->bitmaps_lock, NULL);
+    pthread_mutex_init(&d->gate_lock, NULL);
+    pthread_cond_init(&d->gate_cond, NULL);
+    *out = d;
+    return 0;
+}
+
+int bm_disk_open_remote(const char *name, uint64_t size, const struct bm_disk_remote *r,
+                        struct bm_disk **out)
+{
+    struct bm_disk *d;
+    int e = alloc_disk(name, &d);
+    if (e < 0)
+        return e;
+    d->fd = -1;
+    d->size = size;
+    d->readonly = true;
+    d->remote = true;
+    d->rem = *r;
+    *out = d;
+    return 0;
+}
+
+bool bm_disk_is_remote(const struct bm_disk *d)
+{
+    return d->remote;
 }
 
 int bm_disk_open_fd(int fd, const char *path, unsigned open_flags, struct bm_disk **out)
@@ -86,22 +127,16 @@ int bm_disk_open_fd(int fd, const char *path, unsigned open_flags, struct bm_dis
         close(fd);
         return -EINVAL;
     }
-    struct bm_disk *d = calloc(1, sizeof *d);
-    if (!d || !(d->path = strdup(path))) {
-        free(d);
+    struct bm_disk *d;
+    int e = alloc_disk(path, &d);
+    if (e < 0) {
         close(fd);
-        return -ENOMEM;
+        return e;
     }
     d->fd = fd;
     d->size = size;
     d->readonly = ro;
     d->blockdev = blockdev;
-    /* Whatever was done to the image before it was opened here is not known to be durable. */
-    atomic_init(&d->changes, 1);
-    atomic_init(&d->flushed, 0);
-    pthread_rwlock_init(&d->bitmaps_lock, NULL);
-    pthread_mutex_init(&d->gate_lock, NULL);
-    pthread_cond_init(&d->gate_cond, NULL);
     *out = d;
     return 0;
 }
@@ -110,7 +145,10 @@ void bm_disk_close(struct bm_disk *d)
 {
     if (!d)
         return;
-    close(d->fd);
+    if (d->remote)
+        d->rem.close(d->rem.opaque);
+    else
+        close(d->fd);
     pthread_rwlock_destroy(&d->bitmaps_lock);
     pthread_mutex_destroy(&d->gate_lock);
     pthread_cond_destroy(&d->gate_cond);
@@ -121,6 +159,8 @@ void bm_disk_close(struct bm_disk *d)
 
 int bm_disk_lock(struct bm_disk *d, enum bm_image_lock_mode mode, struct bm_image_holder *h)
 {
+    if (d->remote)
+        return 0; /* its owner locks the image (QEMU does) */
     int r = bm_image_lock(d->fd, mode, h);
     if (r == -ENOTSUP) {
         bm_warn("%s: the file system has no OFD locks: the image is not locked", d->path);
@@ -213,6 +253,8 @@ int bm_disk_pread(struct bm_disk *d, void *buf, size_t len, uint64_t offset)
         return -EINVAL;
     if (redirected(d))
         return d->redir.pread(d->redir.opaque, buf, len, offset);
+    if (d->remote)
+        return d->rem.pread(d->rem.opaque, buf, len, offset);
     uint8_t *p = buf;
     while (len > 0) {
         ssize_t r = pread(d->fd, p, len, (off_t)offset);
@@ -451,6 +493,8 @@ int bm_disk_flush(struct bm_disk *d)
 {
     if (redirected(d))
         return d->redir.flush(d->redir.opaque);
+    if (d->remote)
+        return 0; /* nothing was written through it */
     /* A change done before this call was counted before it: if the last flush covered the
      * count, the change is durable already, and a device barrier (milliseconds on a virtual
      * disk) would buy nothing. */
@@ -469,7 +513,7 @@ int bm_disk_cache(struct bm_disk *d, uint64_t offset, uint64_t len)
 {
     if (!in_range(d, offset, len))
         return -EINVAL;
-    if (redirected(d))
+    if (redirected(d) || d->remote)
         return 0;
     int r = posix_fadvise(d->fd, (off_t)offset, (off_t)len, POSIX_FADV_WILLNEED);
     return r == 0 || r == ESPIPE ? 0 : -r;
@@ -482,6 +526,8 @@ int bm_disk_extents(struct bm_disk *d, uint64_t offset, uint64_t len, struct bm_
         return -EINVAL;
     uint64_t end = offset + len;
     size_t k = 0;
+    if (d->remote)
+        return d->rem.extents(d->rem.opaque, offset, len, ext, max, n);
     if (d->blockdev || redirected(d)) {
         ext[0] = (struct bm_extent){offset, len, 0};
         *n = 1;
@@ -535,6 +581,8 @@ bool bm_disk_is_redirected(const struct bm_disk *d)
 
 int bm_disk_open_direct(struct bm_disk *d)
 {
+    if (d->remote)
+        return -ENOTSUP;
     int fd = open(d->path, O_RDONLY | O_DIRECT | O_CLOEXEC);
     return fd < 0 ? -errno : fd;
 }
@@ -563,4 +611,9 @@ void bm_disk_detach_bitmap(struct bm_disk *d, struct bm_bitmap *b)
         }
     }
     pthread_rwlock_unlock(&d->bitmaps_lock);
+}
+
+int bm_disk_harvest(struct bm_disk *d)
+{
+    return d->remote ? d->rem.harvest(d->rem.opaque, d, mark_dirty) : 0;
 }

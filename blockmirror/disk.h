@@ -143,6 +143,41 @@ bool bm_disk_is_redirected(const struct bm_disk *d);
  * that bypass the page cache with aligned I/O. Returns the fd or -errno. */
 int bm_disk_open_direct(struct bm_disk *d);
 
+/*
+ * A remote disk: a read-only bm_disk over an image someone else writes and serves (a QEMU
+ * drive, read through QEMU's own NBD export of it). Reads and extents go to the functions
+ * below. Its writers are not ours, so no write marks the attached bitmaps as it happens;
+ * instead the remote keeps its own record of what was written (QEMU's dirty bitmaps) and
+ * bm_disk_harvest moves that record into every attached bitmap. The ordering invariant holds
+ * per harvest: a block written before the harvest began is marked by it, one written after is
+ * left to the next harvest, and one read after its bit was cleared holds at least what the
+ * harvest that marked it saw. Locks, hooks, the gate and flushes do nothing on a remote disk
+ * (the writers are held, if at all, by whoever owns the remote: a paused QEMU), and
+ * bm_disk_fd is -1, bm_disk_open_direct -ENOTSUP.
+ */
+struct bm_disk_remote {
+    int (*pread)(void *opaque, void *buf, size_t len, uint64_t offset);
+    /* As bm_disk_extents (within the disk, len > 0, max > 0). */
+    int (*extents)(void *opaque, uint64_t offset, uint64_t len, struct bm_extent *ext,
+                   size_t max, size_t *n);
+    /* Call mark(d, offset, len) for every range written since the previous harvest (or since
+     * the remote started recording); 0 or -errno. After a failure nothing is known of what
+     * was written: the caller must not go on as if the copy were complete. */
+    int (*harvest)(void *opaque, struct bm_disk *d,
+                   void (*mark)(struct bm_disk *d, uint64_t offset, uint64_t len));
+    /* Free the remote's side (bm_disk_close calls it once). */
+    void (*close)(void *opaque);
+    void *opaque;
+};
+
+/* A remote disk of size bytes named name (for messages). r is copied. */
+int bm_disk_open_remote(const char *name, uint64_t size, const struct bm_disk_remote *r,
+                        struct bm_disk **out);
+bool bm_disk_is_remote(const struct bm_disk *d);
+/* Harvest a remote disk's writes into its attached bitmaps (see above). One harvest at a time
+ * per disk (callers serialise). 0 at once for a local disk, whose writes mark as they go. */
+int bm_disk_harvest(struct bm_disk *d);
+
 /* Dirty tracking. The bitmap must cover the disk's size; -ENOSPC if BM_DISK_MAX_BITMAPS are
  * attached already. A detached bitmap sees no further writes once detach returns. */
 int bm_disk_attach_bitmap(struct bm_disk *d, struct bm_bitmap *b);

@@ -135,6 +135,11 @@ struct mirror_job {
     uint64_t flushing;    /* bytes the flush in flight makes durable */
     struct flush_wait fw; /* the completion flush's answer */
     bool held;            /* completion hold taken on the source */
+    /* A remote source (bm_disk_is_remote): its writes reach the dirty bitmap only when
+     * harvested, when the copy has run out of dirty blocks and once more at the hold. */
+    bool remote;
+    uint64_t last_harvest_ns;
+    double dirty_rate; /* tick's estimate of bytes/s newly dirtied, for the unharvested part */
     bool released;
     /* The pivot (o.pivot): once done, the pivot thread owns t and serves the source disk's
      * users from it. busy_lock protects the queue, pivot_stopping and pivot_over (the thread

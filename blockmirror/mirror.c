@@ -16,6 +16,7 @@
 
 #define TICK_MS       100
 #define DIRTY_POLL_MS 10
+#define HARVEST_MS    50
 /* Hole ranges are zeroed on the target in pieces of at most this many bytes. */
 #define MAX_ZERO_CHUNK (1u << 30)
 /* Auto mode: how long the copy must fail to gain (or keep up easily) before switching. */
@@ -121,6 +122,17 @@ int mirror_new(struct bm_disk *src, const struct mirror_opts *o, mirror_event_fn
         if (oo.request_size < oo.granularity)
             oo.request_size = oo.granularity;
     }
+    if (bm_disk_is_remote(src)) {
+        /* Its writers are not ours: nothing to forward, nothing to pivot, no O_DIRECT. */
+        if (oo.mode == MIRROR_MODE_WRITE_BLOCKING || oo.pivot) {
+            snprintf(err, errlen, "%s: write-blocking mode and pivots need the disk's writers "
+                                  "(this disk is written by its own VMM)",
+                     bm_disk_path(src));
+            return -EINVAL;
+        }
+        oo.mode = MIRROR_MODE_BACKGROUND;
+        oo.direct = false;
+    }
     o = &oo;
     if (o->granularity < 512 || (o->granularity & (o->granularity - 1))) {
         snprintf(err, errlen, "granularity must be a power of two of at least 512");
@@ -140,6 +152,7 @@ int mirror_new(struct bm_disk *src, const struct mirror_opts *o, mirror_event_fn
         return -ENOMEM;
     }
     j->src = src;
+    j->remote = bm_disk_is_remote(src);
     j->o = *o;
     j->fn = fn;
     j->opaque = opaque;
@@ -599,7 +612,22 @@ static uint64_t dirty_bytes(struct mirror_job *j)
     for (unsigned i = 0; i < j->nslots; i++)
         if (j->slots[i].used && j->slots[i].dirty_copy)
             d += j->slots[i].len;
+    /* A remote source's writes since the last harvest are not in the bitmap yet: count them
+     * at the recent rate, so that readiness and a controller's estimate see them. */
+    if (j->remote && j->last_harvest_ns)
+        d += (uint64_t)(j->dirty_rate * (double)(mirror_now_ns() - j->last_harvest_ns) * 1e-9);
     return d;
+}
+
+/* Harvest a remote source's writes into the dirty bitmap (see remote in mirror-internal.h). */
+static int harvest(struct mirror_job *j)
+{
+    int r = bm_disk_harvest(j->src);
+    j->last_harvest_ns = mirror_now_ns();
+    if (r < 0)
+        fail(j, -r, "cannot tell what was written to %s since the last pass: %s",
+             bm_disk_path(j->src), strerror(-r));
+    return r;
 }
 
 struct tick_state {
@@ -647,6 +675,7 @@ static void tick(struct mirror_job *j, struct tick_state *ts, bool bulk_over)
     ts->last_dirty = dirty;
     j->cur.throughput = (uint64_t)ts->thr;
     j->cur.dirty_rate = (uint64_t)ts->rate;
+    j->dirty_rate = ts->rate;
 
     enum mirror_state s = j->cur.state;
     if (bulk_over && (s == MIRROR_DIRTY || s == MIRROR_READY)) {
@@ -795,11 +824,23 @@ static void run_loop(struct mirror_job *j)
             bm_disk_hold(j->src);
             j->held = true;
             j->hold_ns = mirror_now_ns();
-            j->hold_dirty = bm_bitmap_dirty_bytes(j->dirty);
             j->hold_in_flight = bm_target_in_flight(j->t);
             j->hold_flushing = j->flush_in_flight;
             mirror_set_state(j, MIRROR_COMPLETING, NULL);
+            /* A remote source's owner stopped its writers before completing (a QEMU paused
+             * at pre-switchover): what they wrote since the last harvest is the rest. */
+            if (j->remote && harvest(j) < 0)
+                return;
+            j->hold_dirty = bm_bitmap_dirty_bytes(j->dirty);
         }
+        /* A remote source past its bulk pass, out of dirty blocks: harvest what its writers
+         * wrote meanwhile, at most every HARVEST_MS (each harvest costs the remote a few
+         * commands). */
+        if (j->remote && bulk_over && !j->held && j->nused == 0 &&
+            bm_bitmap_count(j->dirty) == 0 &&
+            mirror_now_ns() - j->last_harvest_ns >= HARVEST_MS * 1000000ull &&
+            harvest(j) < 0)
+            return;
         bool backoff = mirror_now_ns() < j->backoff_until_ns;
         struct slot *s;
         while (!backoff && !j->err && (s = free_slot(j)) != NULL) {

@@ -335,6 +335,117 @@ static void test_redirect(void **state)
     free(m.data);
 }
 
+/* A remote disk over an in-memory image whose "writes" are recorded as ranges to harvest. */
+struct fake_remote {
+    uint8_t data[4 * GRAN];
+    uint64_t written[4][2];
+    unsigned nwritten;
+    int harvest_err;
+    unsigned harvests, closes;
+};
+
+static int fr_pread(void *opaque, void *buf, size_t len, uint64_t offset)
+{
+    struct fake_remote *r = opaque;
+    memcpy(buf, r->data + offset, len);
+    return 0;
+}
+
+static int fr_extents(void *opaque, uint64_t offset, uint64_t len, struct bm_extent *ext,
+                      size_t max, size_t *n)
+{
+    (void)opaque;
+    (void)max;
+    ext[0] = (struct bm_extent){offset, len, BM_EXTENT_ZERO};
+    *n = 1;
+    return 0;
+}
+
+static int fr_harvest(void *opaque, struct bm_disk *d,
+                      void (*mark)(struct bm_disk *d, uint64_t offset, uint64_t len))
+{
+    struct fake_remote *r = opaque;
+    r->harvests++;
+    if (r->harvest_err)
+        return r->harvest_err;
+    for (unsigned i = 0; i < r->nwritten; i++)
+        mark(d, r->written[i][0], r->written[i][1]);
+    r->nwritten = 0;
+    return 0;
+}
+
+static void fr_close(void *opaque)
+{
+    ((struct fake_remote *)opaque)->closes++;
+}
+
+/* A remote disk: reads and extents from the remote, writes refused, nothing marked until a
+ * harvest, which marks every attached bitmap; locks, flushes and hints do nothing; closing
+ * it closes the remote once. */
+static void test_remote(void **state)
+{
+    (void)state;
+    static struct fake_remote r;
+    memset(r.data, 0xab, sizeof r.data);
+    struct bm_disk_remote ops = {fr_pread, fr_extents, fr_harvest, fr_close, &r};
+    struct bm_disk *d;
+    assert_int_equal(bm_disk_open_remote("qemu:vda", sizeof r.data, &ops, &d), 0);
+    assert_true(bm_disk_is_remote(d));
+    assert_true(bm_disk_is_readonly(d));
+    assert_int_equal(bm_disk_fd(d), -1);
+    assert_string_equal(bm_disk_path(d), "qemu:vda");
+    assert_int_equal(bm_disk_size(d), sizeof r.data);
+    uint8_t buf[512];
+    assert_int_equal(bm_disk_pread(d, buf, sizeof buf, GRAN), 0);
+    assert_int_equal(buf[0], 0xab);
+    assert_int_equal(bm_disk_pread(d, buf, sizeof buf, sizeof r.data), -EINVAL);
+    assert_int_equal(bm_disk_pwrite(d, buf, sizeof buf, 0, 0), -EPERM);
+    assert_int_equal(bm_disk_zero(d, 0, 512, 0), -EPERM);
+    struct bm_extent e;
+    size_t n;
+    assert_int_equal(bm_disk_extents(d, 0, GRAN, &e, 1, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(e.flags, BM_EXTENT_ZERO);
+    assert_int_equal(bm_disk_lock(d, BM_IMAGE_LOCK_WRITE, NULL), 0);
+    assert_int_equal(bm_disk_flush(d), 0);
+    assert_int_equal(bm_disk_cache(d, 0, GRAN), 0);
+    assert_int_equal(bm_disk_open_direct(d), -ENOTSUP);
+
+    struct bm_bitmap *b1 = bm_bitmap_new(sizeof r.data, GRAN);
+    struct bm_bitmap *b2 = bm_bitmap_new(sizeof r.data, 4096);
+    assert_int_equal(bm_disk_attach_bitmap(d, b1), 0);
+    assert_int_equal(bm_disk_attach_bitmap(d, b2), 0);
+    r.written[0][0] = GRAN + 100;
+    r.written[0][1] = 10;
+    r.written[1][0] = 3 * GRAN;
+    r.written[1][1] = 8192;
+    r.nwritten = 2;
+    assert_int_equal(bm_bitmap_count(b1), 0); /* not seen until harvested */
+    assert_int_equal(bm_disk_harvest(d), 0);
+    assert_int_equal(bm_bitmap_count(b1), 2);
+    assert_true(bm_bitmap_test(b1, 1) && bm_bitmap_test(b1, 3));
+    assert_int_equal(bm_bitmap_count(b2), 3); /* 16 blocks in: bit 16; 48 and 49 */
+    assert_true(bm_bitmap_test(b2, 16) && bm_bitmap_test(b2, 48) && bm_bitmap_test(b2, 49));
+    r.harvest_err = -EPROTO;
+    assert_int_equal(bm_disk_harvest(d), -EPROTO);
+    assert_int_equal(r.harvests, 2);
+    bm_disk_detach_bitmap(d, b1);
+    bm_disk_detach_bitmap(d, b2);
+    bm_disk_close(d);
+    assert_int_equal(r.closes, 1);
+    bm_bitmap_free(b1);
+    bm_bitmap_free(b2);
+}
+
+/* A local disk has nothing to harvest: its writes mark as they happen. */
+static void test_harvest_local(void **state)
+{
+    struct fixture *f = *state;
+    assert_false(bm_disk_is_remote(f->d));
+    assert_int_equal(bm_disk_harvest(f->d), 0);
+    assert_int_equal(bm_bitmap_count(f->b), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -347,6 +458,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_readonly, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_writers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redirect, setup, teardown),
+        cmocka_unit_test(test_remote),
+        cmocka_unit_test_setup_teardown(test_harvest_local, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
