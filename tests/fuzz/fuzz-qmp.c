@@ -3,10 +3,12 @@
  * input is also the byte stream of a fake QEMU on a socketpair, against which the client
  * connects (greeting, qmp_capabilities as id 1), runs up to three commands (ids 2, 3, 4; with
  * bit 1 asking for an object return) and then takes events until the stream ends. A broken
- * client must stay broken, with the same error.
+ * client must stay broken, with the same error. An object returned also goes through
+ * qemu_mig_parse (vm/qemu/qmig.c), query-migrate's parser.
  * Input: u8 flags, then the lines ('\n'-separated, as QEMU writes them, CRLF allowed). */
 #include "tests/fuzz/fuzz.h"
 
+#include "vm/qemu/qmig.h"
 #include "vm/qemu/qmp.h"
 
 #define TIMEOUT_MS 5000
@@ -44,6 +46,14 @@ static void parse_line(const char *line, size_t len)
             abort();
         break;
     case BM_QMP_RETURN:
+        /* An object returned may be query-migrate's: its parser takes it or says why not. */
+        if (json_object_is_type(m.ret, json_type_object)) {
+            struct qemu_mig_info mi;
+            char e[160] = "";
+            int mr = qemu_mig_parse(m.ret, &mi, e, sizeof e);
+            if (mr < 0 ? mr != -EPROTO || !e[0] : !mi.status[0])
+                abort();
+        }
         break;
     default:
         abort();
