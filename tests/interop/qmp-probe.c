@@ -10,6 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include "vm/qemu/qmp.h"
 
 #define TIMEOUT_MS 10000
@@ -68,6 +73,39 @@ static void expect_event(const char *name)
     printf("ok event %s\n", name);
 }
 
+/* A listening socket passed with getfd (SCM_RIGHTS) serves QEMU's NBD server: a client that
+ * connects to its port is greeted with NBD's magic. */
+static void pass_listener(void)
+{
+    if (bm_qmp_exec_fd(q, "getfd", NULL, -1, NULL, TIMEOUT_MS, err, sizeof err) != -EBADF)
+        fail("getfd without an fd was not refused");
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof a;
+    if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof a) < 0 || listen(l, 4) < 0 ||
+        getsockname(l, (struct sockaddr *)&a, &alen) < 0)
+        fail("cannot make a listening socket: %s", strerror(errno));
+    struct json_object *args = json_object_new_object();
+    json_object_object_add(args, "fdname", json_object_new_string("probe-l"));
+    int r = bm_qmp_exec_fd(q, "getfd", args, l, NULL, TIMEOUT_MS, err, sizeof err);
+    json_object_put(args);
+    if (r < 0)
+        fail("getfd: %s", err);
+    close(l); /* QEMU has its own copy now */
+    args = json_tokener_parse("{\"addr\": {\"type\": \"fd\", \"data\": {\"str\": \"probe-l\"}}}");
+    json_object_put(must("nbd-server-start", args, json_type_object));
+    json_object_put(args);
+    int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    char magic[8];
+    if (c < 0 || connect(c, (struct sockaddr *)&a, sizeof a) < 0 ||
+        recv(c, magic, sizeof magic, MSG_WAITALL) != (ssize_t)sizeof magic ||
+        memcmp(magic, "NBDMAGIC", 8) != 0)
+        fail("no NBD server on the listener passed to QEMU");
+    close(c);
+    json_object_put(must("nbd-server-stop", NULL, json_type_object));
+    printf("ok getfd: QEMU's NBD server on a listener passed to it\n");
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 4) {
@@ -124,6 +162,8 @@ int main(int argc, char **argv)
         fail("query-block: not the null-co drive %s: %s", argv[3], json_object_to_json_string(dev));
     printf("ok query-block: %s\n", argv[3]);
     json_object_put(blocks);
+
+    pass_listener();
 
     json_object_put(must("stop", NULL, json_type_object));
     expect_event("STOP");

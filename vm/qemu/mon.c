@@ -58,6 +58,19 @@ int qemu_mon_exec_type(struct qemu_mon *m, const char *command, struct json_obje
     return exec(m, command, args, true, want, ret, err, errlen);
 }
 
+int qemu_mon_getfd(struct qemu_mon *m, int fd, const char *name, char *err, size_t errlen)
+{
+    char e[512] = "";
+    struct json_object *args = qemu_obj("fdname", json_object_new_string(name), NULL);
+    pthread_mutex_lock(&m->mu);
+    int r = bm_qmp_exec_fd(m->q, "getfd", args, fd, NULL, m->timeout_ms, e, sizeof e);
+    pthread_mutex_unlock(&m->mu);
+    json_object_put(args);
+    if (r < 0 && errlen > 0)
+        snprintf(err, errlen, "%s: getfd: %s", m->name, e);
+    return r;
+}
+
 int qemu_mon_next_event(struct qemu_mon *m, int timeout_ms, struct json_object **ev, char *err,
                         size_t errlen)
 {

@@ -35,6 +35,9 @@ int qemu_mon_exec(struct qemu_mon *m, const char *command, struct json_object *a
 /* The same, with the return value's type checked (-EBADMSG otherwise). */
 int qemu_mon_exec_type(struct qemu_mon *m, const char *command, struct json_object *args,
                        enum json_type want, struct json_object **ret, char *err, size_t errlen);
+/* Pass fd to QEMU under name (QMP getfd), for a later command to use (a listening socket for
+ * nbd-server-start). The caller keeps and closes its copy. */
+int qemu_mon_getfd(struct qemu_mon *m, int fd, const char *name, char *err, size_t errlen);
 /* The next queued or arriving event within timeout_ms (0: only what is there), as
  * bm_qmp_next_event. The lock is held while waiting: callers that share the monitor wait with
  * short timeouts. */

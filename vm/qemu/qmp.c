@@ -467,8 +467,37 @@ static int read_one(struct bm_qmp *q, int64_t deadline, const char *what, uint64
 
 #define QMP_SEND_TIMEOUT_S 10
 
+/* Send line[0, len) with fd attached to its first byte (SCM_RIGHTS: QEMU keeps the last fd
+ * received for the command that reads it, e.g. getfd), the rest as a plain write. */
+static int send_with_fd(int sock, const char *line, size_t len, int fd)
+{
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    memset(&u, 0, sizeof u);
+    struct iovec iov = {(void *)line, len};
+    struct msghdr mh = {.msg_iov = &iov,
+                        .msg_iovlen = 1,
+                        .msg_control = u.buf,
+                        .msg_controllen = sizeof u.buf};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    ssize_t n;
+    do
+        n = sendmsg(sock, &mh, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -errno;
+    struct iovec rest = {(void *)(line + n), len - (size_t)n};
+    return rest.iov_len ? bm_writev_full(sock, &rest, 1) : 0;
+}
+
 static int send_command(struct bm_qmp *q, const char *command, struct json_object *args,
-                        uint64_t id, char *err, size_t errlen)
+                        uint64_t id, int fd, char *err, size_t errlen)
 {
     struct json_object *req = json_object_new_object();
     if (!req)
@@ -478,11 +507,15 @@ static int send_command(struct bm_qmp *q, const char *command, struct json_objec
         json_object_object_add(req, "arguments", json_object_get(args));
     json_object_object_add(req, "id", json_object_new_uint64(id));
     const char *s = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN);
+    char *line = NULL;
     int r = -ENOMEM;
-    if (s) {
+    if (s && fd >= 0 && asprintf(&line, "%s\n", s) >= 0) {
+        r = send_with_fd(q->fd, line, strlen(line), fd);
+    } else if (s && fd < 0) {
         struct iovec iov[2] = {{(void *)s, strlen(s)}, {(void *)"\n", 1}};
         r = bm_writev_full(q->fd, iov, 2);
     }
+    free(line);
     json_object_put(req);
     if (r == -EPIPE)
         r = -ECONNRESET;
@@ -495,7 +528,7 @@ static int send_command(struct bm_qmp *q, const char *command, struct json_objec
 
 /* want < 0: any type. */
 static int qmp_exec(struct bm_qmp *q, const char *command, struct json_object *args, int want,
-                    struct json_object **ret, int timeout_ms, char *err, size_t errlen)
+                    int fd, struct json_object **ret, int timeout_ms, char *err, size_t errlen)
 {
     if (ret)
         *ret = NULL;
@@ -508,7 +541,7 @@ static int qmp_exec(struct bm_qmp *q, const char *command, struct json_object *a
     shrink(q);
     int64_t deadline = deadline_of(timeout_ms);
     uint64_t id = q->next_id++;
-    r = send_command(q, command, args, id, err, errlen);
+    r = send_command(q, command, args, id, fd, err, errlen);
     if (r < 0)
         return r;
     char what[96];
@@ -538,14 +571,22 @@ static int qmp_exec(struct bm_qmp *q, const char *command, struct json_object *a
 int bm_qmp_exec(struct bm_qmp *q, const char *command, struct json_object *args,
                 struct json_object **ret, int timeout_ms, char *err, size_t errlen)
 {
-    return qmp_exec(q, command, args, -1, ret, timeout_ms, err, errlen);
+    return qmp_exec(q, command, args, -1, -1, ret, timeout_ms, err, errlen);
+}
+
+int bm_qmp_exec_fd(struct bm_qmp *q, const char *command, struct json_object *args, int fd,
+                   struct json_object **ret, int timeout_ms, char *err, size_t errlen)
+{
+    if (fd < 0)
+        return soft(-EBADF, err, errlen, "QMP %s: %s needs a file descriptor", q->name, command);
+    return qmp_exec(q, command, args, -1, fd, ret, timeout_ms, err, errlen);
 }
 
 int bm_qmp_exec_type(struct bm_qmp *q, const char *command, struct json_object *args,
                      enum json_type want, struct json_object **ret, int timeout_ms, char *err,
                      size_t errlen)
 {
-    return qmp_exec(q, command, args, (int)want, ret, timeout_ms, err, errlen);
+    return qmp_exec(q, command, args, (int)want, -1, ret, timeout_ms, err, errlen);
 }
 
 int bm_qmp_next_event(struct bm_qmp *q, int timeout_ms, struct json_object **ev, char *err,
@@ -661,7 +702,7 @@ int bm_qmp_open_fd(int fd, const char *name, int timeout_ms, struct bm_qmp **qp,
     int64_t deadline = deadline_of(timeout_ms);
     int r = read_greeting(q, deadline, err, errlen);
     if (r == 0)
-        r = qmp_exec(q, "qmp_capabilities", NULL, json_type_object, NULL, remaining_ms(deadline),
+        r = qmp_exec(q, "qmp_capabilities", NULL, json_type_object, -1, NULL, remaining_ms(deadline),
                      err, errlen);
     if (r < 0) {
         bm_qmp_close(q);

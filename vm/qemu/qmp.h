@@ -83,6 +83,12 @@ int bm_qmp_exec_type(struct bm_qmp *q, const char *command, struct json_object *
                      enum json_type want, struct json_object **ret, int timeout_ms, char *err,
                      size_t errlen);
 
+/* The same as bm_qmp_exec, with fd passed along (SCM_RIGHTS) for the command to take: getfd
+ * {fdname} names it in QEMU, for later commands (nbd-server-start {addr: {type: fd, data:
+ * {str: NAME}}}). The caller keeps its own copy of fd. -EBADF for a negative fd. */
+int bm_qmp_exec_fd(struct bm_qmp *q, const char *command, struct json_object *args, int fd,
+                   struct json_object **ret, int timeout_ms, char *err, size_t errlen);
+
 /* The oldest queued event, or, when none is queued, the next one read from the socket within
  * timeout_ms (0: only what has already arrived). Returns 0 with *ev the whole event object (a
  * new reference the caller puts; "event" is a string, "data" an object when present,
