@@ -1,5 +1,5 @@
 /* run.c: `blkmig run`, start a VM (the KVM micro-VM where KVM works, else the synthetic guest)
- * with its disks and a control socket. */
+ * with its disks and a control socket, or take a QEMU VM (launched here or already running). */
 #include <config.h>
 
 #include <errno.h>
@@ -18,6 +18,12 @@
 #include "common/log.h"
 #include "common/parse.h"
 #include "vm/kvm/kvm.h"
+#include "vm/qemu/cmdline.h"
+#include "vm/qemu/qemu.h"
+
+/* How long a launched QEMU has to answer on QMP, and an attach to get the greeting. */
+#define QEMU_START_MS  30000
+#define QEMU_ATTACH_MS 5000
 
 static void usage(FILE *f)
 {
@@ -27,6 +33,10 @@ static void usage(FILE *f)
             "                  --ram SIZE\n"
             "                  [--disk NAME=PATH[,size=SIZE]]... [--workload SPEC]\n"
             "                  [--format raw] --control SOCKET [--json] [--log-level LEVEL]\n"
+            "       blkmig run --qemu --control SOCKET [--run-dir DIR] [--json]\n"
+            "                  [--log-level LEVEL] -- QEMU-BINARY QEMU-ARGS...\n"
+            "       blkmig run --qemu-attach QMP-SOCKET --control SOCKET [--json]\n"
+            "                  [--log-level LEVEL]\n"
             "\n"
             "Run a VM in this process until it quits or migrates away. Where KVM works (and the\n"
             "VM fits: RAM 16M..3G in 2M steps, at most 8 disks) the VM is the KVM micro-VM\n"
@@ -57,11 +67,23 @@ static void usage(FILE *f)
             "                         unix:PATH sends them to the unix socket listening there\n"
             "  --append WORDS         --kvm: words added at the end of the guest's command line\n"
             "                         (e.g. 'blkmig.run=60 blkmig.status_ms=10'; see docs/guest.md)\n"
+            "  --qemu                 launch QEMU with the command line after '--' (the user's\n"
+            "                         own; blkmig adds -qmp unix:DIR/qmp.sock,server=on,wait=off\n"
+            "                         and drops -daemonize) and supervise it: this process ends\n"
+            "                         when QEMU does, with QEMU's exit status; quit ends QEMU\n"
+            "                         (QMP quit, then SIGTERM, then SIGKILL)\n"
+            "  --run-dir DIR          --qemu: where blkmig's QMP socket goes (created if absent;\n"
+            "                         default: a new directory in $TMPDIR or /tmp, removed after)\n"
+            "  --qemu-attach QMP-SOCKET\n"
+            "                         take over a running QEMU started with\n"
+            "                         -qmp unix:QMP-SOCKET,server=on,wait=off (QEMU serves one\n"
+            "                         client per QMP socket: give blkmig one of its own); its\n"
+            "                         disks and state are not changed, and quit leaves it running\n"
             "  --log-level LEVEL      error, warn, info or debug (default warn)\n"
             "  -h, --help             show this help\n"
             "Commands on the socket: query-status, migrate, query-migrate, migrate-cancel,\n"
             "stop, cont, guest-check, x-state-roundtrip (testing), x-query-vcpus (debugging),\n"
-            "quit. 'blkmig migrate' drives a migration.\n",
+            "quit. 'blkmig migrate' drives a migration (not yet of a QEMU VM).\n",
             VM_MAX_DISKS);
 }
 
@@ -127,6 +149,116 @@ static int open_disk_arg(const char *arg, bool raw_only, struct vm_disk *out)
     return 0;
 }
 
+/* --run-dir DIR (made if absent), or a new directory of our own (*made). */
+static int make_run_dir(const char *want, char *dir, size_t len, bool *made)
+{
+    *made = false;
+    if (want) {
+        struct stat sb;
+        if (mkdir(want, 0700) < 0 && errno != EEXIST) {
+            bm_error("--run-dir %s: %s", want, strerror(errno));
+            return -1;
+        }
+        if (stat(want, &sb) < 0 || !S_ISDIR(sb.st_mode)) {
+            bm_error("--run-dir %s: not a directory", want);
+            return -1;
+        }
+        snprintf(dir, len, "%s", want);
+        return 0;
+    }
+    const char *tmp = getenv("TMPDIR");
+    snprintf(dir, len, "%s/blkmig-qemu.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(dir)) {
+        bm_error("cannot make a run directory %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    *made = true;
+    return 0;
+}
+
+static void remove_run_dir(const char *dir, bool made)
+{
+    char sock[4200];
+    snprintf(sock, sizeof sock, "%s/qmp.sock", dir);
+    unlink(sock);
+    if (made && rmdir(dir) < 0)
+        bm_warn("cannot remove the run directory %s: %s", dir, strerror(errno));
+}
+
+/* The options of --qemu and --qemu-attach make sense together (own: an option of the other
+ * VMs was given); QEMU's line is what follows "--". */
+static bool qemu_args_ok(bool qemu, const char *attach, const char *rundir, bool own,
+                         const char *control, int argc, char **argv)
+{
+    const char *bad = NULL;
+    if (qemu && attach)
+        bad = "--qemu and --qemu-attach exclude each other";
+    else if (!qemu && !attach)
+        bad = "--run-dir is for --qemu";
+    else if (attach && rundir)
+        bad = "--run-dir is for --qemu, not --qemu-attach";
+    else if (own)
+        bad = "--ram, --disk, --workload, --format, --kvm, --synthetic, --guest, --console and "
+              "--append are not for a QEMU VM (its own command line says all that)";
+    else if (!control)
+        bad = "--control is required";
+    else if (qemu && (optind >= argc || strcmp(argv[optind - 1], "--") != 0))
+        bad = "--qemu needs QEMU's command line after '--'";
+    else if (attach && optind != argc)
+        bad = "--qemu-attach takes no command line";
+    if (bad) {
+        bm_error("%s", bad);
+        usage(stderr);
+    }
+    return !bad;
+}
+
+/* --qemu (argv: QEMU's line) or --qemu-attach: take the VM, then serve it as any other. */
+static int run_qemu(const char *attach, const char *rundir, int argc, char **argv,
+                    const char *control, bool json)
+{
+    char err[2600], dir[4096] = "";
+    int claim = bm_control_claim(control, err, sizeof err);
+    if (claim < 0) {
+        bm_error("--control: %s", err);
+        return 1;
+    }
+    struct qemu_vm *v = NULL;
+    bool made = false;
+    int r;
+    if (!attach) {
+        /* A refused line is said once, by the parser, before anything is made. */
+        struct qemu_cmdline *cl;
+        if (qemu_cmdline_parse(argc, (const char *const *)argv, &cl, NULL, 0) < 0) {
+            bm_control_release(control, claim);
+            return 1;
+        }
+        qemu_cmdline_free(cl);
+    }
+    if (attach)
+        r = qemu_vm_attach(attach, QEMU_ATTACH_MS, &v, err, sizeof err);
+    else if ((r = make_run_dir(rundir, dir, sizeof dir, &made)) == 0)
+        r = qemu_vm_launch(argc, (const char *const *)argv, dir, QEMU_START_MS, &v, err,
+                           sizeof err);
+    else
+        snprintf(err, sizeof err, "no run directory");
+    if (r < 0) {
+        bm_error("%s%s", attach ? "--qemu-attach: " : "--qemu: ", err);
+        if (dir[0])
+            remove_run_dir(dir, made);
+        bm_control_release(control, claim);
+        return 1;
+    }
+    unsigned n;
+    qemu_vm_disks(v, &n);
+    bm_info("QEMU (pid %d) %s, %u disk%s", (int)qemu_vm_pid(v), attach ? "attached" : "started",
+            n, n == 1 ? "" : "s");
+    int code = vmproc_serve(qemu_vm_base(v), NULL, 0, control, claim, json);
+    if (dir[0])
+        remove_run_dir(dir, made);
+    return code;
+}
+
 int cmd_run(int argc, char **argv)
 {
     enum {
@@ -140,7 +272,10 @@ int cmd_run(int argc, char **argv)
         O_GUEST,
         O_CONSOLE,
         OPT_APPEND,
-        O_LOG
+        O_LOG,
+        O_QEMU,
+        O_ATTACH,
+        O_RUNDIR
     };
     static const struct option opts[] = {
         {"ram", required_argument, NULL, O_RAM},
@@ -154,6 +289,9 @@ int cmd_run(int argc, char **argv)
         {"console", required_argument, NULL, O_CONSOLE},
         {"append", required_argument, NULL, OPT_APPEND},
         {"log-level", required_argument, NULL, O_LOG},
+        {"qemu", no_argument, NULL, O_QEMU},
+        {"qemu-attach", required_argument, NULL, O_ATTACH},
+        {"run-dir", required_argument, NULL, O_RUNDIR},
         {"help", no_argument, NULL, 'h'},
         {"format", required_argument, NULL, 'F'},
         {NULL, 0, NULL, 0},
@@ -161,10 +299,10 @@ int cmd_run(int argc, char **argv)
     bm_log_set_prefix("blkmig run");
     uint64_t ram = 0;
     const char *control = NULL, *disk_args[VM_MAX_DISKS], *guest = NULL, *console = NULL,
-               *workload = NULL, *append = NULL;
+               *workload = NULL, *append = NULL, *attach = NULL, *rundir = NULL;
     enum { AUTO, SYNTH, KVM } kind = AUTO;
     unsigned ndisk_args = 0;
-    bool json = false, raw_only = true;
+    bool json = false, raw_only = true, qemu = false;
     struct synth_workload w;
     synth_workload_default(&w);
     char err[512];
@@ -226,10 +364,26 @@ int cmd_run(int argc, char **argv)
             if (cli_set_log_level(optarg) < 0)
                 return 2;
             break;
+        case O_QEMU:
+            qemu = true;
+            break;
+        case O_ATTACH:
+            attach = optarg;
+            break;
+        case O_RUNDIR:
+            rundir = optarg;
+            break;
         default:
             usage(stderr);
             return 2;
         }
+    }
+    if (qemu || attach || rundir) {
+        bool own = ram || ndisk_args || workload || kind != AUTO || guest || console || append ||
+                   !raw_only;
+        return qemu_args_ok(qemu, attach, rundir, own, control, argc, argv)
+                   ? run_qemu(attach, rundir, argc - optind, argv + optind, control, json)
+                   : 2;
     }
     if (optind != argc || !ram || !control) {
         if (optind != argc)

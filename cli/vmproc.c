@@ -137,6 +137,19 @@ static struct json_object *status_json(struct vmproc *p)
     return o;
 }
 
+/* A VM that is a process of its own (QEMU) keeps its RAM and state there: the commands that
+ * work on them here are refused for it (true, the reply filled). */
+static bool external(struct vmproc *p, const char *cmd, const char **cls, char *desc,
+                     size_t dlen)
+{
+    if (!p->vm->ops->exit_status)
+        return false;
+    *cls = "Failed";
+    snprintf(desc, dlen, "%s is not available for a %s VM in this version of blkmig", cmd,
+             p->vm->ops->kind);
+    return true;
+}
+
 static bool get_bool(struct json_object *args, const char *k)
 {
     struct json_object *v;
@@ -212,6 +225,8 @@ static struct json_object *do_migrate(struct vmproc *p, struct json_object *args
         mp.connections = (unsigned)x;
     }
     char why[300];
+    if (external(p, "migrate", cls, desc, dlen))
+        return NULL;
     if (vm_dead(p->vm, why, sizeof why)) {
         *cls = "Failed";
         snprintf(desc, dlen, "%s: there is nothing to migrate", why);
@@ -276,6 +291,15 @@ static struct json_object *state_roundtrip(struct vmproc *p, const char **cls, c
     return o;
 }
 
+/* A command's failure, in the reply. */
+static struct json_object *failed(const char **cls, char *desc, size_t dlen, const char *cmd,
+                                  int r)
+{
+    *cls = "Failed";
+    snprintf(desc, dlen, "%s: %s", cmd, strerror(-r));
+    return NULL;
+}
+
 static struct json_object *on_control(void *opaque, const char *cmd, struct json_object *args,
                                       const char **cls, char *desc, size_t dlen)
 {
@@ -313,11 +337,16 @@ static struct json_object *on_control(void *opaque, const char *cmd, struct json
             snprintf(desc, dlen, "a migration is running");
             return NULL;
         }
+        if ((strcmp(cmd, "guest-check") == 0 || strcmp(cmd, "x-state-roundtrip") == 0) &&
+            external(p, cmd, cls, desc, dlen))
+            return NULL;
         if (strcmp(cmd, "x-state-roundtrip") == 0)
             return state_roundtrip(p, cls, desc, dlen);
         bool stop = strcmp(cmd, "stop") == 0, cont = strcmp(cmd, "cont") == 0;
         if (stop && !p->vm->paused) {
-            vm_pause(p->vm);
+            int r = vm_pause(p->vm);
+            if (r < 0)
+                return failed(cls, desc, dlen, "stop", r);
             emit(p, "STOP", NULL);
         } else if (cont && p->vm->paused) {
             /* After an unknown outcome the finished mirrors still hold the disks' writers:
@@ -329,7 +358,9 @@ static struct json_object *on_control(void *opaque, const char *cmd, struct json
                 p->vm->ops->throttle(p->vm, 0);
             }
             pthread_mutex_unlock(&p->mu);
-            vm_resume(p->vm);
+            int r = vm_resume(p->vm);
+            if (r < 0)
+                return failed(cls, desc, dlen, "cont", r);
             emit(p, "RESUME", NULL);
         } else if (!stop && !cont) {
             /* A full sweep needs the guest still: pause around it if it runs. */
@@ -361,6 +392,25 @@ static struct json_object *on_control(void *opaque, const char *cmd, struct json
     *cls = "CommandNotFound";
     snprintf(desc, dlen, "unknown command %s", cmd);
     return NULL;
+}
+
+/* A VM that is a process of its own (QEMU) has ended: so does this one, with its status. */
+static bool vm_exited(struct vmproc *p)
+{
+    int st = p->vm->ops->exit_status ? p->vm->ops->exit_status(p->vm) : -1;
+    if (st < 0)
+        return false;
+    char why[300] = "";
+    vm_dead(p->vm, why, sizeof why);
+    bm_warn("%s; this process ends", why);
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "status", json_object_new_int(st));
+    json_object_object_add(o, "reason", json_object_new_string(why));
+    emit(p, "vm-exited", o);
+    pthread_mutex_lock(&p->mu);
+    p->exit_code = st;
+    pthread_mutex_unlock(&p->mu);
+    return true;
 }
 
 int vmproc_serve(struct vm *vm, struct bm_disk **disks, unsigned ndisks, const char *control,
@@ -413,7 +463,7 @@ int vmproc_serve(struct vm *vm, struct bm_disk **disks, unsigned ndisks, const c
         }
         bool q = p->quit;
         pthread_mutex_unlock(&p->mu);
-        if (q)
+        if (q || vm_exited(p))
             break;
     }
     /* Let clients read the last events before the socket goes. */

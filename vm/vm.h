@@ -34,9 +34,13 @@ struct vm;
  * A backend fills these. Every call is made from one controlling thread at a time (the
  * migration thread or the control socket, never both at once: the VM process serialises them).
  * All return 0 or -errno unless said otherwise.
+ *
+ * A QEMU VM ("qemu", vm/qemu/qemu.h) moves its own RAM and device state: it has no RAM regions
+ * nor bm_disks here, its dirty_log_*, save_state, load_state and check return -ENOTSUP and its
+ * throttle does nothing; the migration engine must steer it through QMP instead.
  */
 struct vm_ops {
-    const char *kind; /* "synth", "kvm" */
+    const char *kind; /* "synth", "kvm", "qemu" */
     /* Dirty log: start clears it (everything is sent in round 0 anyway); sync moves every page
      * written since the previous sync (or start) into out (out |= dirty, dirty = 0). A page
      * written by anyone (vCPU or the VMM itself) is marked after the write, so harvesting
@@ -69,6 +73,10 @@ struct vm_ops {
      * vCPU's registers and pending events, taken without pausing the VM (it may be running, or
      * migrating): a new JSON object. */
     struct json_object *(*x_vcpus)(struct vm *vm);
+    /* Optional, callable from any thread: for a VM that is a process of its own (QEMU), the
+     * status the VM process passes on once that process has ended (0-255; 128+N for signal
+     * N), or -1 while it runs. NULL: the guest lives in the VM process. */
+    int (*exit_status)(struct vm *vm);
     /* Stop everything and free the VM (the disks are closed by their owner). */
     void (*destroy)(struct vm *vm);
 };

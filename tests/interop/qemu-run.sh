@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# qemu-run.sh: `blkmig run --qemu` and `--qemu-attach` against a real QEMU (no guest OS: the
+# machine sits in its firmware). Launch: query over the control socket (kind, disks, running),
+# stop and cont seen by QEMU itself, QMP facts the disk side relies on (a bitmap on a generated
+# node name, throttling by the device path query-block gives), quit ends QEMU; QEMU ending by
+# itself (quit on its own monitor, SIGKILL) ends blkmig with its status. Attach: a hand-started
+# QEMU with a raw disk and a qcow2 one over a backing file, a second attach turned away, and
+# quit leaving QEMU running and answering on the same socket. Bad input: not QEMU, nothing
+# listening, network drives, a missing binary, a QEMU that fails at start.
+. "$(dirname "$0")/../lib.sh"
+
+need_cmd qemu-system-x86_64 qemu-system-x86
+need_cmd qemu-img qemu-utils
+
+MACHINE=(-machine q35,accel=tcg -nodefaults -display none -no-user-config -m 64)
+
+# qmp SOCKET COMMAND [ARGS-JSON]: one QMP command on QEMU's own socket; prints the reply line.
+qmp() {
+    "$PY3" - "$@" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+f.readline()
+def cmd(name, args=None):
+    m = {"execute": name}
+    if args:
+        m["arguments"] = args
+    f.write(json.dumps(m) + "\n")
+    f.flush()
+    while True:
+        o = json.loads(f.readline())
+        if "event" not in o:
+            return o
+cmd("qmp_capabilities")
+print(json.dumps(cmd(sys.argv[2], json.loads(sys.argv[3]) if len(sys.argv) > 3 else None)))
+PY
+}
+
+# jget JSON EXPR: a Python expression over the parsed JSON `j`.
+jget() {
+    "$PY3" -c 'import json, sys; j = json.loads(sys.argv[1]); print(eval(sys.argv[2]))' "$1" "$2"
+}
+
+ctl() { "$BLKMIG" control "$TMP/ctl.sock" "$@"; }
+
+wait_ctl() {
+    local deadline=$((SECONDS + 30))
+    until [ -S "$TMP/ctl.sock" ] && ctl query-status >/dev/null 2>&1; do
+        kill -0 "$1" 2>/dev/null || fail "blkmig run exited early: $(cat "$TMP/run.err")"
+        [ $SECONDS -lt $deadline ] || fail "the control socket never answered"
+        sleep 0.1
+    done
+}
+
+alive() { kill -0 "$1" 2>/dev/null; }
+
+qemu-img create -q -f qcow2 "$TMP/a.qcow2" 16M
+qemu-img create -q -f raw "$TMP/b.raw" 4M
+
+# ---- launch ----
+log "launch"
+start_bg "$BLKMIG" run --qemu --control "$TMP/ctl.sock" --run-dir "$TMP/run" --json -- \
+    qemu-system-x86_64 "${MACHINE[@]}" \
+    -drive "if=none,id=d0,file=$TMP/a.qcow2,format=qcow2,node-name=n0" \
+    -device virtio-blk-pci,drive=d0,id=vd0 \
+    -drive "if=none,id=d1,file=$TMP/b.raw,format=raw" -device virtio-blk-pci,drive=d1 \
+    -qmp "unix:$TMP/user.sock,server=on,wait=off" >"$TMP/run.json" 2>"$TMP/run.err"
+RUN=$BG_PID
+wait_ctl $RUN
+[ -S "$TMP/run/qmp.sock" ] || fail "no QMP socket of blkmig's in the run directory"
+q=$(ctl query-status)
+[ "$(jget "$q" 'j["return"]["kind"]')" = qemu ] || fail "kind is not qemu: $q"
+[ "$(jget "$q" 'j["return"]["guest"]["status"]')" = running ] || fail "not running: $q"
+[ "$(jget "$q" 'j["return"]["guest"]["mode"]')" = launch ] || fail "not launch: $q"
+QPID=$(jget "$q" 'j["return"]["guest"]["pid"]')
+alive "$QPID" || fail "QEMU's pid $QPID is not alive"
+d0=$(jget "$q" '[d for d in j["return"]["guest"]["disks"] if d["drive"] == "d0"][0]')
+[ "$(jget "$q" 'len(j["return"]["guest"]["disks"])')" = 2 ] || fail "not two disks: $q"
+[ "$d0" = "{'device': '/machine/peripheral/vd0/virtio-backend', 'drive': 'd0', 'node': 'n0', \
+'format': 'qcow2', 'file': '$TMP/a.qcow2', 'size': 16777216, 'backing': False, \
+'readonly': False}" ] || fail "disk d0: $d0"
+n1=$(jget "$q" '[d["node"] for d in j["return"]["guest"]["disks"] if d["drive"] == "d1"][0]')
+dev1=$(jget "$q" '[d["device"] for d in j["return"]["guest"]["disks"] if d["drive"] == "d1"][0]')
+[[ $n1 == "#block"* ]] || fail "d1 without node-name= should have a generated node name: $n1"
+[[ $dev1 == /machine/peripheral-anon/* ]] || fail "d1's device should be a QOM path: $dev1"
+
+# The facts the disk side relies on: a bitmap on a generated node name, throttling by the
+# device path query-block gives (the device's own path, without /virtio-backend, is refused).
+r=$(qmp "$TMP/user.sock" block-dirty-bitmap-add "{\"node\": \"$n1\", \"name\": \"t\"}")
+[ "$r" = '{"return": {}}' ] || fail "bitmap on $n1: $r"
+thr='"bps": 1048576, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0'
+r=$(qmp "$TMP/user.sock" block_set_io_throttle "{\"id\": \"$dev1\", $thr}")
+[ "$r" = '{"return": {}}' ] || fail "throttle by $dev1: $r"
+r=$(qmp "$TMP/user.sock" block_set_io_throttle "{\"id\": \"vd0\", $thr}")
+[[ $r == *'"error"'* ]] || fail "throttle by the bare id vd0 was expected to fail: $r"
+
+ctl stop >/dev/null || fail "stop failed"
+r=$(qmp "$TMP/user.sock" query-status)
+[ "$(jget "$r" 'j["return"]["status"]')" = paused ] || fail "QEMU not paused after stop: $r"
+[ "$(jget "$(ctl query-status)" 'j["return"]["running"]')" = False ] || fail "query: running"
+ctl cont >/dev/null || fail "cont failed"
+r=$(qmp "$TMP/user.sock" query-status)
+[ "$(jget "$r" 'j["return"]["status"]')" = running ] || fail "QEMU not running after cont: $r"
+r=$(ctl migrate '{"uri": "tcp:127.0.0.1:1"}' || true)
+[[ $r == *'migrate is not available for a qemu VM'* ]] || fail "migrate of a qemu VM: $r"
+r=$(ctl guest-check || true)
+[[ $r == *'guest-check is not available'* ]] || fail "guest-check of a qemu VM: $r"
+r=$(ctl x-state-roundtrip || true)
+[[ $r == *'x-state-roundtrip is not available'* ]] || fail "x-state-roundtrip: $r"
+r=$(ctl x-query-vcpus || true)
+[[ $r == *'"error"'* ]] || fail "x-query-vcpus of a qemu VM: $r"
+
+ctl quit >/dev/null
+wait_pid $RUN 20
+[ "$WAIT_RC" -eq 0 ] || fail "blkmig run exited $WAIT_RC after quit: $(cat "$TMP/run.err")"
+alive "$QPID" && fail "QEMU ($QPID) still runs after quit"
+[ ! -e "$TMP/run/qmp.sock" ] || fail "the QMP socket is left behind"
+check_sanitizer_log "$TMP/run.err"
+
+# ---- QEMU ends by itself ----
+launch_plain() {
+    rm -f "$TMP/ctl.sock"
+    start_bg "$BLKMIG" run --qemu --control "$TMP/ctl.sock" --json -- \
+        qemu-system-x86_64 "${MACHINE[@]}" -qmp "unix:$TMP/user.sock,server=on,wait=off" \
+        "$@" >"$TMP/run.json" 2>"$TMP/run.err"
+    RUN=$BG_PID
+    wait_ctl $RUN
+    QPID=$(jget "$(ctl query-status)" 'j["return"]["guest"]["pid"]')
+}
+
+log "QEMU quits on its own monitor"
+launch_plain -drive "if=none,id=d0,file=$TMP/a.qcow2,format=qcow2"
+qmp "$TMP/user.sock" quit >/dev/null
+wait_pid $RUN 20
+[ "$WAIT_RC" -eq 0 ] || fail "blkmig run exited $WAIT_RC when QEMU quit: $(cat "$TMP/run.err")"
+grep -q 'exited with status 0' "$TMP/run.err" || fail "no word of QEMU's exit: $(cat "$TMP/run.err")"
+[ "$(json_events "$TMP/run.json" | tail -1)" = vm-exited ] || fail "no vm-exited event"
+check_sanitizer_log "$TMP/run.err"
+
+log "QEMU started frozen (-S), then killed"
+launch_plain -S
+q=$(ctl query-status)
+[ "$(jget "$q" 'j["return"]["running"]')" = False ] || fail "-S: not paused: $q"
+[ "$(jget "$q" 'j["return"]["guest"]["status"]')" = prelaunch ] || fail "-S: not prelaunch: $q"
+ctl cont >/dev/null || fail "cont of a frozen QEMU failed"
+r=$(qmp "$TMP/user.sock" query-status)
+[ "$(jget "$r" 'j["return"]["status"]')" = running ] || fail "-S, cont: not running: $r"
+kill -KILL "$QPID"
+wait_pid $RUN 20
+[ "$WAIT_RC" -eq 137 ] || fail "blkmig run exited $WAIT_RC when QEMU was killed (want 137)"
+grep -q 'killed by signal 9' "$TMP/run.err" || fail "no word of the kill: $(cat "$TMP/run.err")"
+check_sanitizer_log "$TMP/run.err"
+
+# ---- attach ----
+log "attach"
+qemu-img create -q -f raw "$TMP/base.raw" 8M
+qemu-img create -q -f qcow2 -b "$TMP/base.raw" -F raw "$TMP/top.qcow2" 16M
+start_bg qemu-system-x86_64 "${MACHINE[@]}" \
+    -drive "if=none,id=r0,file=$TMP/b.raw,format=raw" -device virtio-blk-pci,drive=r0,id=vr0 \
+    -drive "if=none,id=q0,file=$TMP/top.qcow2,format=qcow2" \
+    -device virtio-blk-pci,drive=q0,id=vq0 \
+    -qmp "unix:$TMP/hand.sock,server=on,wait=off" 2>"$TMP/hand.err"
+HAND=$BG_PID
+wait_unix "$TMP/hand.sock"
+rm -f "$TMP/ctl.sock"
+start_bg "$BLKMIG" run --qemu-attach "$TMP/hand.sock" --control "$TMP/ctl.sock" \
+    >"$TMP/run.json" 2>"$TMP/run.err"
+RUN=$BG_PID
+wait_ctl $RUN
+q=$(ctl query-status)
+[ "$(jget "$q" 'j["return"]["guest"]["mode"]')" = attach ] || fail "not attach: $q"
+[ "$(jget "$q" 'j["return"]["guest"]["pid"]')" = "$HAND" ] || fail "pid is not $HAND: $q"
+[ "$(jget "$q" '[(d["drive"], d["format"], d["size"], d["backing"]) for d in
+    j["return"]["guest"]["disks"]]')" = "[('r0', 'raw', 4194304, False), \
+('q0', 'qcow2', 16777216, True)]" ] || fail "attached disks: $q"
+
+# QEMU serves one client per QMP socket: a second attach is turned away.
+rc=0
+"$BLKMIG" run --qemu-attach "$TMP/hand.sock" --control "$TMP/ctl2.sock" 2>"$TMP/err2" || rc=$?
+[ $rc -eq 1 ] || fail "a second attach exited $rc: $(cat "$TMP/err2")"
+grep -qi 'greeting\|another client' "$TMP/err2" || fail "second attach: $(cat "$TMP/err2")"
+
+ctl stop >/dev/null
+ctl quit >/dev/null
+wait_pid $RUN 20
+[ "$WAIT_RC" -eq 0 ] || fail "blkmig run (attach) exited $WAIT_RC: $(cat "$TMP/run.err")"
+alive "$HAND" || fail "the attached QEMU did not survive blkmig's quit"
+r=$(qmp "$TMP/hand.sock" query-status)
+[ "$(jget "$r" 'j["return"]["status"]')" = paused ] ||
+    fail "QEMU should answer on its socket, paused as blkmig left it: $r"
+qmp "$TMP/hand.sock" quit >/dev/null
+wait_pid "$HAND" 10
+check_sanitizer_log "$TMP/run.err"
+
+# ---- bad input ----
+# expect_fail RC PATTERN ARGS...: blkmig run ARGS exits RC with PATTERN in its stderr, and
+# leaves no QEMU behind (none ran: each case fails before one would, or reaps it).
+expect_fail() {
+    local want=$1 pat=$2 rc=0
+    shift 2
+    rm -f "$TMP/ctl.sock"
+    timeout 60 "$BLKMIG" run --control "$TMP/ctl.sock" "$@" >/dev/null 2>"$TMP/bad.err" || rc=$?
+    [ $rc -eq "$want" ] || fail "run $* exited $rc, want $want: $(cat "$TMP/bad.err")"
+    grep -q -- "$pat" "$TMP/bad.err" || fail "run $*: no '$pat' in: $(cat "$TMP/bad.err")"
+    check_sanitizer_log "$TMP/bad.err"
+    log "refused as expected: $(head -1 "$TMP/bad.err")"
+}
+
+# A listener that is not QEMU: it sends a line that is no QMP greeting.
+"$PY3" - "$TMP/fake.sock" <<'PY' &
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+s.listen(1)
+c, _ = s.accept()
+c.sendall(b"SSH-2.0-not-qemu\r\n")
+c.recv(100)
+PY
+track_pid $!
+wait_unix "$TMP/fake.sock"
+expect_fail 1 'not a QMP server' --qemu-attach "$TMP/fake.sock"
+expect_fail 1 'No such file\|nothing listening' --qemu-attach "$TMP/none.sock"
+expect_fail 1 'nbd' --qemu -- qemu-system-x86_64 "${MACHINE[@]}" \
+    -drive if=none,id=n,file=nbd://127.0.0.1:10809/x,format=raw
+expect_fail 1 'nbd' --qemu -- qemu-system-x86_64 "${MACHINE[@]}" \
+    -drive if=none,id=n,file.driver=nbd,file.host=127.0.0.1,file.export=x,format=raw
+expect_fail 1 'cannot run /nonexistent/qemu-system-x86_64' --qemu -- \
+    /nonexistent/qemu-system-x86_64 "${MACHINE[@]}"
+expect_fail 1 'exited with status 1 at start.*missing.qcow2' --qemu -- \
+    qemu-system-x86_64 "${MACHINE[@]}" -drive "if=none,id=m,file=$TMP/missing.qcow2,format=qcow2"
+expect_fail 2 'needs QEMU' --qemu
+expect_fail 2 'not for a QEMU VM' --qemu --ram 1G -- qemu-system-x86_64 "${MACHINE[@]}"
+expect_fail 2 'exclude each other' --qemu --qemu-attach "$TMP/x" -- qemu-system-x86_64
+
+# A hand-started QEMU whose disk is on NBD is refused, and left alone.
+if command -v qemu-nbd >/dev/null; then
+    start_bg qemu-nbd --persistent -f raw -k "$TMP/nbd.sock" "$TMP/b.raw"
+    wait_unix "$TMP/nbd.sock"
+    start_bg qemu-system-x86_64 "${MACHINE[@]}" \
+        -drive "if=none,id=n0,file=nbd+unix:///?socket=$TMP/nbd.sock,format=raw" \
+        -qmp "unix:$TMP/hand2.sock,server=on,wait=off" 2>"$TMP/hand2.err"
+    HAND2=$BG_PID
+    wait_unix "$TMP/hand2.sock"
+    expect_fail 1 'nbd' --qemu-attach "$TMP/hand2.sock"
+    alive "$HAND2" || fail "a refused attach ended the QEMU"
+fi
+log "ok"
