@@ -266,3 +266,18 @@ write("qemu-cmdline", {
         "--blockdev", "qcow2,node-name=sys,file.driver=file,file.filename=/a/sys.qcow2",
         "-device", "scsi-hd,drive=sys,id=sd0", "-incoming", "tcp:0:4444", "-pflash", "/fw.fd"),
 })
+
+
+# ---- qemu-disks: query-block \0 query-blockstats \0 query-named-block-nodes (captured) ----
+def qemu_replies(name):
+    with open(os.path.join(HERE, "..", "unit", "data", name)) as f:
+        o = json.load(f)
+    return b"\0".join(json.dumps(o[k], separators=(",", ":")).encode()
+                      for k in ("query-block", "query-blockstats", "query-named-block-nodes"))
+
+
+write("qemu-disks", {
+    "drives": qemu_replies("qemu72-drives.json"),
+    "nbd": qemu_replies("qemu72-nbd.json"),
+    "proc-cmdline": argv("-m", "64", "-drive", "file=a.raw,format=raw") + b"\0",
+})
