@@ -5,7 +5,8 @@
 # node name, throttling by the device path query-block gives), quit ends QEMU; QEMU ending by
 # itself (quit on its own monitor, SIGKILL) ends blkmig with its status. Attach: a hand-started
 # QEMU with a raw disk and a qcow2 one over a backing file, a second attach turned away, and
-# quit leaving QEMU running and answering on the same socket. Bad input: not QEMU, nothing
+# quit leaving QEMU running and answering on the same socket, an attached QEMU killed. A QEMU
+# that ignores quit and SIGTERM is killed after the bounds. Bad input: not QEMU, nothing
 # listening, network drives, a missing binary, a QEMU that fails at start.
 . "$(dirname "$0")/../lib.sh"
 
@@ -192,6 +193,63 @@ r=$(qmp "$TMP/hand.sock" query-status)
     fail "QEMU should answer on its socket, paused as blkmig left it: $r"
 qmp "$TMP/hand.sock" quit >/dev/null
 wait_pid "$HAND" 10
+check_sanitizer_log "$TMP/run.err"
+
+log "an attached QEMU killed"
+start_bg qemu-system-x86_64 "${MACHINE[@]}" -qmp "unix:$TMP/hand3.sock,server=on,wait=off"
+HAND3=$BG_PID
+wait_unix "$TMP/hand3.sock"
+rm -f "$TMP/ctl.sock"
+start_bg "$BLKMIG" run --qemu-attach "$TMP/hand3.sock" --control "$TMP/ctl.sock" --json \
+    >"$TMP/run.json" 2>"$TMP/run.err"
+RUN=$BG_PID
+wait_ctl $RUN
+kill -KILL "$HAND3"
+wait "$HAND3" 2>/dev/null || true
+wait_pid $RUN 20
+[ "$WAIT_RC" -eq 1 ] || fail "attach: blkmig run exited $WAIT_RC when QEMU was killed (want 1)"
+grep -q 'connection ended without a shutdown' "$TMP/run.err" ||
+    fail "attach: no word of QEMU's end: $(cat "$TMP/run.err")"
+check_sanitizer_log "$TMP/run.err"
+
+# ---- a QEMU that ignores quit and SIGTERM: SIGKILL after the bounds (5 s, then 3 s) ----
+log "a QEMU that will not quit"
+cat >"$TMP/stubborn-qemu" <<PY
+#!$PY3
+import json, signal, socket, sys
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+path = sys.argv[sys.argv.index("-qmp") + 1][len("unix:"):].split(",")[0]
+s = socket.socket(socket.AF_UNIX)
+s.bind(path)
+s.listen(1)
+c, _ = s.accept()
+f = c.makefile("rw")
+f.write('{"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": ""}, '
+        '"capabilities": []}}\r\n')
+f.flush()
+rets = {"query-status": {"status": "running", "running": True}}
+for line in f:
+    m = json.loads(line)
+    r = rets.get(m["execute"], [] if m["execute"].startswith("query-") else {})
+    f.write(json.dumps({"return": r, "id": m["id"]}) + "\r\n")
+    f.flush()
+signal.pause()
+PY
+chmod +x "$TMP/stubborn-qemu"
+rm -f "$TMP/ctl.sock"
+start_bg "$BLKMIG" run --qemu --control "$TMP/ctl.sock" -- "$TMP/stubborn-qemu" -nodefaults \
+    >"$TMP/run.json" 2>"$TMP/run.err"
+RUN=$BG_PID
+wait_ctl $RUN
+QPID=$(jget "$(ctl query-status)" 'j["return"]["guest"]["pid"]')
+t0=$SECONDS
+ctl quit >/dev/null
+wait_pid $RUN 30
+[ "$WAIT_RC" -eq 0 ] || fail "stubborn: blkmig run exited $WAIT_RC: $(cat "$TMP/run.err")"
+[ $((SECONDS - t0)) -ge 7 ] || fail "stubborn: ended after $((SECONDS - t0)) s, before the bounds"
+alive "$QPID" && fail "stubborn: the fake QEMU ($QPID) survived"
+grep -q 'SIGTERM' "$TMP/run.err" && grep -q 'SIGKILL' "$TMP/run.err" ||
+    fail "stubborn: no word of SIGTERM and SIGKILL: $(cat "$TMP/run.err")"
 check_sanitizer_log "$TMP/run.err"
 
 # ---- bad input ----
