@@ -213,6 +213,14 @@ static bool qemu_args_ok(bool qemu, const char *attach, const char *rundir, bool
     return !bad;
 }
 
+/* QEMU's own events (STOP, RESUME, SHUTDOWN...) go to the control socket's clients and --json
+ * as "qemu-event", with the QMP event as data. */
+static void forward_event(void *opaque, struct json_object *ev)
+{
+    (void)opaque;
+    vmproc_guest_event(NULL, "qemu-event", json_object_get(ev));
+}
+
 /* --qemu (argv: QEMU's line) or --qemu-attach: take the VM, then serve it as any other. */
 static int run_qemu(const char *attach, const char *rundir, int argc, char **argv,
                     const char *control, bool json)
@@ -253,6 +261,7 @@ static int run_qemu(const char *attach, const char *rundir, int argc, char **arg
     qemu_vm_disks(v, &n);
     bm_info("QEMU (pid %d) %s, %u disk%s", (int)qemu_vm_pid(v), attach ? "attached" : "started",
             n, n == 1 ? "" : "s");
+    qemu_vm_on_event(v, forward_event, NULL);
     int code = vmproc_serve(qemu_vm_base(v), NULL, 0, control, claim, json);
     if (dir[0])
         remove_run_dir(dir, made);

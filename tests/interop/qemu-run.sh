@@ -57,6 +57,13 @@ wait_ctl() {
 
 alive() { kill -0 "$1" 2>/dev/null; }
 
+# qemu_events: the names of the QEMU events blkmig passed on in $TMP/run.json, in order.
+qemu_events() {
+    "$PY3" -c 'import json, sys
+print(" ".join(o["data"]["event"] for o in map(json.loads, open(sys.argv[1]))
+               if o["event"] == "qemu-event"))' "$TMP/run.json"
+}
+
 qemu-img create -q -f qcow2 "$TMP/a.qcow2" 16M
 qemu-img create -q -f raw "$TMP/b.raw" 4M
 
@@ -102,6 +109,12 @@ r=$(qmp "$TMP/user.sock" query-status)
 [ "$(jget "$r" 'j["return"]["status"]')" = paused ] || fail "QEMU not paused after stop: $r"
 [ "$(jget "$(ctl query-status)" 'j["return"]["running"]')" = False ] || fail "query: running"
 ctl cont >/dev/null || fail "cont failed"
+# QEMU's own events reach --json (the watcher takes them every 100 ms).
+deadline=$((SECONDS + 5))
+until [[ $(qemu_events) == *"STOP RESUME"* ]]; do
+    [ $SECONDS -lt $deadline ] || fail "QEMU's STOP and RESUME not passed on: $(qemu_events)"
+    sleep 0.1
+done
 r=$(qmp "$TMP/user.sock" query-status)
 [ "$(jget "$r" 'j["return"]["status"]')" = running ] || fail "QEMU not running after cont: $r"
 r=$(ctl migrate '{"uri": "tcp:127.0.0.1:1"}' || true)
@@ -138,6 +151,8 @@ wait_pid $RUN 20
 [ "$WAIT_RC" -eq 0 ] || fail "blkmig run exited $WAIT_RC when QEMU quit: $(cat "$TMP/run.err")"
 grep -q 'exited with status 0' "$TMP/run.err" || fail "no word of QEMU's exit: $(cat "$TMP/run.err")"
 [ "$(json_events "$TMP/run.json" | tail -1)" = vm-exited ] || fail "no vm-exited event"
+grep -q '"event":"qemu-event","data":{.*"event":"SHUTDOWN"' "$TMP/run.json" ||
+    fail "QEMU's SHUTDOWN was not passed on: $(cat "$TMP/run.json")"
 check_sanitizer_log "$TMP/run.err"
 
 log "QEMU started frozen (-S), then killed"

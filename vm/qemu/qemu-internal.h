@@ -34,10 +34,12 @@ struct qemu_vm {
     pthread_mutex_t mu; /* protects the fields below (the watcher writes them) */
     bool dead;
     char why[256];
-    bool shutdown_seen;       /* a SHUTDOWN event came, */
-    char shutdown_reason[64]; /* with this reason */
-    bool gone;                /* launch: reaped; attach: the QMP connection ended */
-    int status;               /* once gone: the exit status to pass on */
+    bool shutdown_seen;        /* a SHUTDOWN event came, */
+    char shutdown_reason[64];  /* with this reason */
+    bool gone;                 /* launch: reaped; attach: the QMP connection ended */
+    int status;                /* once gone: the exit status to pass on */
+    qemu_vm_event_fn event_fn; /* qemu_vm_on_event */
+    void *event_opaque;
 };
 
 /* qemu-start.c: made by qemu_vm_launch and qemu_vm_attach from here. */

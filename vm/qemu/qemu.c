@@ -291,6 +291,12 @@ static bool take_events(struct qemu_vm *v)
             return false;
         }
         on_event(v, ev);
+        pthread_mutex_lock(&v->mu);
+        qemu_vm_event_fn fn = v->event_fn;
+        void *opaque = v->event_opaque;
+        pthread_mutex_unlock(&v->mu);
+        if (fn)
+            fn(opaque, ev);
         json_object_put(ev);
     }
 }
@@ -346,6 +352,14 @@ int qemu_vm_start_watcher(struct qemu_vm *v, char *err, size_t errlen)
 }
 
 /* ---- accessors ---- */
+
+void qemu_vm_on_event(struct qemu_vm *v, qemu_vm_event_fn fn, void *opaque)
+{
+    pthread_mutex_lock(&v->mu);
+    v->event_fn = fn;
+    v->event_opaque = opaque;
+    pthread_mutex_unlock(&v->mu);
+}
 
 const struct qemu_disk_info *qemu_vm_disks(struct qemu_vm *v, unsigned *n)
 {

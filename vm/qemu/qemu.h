@@ -68,6 +68,14 @@ pid_t qemu_vm_pid(const struct qemu_vm *v);
 /* Launched by blkmig (true) or attached (false). */
 bool qemu_vm_launched(const struct qemu_vm *v);
 
+/* QEMU's QMP events are taken by the VM's watcher thread (every 100 ms; a SHUTDOWN marks the
+ * VM dead), so qemu_mon_next_event finds none: whoever needs them (a migration following
+ * MIGRATION or BLOCK_JOB_* events) registers fn, which the watcher calls for each event in
+ * order, with the whole event object (borrowed: json_object_get it to keep it). fn must not
+ * block nor call qemu_vm_on_event; NULL removes it. */
+typedef void (*qemu_vm_event_fn)(void *opaque, struct json_object *ev);
+void qemu_vm_on_event(struct qemu_vm *v, qemu_vm_event_fn fn, void *opaque);
+
 /* ---- pure parsing of what QEMU and /proc give (unit tests and the fuzz harness call these) */
 
 /* The disks of a QEMU from the return values of query-block, query-blockstats and
