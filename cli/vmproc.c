@@ -117,9 +117,14 @@ static void mig_event(void *opaque, const char *event, struct json_object *data)
 
 static struct json_object *status_json(struct vmproc *p)
 {
-    struct json_object *o = json_object_new_object();
+    struct json_object *o = json_object_new_object(), *guest = p->vm->ops->query(p->vm), *r;
+    bool running = !p->vm->paused;
+    /* A VM in a process of its own may be paused or resumed by others (QEMU's own monitors,
+     * the guest): its query says. */
+    if (p->vm->ops->exit_status && json_object_object_get_ex(guest, "running", &r))
+        running = json_object_get_boolean(r);
     json_object_object_add(o, "kind", json_object_new_string(p->vm->ops->kind));
-    json_object_object_add(o, "running", json_object_new_boolean(!p->vm->paused));
+    json_object_object_add(o, "running", json_object_new_boolean(running));
     json_object_object_add(o, "ram", json_object_new_int64((int64_t)vm_ram_size(p->vm)));
     struct json_object *d = json_object_new_array();
     for (unsigned k = 0; k < p->vm->ndisks; k++) {
@@ -132,7 +137,7 @@ static struct json_object *status_json(struct vmproc *p)
         json_object_array_add(d, e);
     }
     json_object_object_add(o, "disks", d);
-    json_object_object_add(o, "guest", p->vm->ops->query(p->vm));
+    json_object_object_add(o, "guest", guest);
     json_object_object_add(o, "migrating", json_object_new_boolean(p->migrating));
     return o;
 }
@@ -343,12 +348,14 @@ static struct json_object *on_control(void *opaque, const char *cmd, struct json
         if (strcmp(cmd, "x-state-roundtrip") == 0)
             return state_roundtrip(p, cls, desc, dlen);
         bool stop = strcmp(cmd, "stop") == 0, cont = strcmp(cmd, "cont") == 0;
-        if (stop && !p->vm->paused) {
+        /* Others may have paused or resumed a VM in a process of its own: always ask it. */
+        bool ext = p->vm->ops->exit_status != NULL;
+        if (stop && (!p->vm->paused || ext)) {
             int r = vm_pause(p->vm);
             if (r < 0)
                 return failed(cls, desc, dlen, "stop", r);
             emit(p, "STOP", NULL);
-        } else if (cont && p->vm->paused) {
+        } else if (cont && (p->vm->paused || ext)) {
             /* After an unknown outcome the finished mirrors still hold the disks' writers:
              * the operator decided this copy runs, so drop that migration for good. */
             pthread_mutex_lock(&p->mu);

@@ -117,6 +117,13 @@ until [[ $(qemu_events) == *"STOP RESUME"* ]]; do
 done
 r=$(qmp "$TMP/user.sock" query-status)
 [ "$(jget "$r" 'j["return"]["status"]')" = running ] || fail "QEMU not running after cont: $r"
+# Paused behind blkmig's back (on QEMU's own monitor): query says so, and blkmig's cont works.
+qmp "$TMP/user.sock" stop >/dev/null
+[ "$(jget "$(ctl query-status)" 'j["return"]["running"]')" = False ] ||
+    fail "query: running after a stop on QEMU's own monitor"
+ctl cont >/dev/null || fail "cont after a stop on QEMU's own monitor"
+r=$(qmp "$TMP/user.sock" query-status)
+[ "$(jget "$r" 'j["return"]["status"]')" = running ] || fail "blkmig's cont did not resume: $r"
 r=$(ctl migrate '{"uri": "tcp:127.0.0.1:1"}' || true)
 [[ $r == *'migrate is not available for a qemu VM'* ]] || fail "migrate of a qemu VM: $r"
 r=$(ctl guest-check || true)
