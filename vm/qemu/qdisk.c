@@ -274,6 +274,10 @@ static void q_close(void *opaque)
     char err[512];
     if (q->h)
         nbd_close(q->h);
+    if (!q->mon) { /* a plain reader: nothing of ours in QEMU */
+        free(q);
+        return;
+    }
     char id[NAME_LEN];
     if (q->hexported) {
         snprintf(id, sizeof id, "blkmig-%s-h", q->tag);
@@ -327,6 +331,27 @@ static int setup(struct qdisk *q, char *err, size_t errlen)
     return 0;
 }
 
+static int no_harvest(void *opaque, struct bm_disk *d,
+                      void (*mark)(struct bm_disk *d, uint64_t offset, uint64_t len));
+
+/* The bm_disk over q once r says q is ready; q freed otherwise. */
+static int finish_open(struct qdisk *q, int r, const char *name,
+                       int (*harvest)(void *, struct bm_disk *,
+                                      void (*)(struct bm_disk *, uint64_t, uint64_t)),
+                       struct bm_disk **out)
+{
+    struct bm_disk_remote rem = {.pread = q_pread,
+                                 .extents = q_extents,
+                                 .harvest = harvest,
+                                 .close = q_close,
+                                 .opaque = q};
+    if (r == 0)
+        r = bm_disk_open_remote(name, q->size, &rem, out);
+    if (r < 0)
+        q_close(q);
+    return r;
+}
+
 int qemu_disk_open(struct qemu_nbd *n, const char *node, const char *tag, const char *name,
                    uint64_t size, uint32_t granularity, struct bm_disk **out, char *err,
                    size_t errlen)
@@ -354,17 +379,40 @@ int qemu_disk_open(struct qemu_nbd *n, const char *node, const char *tag, const 
     q->size = size;
     q->granularity = granularity;
     q->gen = 1;
-    int r = setup(q, err, errlen);
-    struct bm_disk_remote rem = {.pread = q_pread,
-                                 .extents = q_extents,
-                                 .harvest = q_harvest,
-                                 .close = q_close,
-                                 .opaque = q};
-    if (r == 0)
-        r = bm_disk_open_remote(name, size, &rem, out);
-    if (r < 0)
-        q_close(q);
-    return r;
+    return finish_open(q, setup(q, err, errlen), name, q_harvest, out);
+}
+
+static int no_harvest(void *opaque, struct bm_disk *d,
+                      void (*mark)(struct bm_disk *d, uint64_t offset, uint64_t len))
+{
+    (void)opaque;
+    (void)d;
+    (void)mark;
+    return -ENOTSUP;
+}
+
+int qemu_nbd_reader_open(const char *uri, const char *name, uint64_t size, struct bm_disk **out,
+                         char *err, size_t errlen)
+{
+    struct qdisk *q = calloc(1, sizeof *q);
+    if (!q) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    snprintf(q->node, sizeof q->node, "%s", name);
+    q->size = size;
+    int r = 0;
+    if (!(q->h = nbd_create()))
+        r = nbd_fail("libnbd for", name, err, errlen);
+    else if (nbd_add_meta_context(q->h, LIBNBD_CONTEXT_BASE_ALLOCATION) < 0 ||
+             nbd_connect_uri(q->h, uri) < 0)
+        r = nbd_fail("connecting to", uri, err, errlen);
+    else if (nbd_get_size(q->h) != (int64_t)size) {
+        snprintf(err, errlen, "%s is %lld bytes, not %llu", uri, (long long)nbd_get_size(q->h),
+                 (unsigned long long)size);
+        r = -EPROTO;
+    }
+    return finish_open(q, r, name, no_harvest, out);
 }
 
 int qemu_nbd_start(struct qemu_mon *mon, const char *path, struct qemu_nbd **out, char *err,

@@ -10,7 +10,7 @@
 #include "vm/qemu/mon.h"
 
 /*
- * The QMP sequence (QEMU 7.2; docs/architecture.md §8.6):
+ * The QMP sequence (QEMU 7.2; docs/architecture.md §8.7):
  *   once per QEMU:  nbd-server-start {addr: {type: unix, data: {path}}}       (qemu_nbd_start)
  *   per drive:      block-dirty-bitmap-add {node, name: blkmig-TAG-1, granularity}
  *                   block-export-add {type: nbd, id: blkmig-TAG, node-name, name: blkmig-TAG,
@@ -45,5 +45,11 @@ void qemu_nbd_stop(struct qemu_nbd *n);
 int qemu_disk_open(struct qemu_nbd *n, const char *node, const char *tag, const char *name,
                    uint64_t size, uint32_t granularity, struct bm_disk **out, char *err,
                    size_t errlen);
+
+/* A read-only remote bm_disk over any NBD export (uri, libnbd's syntax) of size bytes, named
+ * name, for reading only: its harvest is -ENOTSUP. For digests of a destination's disks
+ * through its QEMU's export. */
+int qemu_nbd_reader_open(const char *uri, const char *name, uint64_t size, struct bm_disk **out,
+                         char *err, size_t errlen);
 
 #endif

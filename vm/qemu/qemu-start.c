@@ -292,6 +292,17 @@ static int keep_argv(struct qemu_vm *v, int argc, const char *const *argv)
     return r;
 }
 
+/* QEMU runs qargv, answers on QMP, and its disks are known. */
+static int start(struct qemu_vm *v, char *const *qargv, int timeout_ms, char *err, size_t errlen)
+{
+    int r = spawn(v, qargv, err, errlen);
+    if (r == 0)
+        r = connect_child(v, timeout_ms, err, errlen);
+    if (r == 0)
+        r = discover(v, err, errlen);
+    return r;
+}
+
 static int launch(struct qemu_vm *v, int argc, const char *const *argv, const char *rundir,
                   int timeout_ms, char *err, size_t errlen)
 {
@@ -312,25 +323,15 @@ static int launch(struct qemu_vm *v, int argc, const char *const *argv, const ch
     if (r == 0 && (r = keep_argv(v, argc, argv)) < 0)
         snprintf(err, errlen, "out of memory");
     if (r == 0)
-        r = spawn(v, qargv, err, errlen);
+        r = start(v, qargv, timeout_ms, err, errlen);
     free(qargv);
-    if (r == 0)
-        r = connect_child(v, timeout_ms, err, errlen);
-    if (r == 0)
-        r = discover(v, err, errlen);
     return r;
 }
 
-int qemu_vm_launch(int argc, const char *const *argv, const char *rundir, int timeout_ms,
-                   struct qemu_vm **out, char *err, size_t errlen)
+/* After launch or launch_incoming: QEMU's warnings shown, the watcher started; on failure
+ * QEMU ended and v freed. */
+static int launched(struct qemu_vm *v, int r, struct qemu_vm **out, char *err, size_t errlen)
 {
-    struct qemu_vm *v = vm_new();
-    if (!v) {
-        snprintf(err, errlen, "out of memory");
-        return -ENOMEM;
-    }
-    v->launched = true;
-    int r = launch(v, argc, argv, rundir, timeout_ms, err, errlen);
     if (r == 0) {
         qemu_vm_drain_stderr(v, false);
         if (v->tail_len)
@@ -347,6 +348,60 @@ int qemu_vm_launch(int argc, const char *const *argv, const char *rundir, int ti
     }
     *out = v;
     return 0;
+}
+
+/* A new VM for launch or launch_incoming (NULL, err filled, when out of memory). */
+static struct qemu_vm *new_launched(char *err, size_t errlen)
+{
+    struct qemu_vm *v = vm_new();
+    if (!v)
+        snprintf(err, errlen, "out of memory");
+    else
+        v->launched = true;
+    return v;
+}
+
+int qemu_vm_launch(int argc, const char *const *argv, const char *rundir, int timeout_ms,
+                   struct qemu_vm **out, char *err, size_t errlen)
+{
+    struct qemu_vm *v = new_launched(err, errlen);
+    if (!v)
+        return -ENOMEM;
+    return launched(v, launch(v, argc, argv, rundir, timeout_ms, err, errlen), out, err, errlen);
+}
+
+static int launch_incoming(struct qemu_vm *v, int argc, const char *const *argv,
+                           const char *qmp_path, bool paused, int timeout_ms, char *err,
+                           size_t errlen)
+{
+    if ((size_t)snprintf(v->qmp_path, sizeof v->qmp_path, "%s", qmp_path) >= sizeof v->qmp_path) {
+        snprintf(err, errlen, "the QMP socket's path is too long: %s", qmp_path);
+        return -ENAMETOOLONG;
+    }
+    unlink(v->qmp_path);
+    const char **qargv = calloc((size_t)argc + 2, sizeof *qargv);
+    if (!qargv || keep_argv(v, argc, argv) < 0) {
+        free(qargv);
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    memcpy(qargv, argv, (size_t)argc * sizeof *qargv);
+    if (paused)
+        qargv[argc] = "-S";
+    int r = start(v, (char *const *)qargv, timeout_ms, err, errlen);
+    free(qargv);
+    return r;
+}
+
+int qemu_vm_launch_incoming(int argc, const char *const *argv, const char *qmp_path, bool paused,
+                            int timeout_ms, struct qemu_vm **out, char *err, size_t errlen)
+{
+    struct qemu_vm *v = new_launched(err, errlen);
+    if (!v)
+        return -ENOMEM;
+    return launched(v,
+                    launch_incoming(v, argc, argv, qmp_path, paused, timeout_ms, err, errlen),
+                    out, err, errlen);
 }
 
 /* ---- attach ---- */

@@ -377,6 +377,19 @@ pid_t qemu_vm_pid(const struct qemu_vm *v)
     return v->pid;
 }
 
+const char *const *qemu_vm_argv(const struct qemu_vm *v, int *argc)
+{
+    *argc = v->argc;
+    return (const char *const *)v->argv;
+}
+
+void qemu_vm_version(const struct qemu_vm *v, int *major, int *minor, int *micro)
+{
+    *major = v->major;
+    *minor = v->minor;
+    *micro = v->micro;
+}
+
 bool qemu_vm_launched(const struct qemu_vm *v)
 {
     return v->launched;

@@ -49,6 +49,12 @@ struct qemu_vm;
 int qemu_vm_launch(int argc, const char *const *argv, const char *rundir, int timeout_ms,
                    struct qemu_vm **out, char *err, size_t errlen);
 
+/* A destination's QEMU: argv is the final line (qemu_cmdline_dest_argv's, whose -qmp is
+ * qmp_path, with -incoming defer), run as it is, plus -S when paused (the guest then runs only
+ * on vm_resume, after the incoming migration). Returns, errors and ending as qemu_vm_launch. */
+int qemu_vm_launch_incoming(int argc, const char *const *argv, const char *qmp_path, bool paused,
+                            int timeout_ms, struct qemu_vm **out, char *err, size_t errlen);
+
 /* attach: take over the QEMU serving QMP at qmp_path (its pid from SO_PEERCRED, its command
  * line from /proc/PID/cmdline, parsed), changing nothing in it. Errors: those of bm_qmp_connect
  * (-ENOENT, -ECONNREFUSED: nothing there; -EPROTO: not QEMU; -ETIMEDOUT: another client has
@@ -65,6 +71,9 @@ static inline struct vm *qemu_vm_base(struct qemu_vm *v)
 const struct qemu_disk_info *qemu_vm_disks(struct qemu_vm *v, unsigned *n);
 struct qemu_mon *qemu_vm_mon(struct qemu_vm *v);
 pid_t qemu_vm_pid(const struct qemu_vm *v);
+/* Its command line (launch: the user's; attach: /proc's), and QEMU's version. */
+const char *const *qemu_vm_argv(const struct qemu_vm *v, int *argc);
+void qemu_vm_version(const struct qemu_vm *v, int *major, int *minor, int *micro);
 /* Launched by blkmig (true) or attached (false). */
 bool qemu_vm_launched(const struct qemu_vm *v);
 
