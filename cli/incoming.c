@@ -22,7 +22,7 @@ static void usage(FILE *f)
     fprintf(f,
             "Usage: blkmig incoming --listen ADDR:PORT [--nbd-port N]\n"
             "                       (--disk-dir DIR | --disk NAME=PATH ...) [--force]\n"
-            "                       [--max-ram SIZE] [--max-disk SIZE]\n"
+            "                       [--max-ram SIZE] [--max-disk SIZE] [--qemu-binary PATH]\n"
             "                       --control SOCKET [--json] [--peer-timeout MS]\n"
             "                       [--accept-timeout S] [--log-level LEVEL]\n"
             "\n"
@@ -41,6 +41,9 @@ static void usage(FILE *f)
             "                       the memory available when the source connects)\n"
             "  --max-disk SIZE      refuse disks larger than SIZE in all (default: the free\n"
             "                       space of the file system each new image goes to)\n"
+            "  --qemu-binary PATH   a QEMU VM: the QEMU to run here (default: the source's\n"
+            "                       binary name, looked up in PATH); its version must be the\n"
+            "                       source's\n"
             "  --control SOCKET     the VM's control socket once it runs here\n"
             "  --json               once the VM runs here, print its events as JSON lines\n"
             "  --peer-timeout MS    silence that counts as a lost source (default 10000)\n"
@@ -80,7 +83,7 @@ static void at_complete(void *opaque)
 int cmd_incoming(int argc, char **argv)
 {
     enum { O_LISTEN = 256, O_NBD, O_DIR, O_DISK, O_FORCE, O_CONTROL, O_JSON, O_PEER, O_ACCEPT,
-           O_LOG, O_MAX_RAM, O_MAX_DISK };
+           O_LOG, O_MAX_RAM, O_MAX_DISK, O_QEMU_BIN };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
         {"nbd-port", required_argument, NULL, O_NBD},
@@ -89,6 +92,7 @@ int cmd_incoming(int argc, char **argv)
         {"force", no_argument, NULL, O_FORCE},
         {"max-ram", required_argument, NULL, O_MAX_RAM},
         {"max-disk", required_argument, NULL, O_MAX_DISK},
+        {"qemu-binary", required_argument, NULL, O_QEMU_BIN},
         {"control", required_argument, NULL, O_CONTROL},
         {"json", no_argument, NULL, O_JSON},
         {"peer-timeout", required_argument, NULL, O_PEER},
@@ -114,6 +118,9 @@ int cmd_incoming(int argc, char **argv)
             return 0;
         case O_LISTEN:
             listen = optarg;
+            break;
+        case O_QEMU_BIN:
+            o.qemu_binary = optarg;
             break;
         case O_NBD:
             if (bm_parse_u64(optarg, 1, 65535, &v) < 0) {

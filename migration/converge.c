@@ -368,7 +368,7 @@ static void decide(struct mig_source *m, struct loop *l, uint64_t now, bool time
     }
 }
 
-static int check_mirrors(struct mig_source *m, char *why, size_t whylen)
+int mig_check_mirrors(struct mig_source *m, char *why, size_t whylen)
 {
     for (unsigned i = 0; i < m->nmj; i++) {
         struct mirror_stats s;
@@ -383,6 +383,20 @@ static int check_mirrors(struct mig_source *m, char *why, size_t whylen)
     return 0;
 }
 
+int mig_turn_checks(struct mig_source *m, char *why, size_t whylen)
+{
+    if (atomic_load(&m->want_cancel)) {
+        mig_rollback(m, MIG_CANCELLED, "cancelled");
+        return 1;
+    }
+    int r = mig_poll_peer(m, why, whylen);
+    if (r == 0)
+        r = mig_check_mirrors(m, why, whylen);
+    if (r == 0 && vm_dead(m->vm, why, whylen))
+        r = -ECANCELED; /* a dead guest is not moved: it stays here as it is */
+    return r;
+}
+
 /* Returns true to go on to the switchover; false after a rollback. */
 bool mig_converge(struct mig_source *m);
 bool mig_converge(struct mig_source *m)
@@ -395,15 +409,9 @@ bool mig_converge(struct mig_source *m)
     char why[512];
     for (;;) {
         uint64_t now = mig_now_ns();
-        if (atomic_load(&m->want_cancel)) {
-            mig_rollback(m, MIG_CANCELLED, "cancelled");
+        int r = mig_turn_checks(m, why, sizeof why);
+        if (r == 1)
             return false;
-        }
-        int r = mig_poll_peer(m, why, sizeof why);
-        if (r == 0)
-            r = check_mirrors(m, why, sizeof why);
-        if (r == 0 && vm_dead(m->vm, why, sizeof why))
-            r = -ECANCELED; /* a dead guest is not moved: it stays here as it is */
         if (r < 0) {
             mig_rollback(m, MIG_FAILED, "%s", why);
             return false;

@@ -21,6 +21,7 @@
 #include "common/sock.h"
 #include "migration/accept.h"
 #include "migration/dest-internal.h"
+#include "migration/qemu-migration.h"
 #include "migration/migration.h"
 #include "migration/stream.h"
 #include "nbd/server.h"
@@ -212,6 +213,14 @@ static int hello(struct dest *d, struct json_object *h)
         failf(d, r, "answering the source: %s", strerror(-r));
     json_object_put(ack);
     return r;
+}
+
+static bool hello_is_qemu(struct json_object *h)
+{
+    struct json_object *vmd, *k;
+    return json_object_object_get_ex(h, "vm", &vmd) &&
+           json_object_object_get_ex(vmd, "kind", &k) && json_object_is_type(k, json_type_string) &&
+           strcmp(json_object_get_string(k), "qemu") == 0;
 }
 
 /* Fault injection for the test suite only: BLKMIG_TEST_FAULT names one. */
@@ -418,6 +427,13 @@ int mig_incoming_run(const struct mig_incoming_opts *o, struct mig_incoming_resu
     if ((r = accept_source(&d, &h)) < 0)
         goto fail;
     t0 = now_ns();
+    if (hello_is_qemu(h)) {
+        /* QEMU serves the disks itself, on this port (dest-qemu.c). */
+        stop_nbd(&d);
+        r = mig_qemu_incoming(o, &d.c, h, res, err, errlen);
+        mig_conn_close(&d.c);
+        return r;
+    }
     if ((r = hello(&d, h)) < 0 || (r = receive(&d, &complete)) < 0)
         goto fail;
     /* The source's mirrors finished, every write answered: no NBD request may run after this.

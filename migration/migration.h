@@ -83,6 +83,8 @@ struct mig_incoming_opts {
     bool force;               /* replace existing images once the migration has completed */
     uint64_t max_ram;         /* refuse a VM with more RAM (0 = the memory available) */
     uint64_t max_disk;        /* refuse disks larger in all (0 = each file system's free space) */
+    const char *qemu_binary;  /* a QEMU VM: the QEMU to run (NULL: the source's binary name,
+                                 looked up in PATH) */
     unsigned peer_timeout_ms; /* default 10000 */
     unsigned accept_timeout_s; /* 0 = wait for ever */
     mig_vm_factory factory;

@@ -32,6 +32,7 @@ struct mig_stats {
     unsigned disks, disks_ready, disks_past_bulk, disks_write_blocking, disks_started;
     uint64_t throughput, stream_bytes, in_flight;
     unsigned throttle, throttle_max;
+    uint64_t qemu_downtime_ms; /* a QEMU VM: QEMU's own figure */
     char error[512];
 };
 
@@ -58,7 +59,36 @@ struct mig_source {
     uint64_t t0_ns, last_send_ns, last_heard_ns;
     uint64_t peer_received; /* stream bytes the destination has applied (from its PINGs) */
     struct mig_stats w; /* working copy, published under mu */
+
+    /* A QEMU VM (qemu-source.c): QEMU moves RAM and devices to qemu_uri; its disks are read
+     * through QEMU's NBD server (qnbd, its socket in qdir). */
+    bool qemu;
+    struct qemu_nbd *qnbd;
+    char qdir[64];
+    char qemu_uri[300];
+    bool qmig_started;
+    int64_t qdowntime_set, qbw_set; /* the last downtime-limit and max-bandwidth set */
+    uint64_t t_pre_switchover;
 };
+
+/* qemu-source.c */
+struct json_object *mig_qemu_describe(struct mig_source *m, char *err, size_t errlen);
+int mig_qemu_open_disks(struct mig_source *m, char *err, size_t errlen);
+void mig_qemu_close_disks(struct mig_source *m);
+void mig_qemu_rollback(struct mig_source *m);
+void mig_qemu_quit(struct mig_source *m);
+int mig_qemu_set_uri(struct mig_source *m, struct json_object *ack, char *err, size_t errlen);
+bool mig_qemu_converge(struct mig_source *m);
+void mig_qemu_switchover(struct mig_source *m);
+/* converge.c: a failed or cancelled mirror, with why. */
+int mig_check_mirrors(struct mig_source *m, char *why, size_t whylen);
+/* switchover.c: send COMPLETE c (taken), then wait for RESUMED, DURABLE and REPORT; ends in
+ * COMPLETED, UNKNOWN or a rollback. */
+void mig_complete(struct mig_source *m, struct json_object *c, uint64_t t_pause,
+                  uint64_t src_digest_ms);
+/* converge.c: the checks of every turn of a pre-copy loop: a cancel (rolled back: 1), the
+ * destination's word, the mirrors, a dead guest (-errno, why filled); 0 to go on. */
+int mig_turn_checks(struct mig_source *m, char *why, size_t whylen);
 
 uint64_t mig_now_ns(void);
 void mig_publish(struct mig_source *m);

@@ -15,6 +15,7 @@
 #include "common/log.h"
 #include "common/sock.h"
 #include "migration/controller.h"
+#include "migration/qemu-migration.h"
 #include "migration/source-internal.h"
 
 
@@ -137,6 +138,8 @@ static struct json_object *stats_json(const struct mig_stats *s)
     I(o, "in_flight", s->in_flight);
     I(o, "throttle", s->throttle);
     I(o, "throttle_max", s->throttle_max);
+    if (s->qemu_downtime_ms)
+        I(o, "qemu_downtime_ms", s->qemu_downtime_ms);
 #undef I
     if (s->error[0])
         json_object_object_add(o, "error", json_object_new_string(s->error));
@@ -235,6 +238,8 @@ void mig_rollback(struct mig_source *m, enum mig_status s, const char *fmt, ...)
     va_end(ap);
     /* Recorded, not logged: the final "migration" event carries it to whoever reports it. */
     free_mirrors(m);
+    if (m->qemu)
+        mig_qemu_rollback(m); /* cancels QEMU's migration: QEMU resumes the guest */
     m->vm->ops->throttle(m->vm, 0);
     m->w.throttle = 0;
     if (m->ram_started || m->log_running)
@@ -359,7 +364,13 @@ static int handshake(struct mig_source *m, struct json_object **ack, char *err, 
         snprintf(token + 2 * i, 3, "%02x", tok[i]);
     struct json_object *h = json_object_new_object();
     json_object_object_add(h, "token", json_object_new_string(token));
-    json_object_object_add(h, "vm", m->vm->ops->describe(m->vm));
+    struct json_object *vmd = m->qemu ? mig_qemu_describe(m, err, errlen)
+                                      : m->vm->ops->describe(m->vm);
+    if (!vmd) {
+        json_object_put(h);
+        return -EINVAL;
+    }
+    json_object_object_add(h, "vm", vmd);
     json_object_object_add(h, "with_disk", json_object_new_boolean(m->p.with_disk));
     json_object_object_add(h, "verify", json_object_new_boolean(m->p.verify));
     r = mig_send_json(&m->c, MIG_HELLO, h);
@@ -462,9 +473,30 @@ static void *source_main(void *arg)
     struct json_object *ack = NULL;
     mig_set_status(m, MIG_SETUP, "setup");
     int r = handshake(m, &ack, err, sizeof err);
+    if (r == 0 && m->qemu)
+        r = mig_qemu_set_uri(m, ack, err, sizeof err);
+    if (r == 0 && m->qemu)
+        r = mig_qemu_open_disks(m, err, sizeof err);
     if (r == 0 && m->p.with_disk)
         r = start_mirrors(m, ack, err, sizeof err);
     json_object_put(ack);
+    if (m->qemu) {
+        if (r < 0) {
+            mig_rollback(m, MIG_FAILED, "%s", err);
+            return NULL;
+        }
+        m->last_heard_ns = m->last_send_ns = mig_now_ns();
+        m->w.setup_ms = (mig_now_ns() - m->t0_ns) / 1000000u;
+        mig_set_status(m, MIG_ACTIVE, "active");
+        if (mig_qemu_converge(m))
+            mig_qemu_switchover(m);
+        if (m->w.status == MIG_COMPLETED) {
+            free_mirrors(m);
+            mig_qemu_close_disks(m);
+            mig_qemu_quit(m); /* the guest runs there: this QEMU holds a stale copy */
+        }
+        return NULL;
+    }
     if (r == 0) {
         m->ram = ram_sender_new(m->vm, mig_send_ram, &m->c, m->p.compress);
         if (!m->ram) {
@@ -493,7 +525,13 @@ static void *source_main(void *arg)
 int mig_source_start(struct vm *vm, const struct mig_params *p, mig_event_fn fn, void *opaque,
                      struct mig_source **out, char *err, size_t errlen)
 {
-    if (p->with_disk && vm->ndisks == 0) {
+    bool qemu = mig_vm_is_qemu(vm);
+    if (qemu && !p->with_disk) {
+        snprintf(err, errlen, "a QEMU VM migrates --with-disk (on shared storage, QEMU's own "
+                              "migrate moves it)");
+        return -EINVAL;
+    }
+    if (p->with_disk && vm->ndisks == 0 && !qemu) {
         snprintf(err, errlen, "--with-disk given but the VM has no disks");
         return -EINVAL;
     }
@@ -503,6 +541,7 @@ int mig_source_start(struct vm *vm, const struct mig_params *p, mig_event_fn fn,
         return -ENOMEM;
     }
     m->vm = vm;
+    m->qemu = qemu;
     m->p = *p;
     m->fn = fn;
     m->opaque = opaque;

@@ -47,11 +47,14 @@ static void await_durable(struct mig_source *m, uint64_t src_digest_ms)
             break;
         }
         struct json_object *o = mig_parse_json(pl, len), *x;
-        if (type == MIG_REPORT && o && json_object_object_get_ex(o, "guest_gap_ns", &x)) {
-            /* The guest sat paused through both digests too: leave them out, as above. */
-            int64_t us = json_object_get_int64(x) / 1000 -
-                         (int64_t)(src_digest_ms + m->w.dst_digest_ms) * 1000;
-            m->w.guest_downtime_us = us > 0 ? us : 0;
+        if (type == MIG_REPORT) {
+            /* The guest sat paused through both digests too: leave them out, as above. A
+             * guest with no heartbeat of blkmig's (a QEMU VM) reports no gap. */
+            if (o && json_object_object_get_ex(o, "guest_gap_ns", &x)) {
+                int64_t us = json_object_get_int64(x) / 1000 -
+                             (int64_t)(src_digest_ms + m->w.dst_digest_ms) * 1000;
+                m->w.guest_downtime_us = us > 0 ? us : 0;
+            }
             report = true;
         } else if (type == MIG_DURABLE && m->w.durable < 0) {
             t_dur = mig_now_ns();
@@ -89,8 +92,8 @@ static void await_durable(struct mig_source *m, uint64_t src_digest_ms)
 }
 
 /* After COMPLETE: wait for the destination's word. */
-static void await_resumed(struct mig_source *m, uint64_t t_pause, uint64_t t_complete,
-                          uint64_t src_digest_ms)
+static void mig_await_resumed(struct mig_source *m, uint64_t t_pause, uint64_t t_complete,
+                              uint64_t src_digest_ms)
 {
     for (;;) {
         uint32_t type, len;
@@ -282,15 +285,21 @@ void mig_switchover(struct mig_source *m)
     }
     json_object_object_add(c, "ram_pages",
                            json_object_new_int64((int64_t)(rs.pages_normal + rs.pages_zero)));
-    t = mig_now_ns();
-    r = mig_send_json(&m->c, MIG_COMPLETE, c);
+    mig_complete(m, c, t_pause, src_digest_ms);
+}
+
+void mig_complete(struct mig_source *m, struct json_object *c, uint64_t t_pause,
+                  uint64_t src_digest_ms)
+{
+    uint64_t t = mig_now_ns();
+    int r = mig_send_json(&m->c, MIG_COMPLETE, c);
     json_object_put(c);
     if (r < 0) {
         mig_rollback(m, MIG_FAILED, "sending COMPLETE: %s", strerror(-r));
         return;
     }
     m->complete_sent = true;
-    await_resumed(m, t_pause, t, src_digest_ms);
+    mig_await_resumed(m, t_pause, t, src_digest_ms);
     if (m->w.status == MIG_COMPLETED) {
         mig_publish(m);
         bm_info("migration: completed, downtime %llu ms", (unsigned long long)m->w.downtime_ms);
