@@ -78,6 +78,12 @@ start_bg "$BLKMIG" run --qemu --control "$TMP/ctl.sock" --run-dir "$TMP/run" --j
 RUN=$BG_PID
 wait_ctl $RUN
 [ -S "$TMP/run/qmp.sock" ] || fail "no QMP socket of blkmig's in the run directory"
+# A second QEMU in the same run directory must not take the first one's socket.
+rc=0
+"$BLKMIG" run --qemu --control "$TMP/ctl2.sock" --run-dir "$TMP/run" -- \
+    qemu-system-x86_64 "${MACHINE[@]}" 2>"$TMP/err2" || rc=$?
+[ $rc -eq 1 ] && grep -q 'a running process listens there' "$TMP/err2" ||
+    fail "a second launch in the same run directory: exit $rc: $(cat "$TMP/err2")"
 q=$(ctl query-status)
 [ "$(jget "$q" 'j["return"]["kind"]')" = qemu ] || fail "kind is not qemu: $q"
 [ "$(jget "$q" 'j["return"]["guest"]["status"]')" = running ] || fail "not running: $q"

@@ -275,6 +275,33 @@ static int discover(struct qemu_vm *v, char *err, size_t errlen)
     return r;
 }
 
+/* blkmig's QMP socket path: one left by a QEMU that is gone is removed, one a live process
+ * listens on (another blkmig's QEMU in the same run directory) is refused. */
+static int claim_socket(const char *path, char *err, size_t errlen)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        return -errno;
+    }
+    int r = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 ? 0 : -errno;
+    close(fd);
+    if (r == 0) {
+        snprintf(err, errlen,
+                 "%s: a running process listens there (another QEMU in this run "
+                 "directory?)",
+                 path);
+        return -EADDRINUSE;
+    }
+    if (r != -ENOENT && unlink(path) < 0 && errno != ENOENT) {
+        snprintf(err, errlen, "cannot remove the stale socket %s: %s", path, strerror(errno));
+        return -errno;
+    }
+    return 0;
+}
+
 /* The user's line, kept for describe: joined and split into one allocation. */
 static int keep_argv(struct qemu_vm *v, int argc, const char *const *argv)
 {
@@ -315,8 +342,7 @@ static int launch(struct qemu_vm *v, int argc, const char *const *argv, const ch
         sizeof v->qmp_path) {
         snprintf(err, errlen, "the run directory's path is too long for a socket: %s", rundir);
         r = -ENAMETOOLONG;
-    } else {
-        unlink(v->qmp_path);
+    } else if ((r = claim_socket(v->qmp_path, err, errlen)) == 0) {
         r = qemu_cmdline_source_argv(cl, v->qmp_path, &qargv, err, errlen);
     }
     qemu_cmdline_free(cl);
