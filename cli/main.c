@@ -11,7 +11,7 @@ static const struct {
     int (*fn)(int, char **);
     const char *summary;
 } commands[] = {
-    {"run", cmd_run, "run a VM: the test guest on KVM, else the synthetic guest"},
+    {"run", cmd_run, "run a VM: the test guest on KVM, the synthetic guest, or a QEMU"},
     {"migrate", cmd_migrate, "live-migrate a running VM, with --with-disk its disks too"},
     {"incoming", cmd_incoming, "receive a migrating VM, then run it"},
     {"demo", cmd_demo, "a live migration with disks between two local hosts, end to end"},
