@@ -22,7 +22,8 @@ struct qemu_vm {
     char qmp_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     int major, minor, micro;
     int argc;
-    char **argv; /* the user's line (launch) or /proc's (attach): one allocation */
+    char **argv;             /* the user's line (launch) or /proc's (attach): one allocation */
+    struct qemu_cmdline *cl; /* argv, parsed */
     struct qemu_disk_info *disks;
     unsigned ndisks;
     int errfd; /* launch: the read end of QEMU's stderr, passed on (-1: none) */

@@ -49,6 +49,7 @@ void qemu_vm_free(struct qemu_vm *v)
     if (v->errfd >= 0)
         close(v->errfd);
     pthread_mutex_destroy(&v->mu);
+    qemu_cmdline_free(v->cl);
     free(v->argv);
     free(v->disks);
     free(v);
@@ -333,8 +334,7 @@ static int start(struct qemu_vm *v, char *const *qargv, int timeout_ms, char *er
 static int launch(struct qemu_vm *v, int argc, const char *const *argv, const char *rundir,
                   int timeout_ms, char *err, size_t errlen)
 {
-    struct qemu_cmdline *cl;
-    int r = qemu_cmdline_parse(argc, argv, &cl, err, errlen);
+    int r = qemu_cmdline_parse(argc, argv, &v->cl, err, errlen);
     if (r < 0)
         return r;
     char **qargv = NULL;
@@ -343,9 +343,8 @@ static int launch(struct qemu_vm *v, int argc, const char *const *argv, const ch
         snprintf(err, errlen, "the run directory's path is too long for a socket: %s", rundir);
         r = -ENAMETOOLONG;
     } else if ((r = claim_socket(v->qmp_path, err, errlen)) == 0) {
-        r = qemu_cmdline_source_argv(cl, v->qmp_path, &qargv, err, errlen);
+        r = qemu_cmdline_source_argv(v->cl, v->qmp_path, &qargv, err, errlen);
     }
-    qemu_cmdline_free(cl);
     if (r == 0 && (r = keep_argv(v, argc, argv)) < 0)
         snprintf(err, errlen, "out of memory");
     if (r == 0)
@@ -473,14 +472,12 @@ static int adopt(struct qemu_vm *v, const char *qmp_path, int timeout_ms, char *
     snprintf(v->qmp_path, sizeof v->qmp_path, "%s", qmp_path);
     if ((r = take_mon(v, q, err, errlen)) < 0 || (r = read_cmdline(v, err, errlen)) < 0)
         return r;
-    struct qemu_cmdline *cl;
     char why[QEMU_CMDLINE_ERRLEN];
-    r = qemu_cmdline_parse(v->argc, (const char *const *)v->argv, &cl, why, sizeof why);
+    r = qemu_cmdline_parse(v->argc, (const char *const *)v->argv, &v->cl, why, sizeof why);
     if (r < 0) {
         snprintf(err, errlen, "the command line of QEMU (pid %d) is refused: %s", (int)v->pid, why);
         return r;
     }
-    qemu_cmdline_free(cl);
     return discover(v, err, errlen);
 }
 

@@ -372,6 +372,11 @@ struct qemu_mon *qemu_vm_mon(struct qemu_vm *v)
     return &v->mon;
 }
 
+const struct qemu_cmdline *qemu_vm_cmdline(const struct qemu_vm *v)
+{
+    return v->cl;
+}
+
 pid_t qemu_vm_pid(const struct qemu_vm *v)
 {
     return v->pid;

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "vm/qemu/cmdline.h"
 #include "vm/qemu/mon.h"
 #include "vm/vm.h"
 
@@ -74,6 +75,9 @@ pid_t qemu_vm_pid(const struct qemu_vm *v);
 /* Its command line (launch: the user's; attach: /proc's), and QEMU's version. */
 const char *const *qemu_vm_argv(const struct qemu_vm *v, int *argc);
 void qemu_vm_version(const struct qemu_vm *v, int *major, int *minor, int *micro);
+/* QEMU's command line, parsed (for qemu_cmdline_dest_argv): the user's for a launch (without
+ * blkmig's additions), /proc's for an attach. */
+const struct qemu_cmdline *qemu_vm_cmdline(const struct qemu_vm *v);
 /* Launched by blkmig (true) or attached (false). */
 bool qemu_vm_launched(const struct qemu_vm *v);
 
