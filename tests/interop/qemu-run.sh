@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # qemu-run.sh: `blkmig run --qemu` and `--qemu-attach` against a real QEMU (no guest OS: the
 # machine sits in its firmware). Launch: query over the control socket (kind, disks, running),
-# stop and cont seen by QEMU itself, QMP facts the disk side relies on (a bitmap on a generated
-# node name, throttling by the device path query-block gives), quit ends QEMU; QEMU ending by
-# itself (quit on its own monitor, SIGKILL) ends blkmig with its status. Attach: a hand-started
-# QEMU with a raw disk and a qcow2 one over a backing file, a second attach turned away, and
-# quit leaving QEMU running and answering on the same socket, an attached QEMU killed. A QEMU
-# that ignores quit and SIGTERM is killed after the bounds. Bad input: not QEMU, nothing
-# listening, network drives, a missing binary, a QEMU that fails at start.
+# stop and cont seen by QEMU itself and QEMU's events passed on, QMP facts the disk side relies
+# on (a bitmap on a generated node name and its NBD export, throttling by the device path
+# query-block gives), quit ends QEMU; QEMU ending by itself (quit on its own monitor, SIGKILL)
+# ends blkmig with its status. Attach: a hand-started QEMU with a raw disk and a qcow2 one over
+# a backing file, a second attach turned away, quit leaving QEMU running and answering on the
+# same socket, an attached QEMU killed. A QEMU that ignores quit and SIGTERM is killed after
+# the bounds. Bad input: not QEMU, nothing listening, network drives, a missing binary, a QEMU
+# that fails at start, a run directory whose socket is in use.
 . "$(dirname "$0")/../lib.sh"
 
 need_cmd qemu-system-x86_64 qemu-system-x86
@@ -104,6 +105,24 @@ dev1=$(jget "$q" '[d["device"] for d in j["return"]["guest"]["disks"] if d["driv
 # device path query-block gives (the device's own path, without /virtio-backend, is refused).
 r=$(qmp "$TMP/user.sock" block-dirty-bitmap-add "{\"node\": \"$n1\", \"name\": \"t\"}")
 [ "$r" = '{"return": {}}' ] || fail "bitmap on $n1: $r"
+# An NBD export of that node with the bitmap: refused while the bitmap records (QEMU 7.2), taken
+# once it is disabled, as a rotation leaves it.
+r=$(qmp "$TMP/user.sock" nbd-server-start \
+    "{\"addr\": {\"type\": \"unix\", \"data\": {\"path\": \"$TMP/exp.sock\"}}}")
+[ "$r" = '{"return": {}}' ] || fail "nbd-server-start: $r"
+exp="{\"type\": \"nbd\", \"id\": \"e\", \"node-name\": \"$n1\", \"name\": \"x\", \"bitmaps\": [\"t\"]}"
+r=$(qmp "$TMP/user.sock" block-export-add "$exp")
+[[ $r == *'incompatible with readonly export'* ]] || fail "export of an enabled bitmap: $r"
+qmp "$TMP/user.sock" block-dirty-bitmap-disable "{\"node\": \"$n1\", \"name\": \"t\"}" >/dev/null
+r=$(qmp "$TMP/user.sock" block-export-add "$exp")
+[ "$r" = '{"return": {}}' ] || fail "export of $n1 with its disabled bitmap: $r"
+if command -v nbdinfo >/dev/null; then
+    nbdinfo --map=qemu:dirty-bitmap:t "nbd+unix:///x?socket=$TMP/exp.sock" >"$TMP/map" ||
+        fail "nbdinfo cannot read the bitmap of the export"
+    grep -q clean "$TMP/map" || fail "the bitmap's map: $(cat "$TMP/map")"
+fi
+qmp "$TMP/user.sock" block-export-del '{"id": "e"}' >/dev/null
+qmp "$TMP/user.sock" nbd-server-stop >/dev/null
 thr='"bps": 1048576, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0'
 r=$(qmp "$TMP/user.sock" block_set_io_throttle "{\"id\": \"$dev1\", $thr}")
 [ "$r" = '{"return": {}}' ] || fail "throttle by $dev1: $r"
