@@ -243,13 +243,15 @@ static int run_qemu(const char *attach, const char *rundir, int argc, char **arg
         }
         qemu_cmdline_free(cl);
     }
+    if (!attach && make_run_dir(rundir, dir, sizeof dir, &made) < 0) {
+        bm_control_release(control, claim);
+        return 1;
+    }
     if (attach)
         r = qemu_vm_attach(attach, QEMU_ATTACH_MS, &v, err, sizeof err);
-    else if ((r = make_run_dir(rundir, dir, sizeof dir, &made)) == 0)
+    else
         r = qemu_vm_launch(argc, (const char *const *)argv, dir, QEMU_START_MS, &v, err,
                            sizeof err);
-    else
-        snprintf(err, sizeof err, "no run directory");
     if (r < 0) {
         bm_error("%s%s", attach ? "--qemu-attach: " : "--qemu: ", err);
         if (dir[0])
