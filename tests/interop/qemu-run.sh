@@ -7,8 +7,9 @@
 # ends blkmig with its status. Attach: a hand-started QEMU with a raw disk and a qcow2 one over
 # a backing file, a second attach turned away, quit leaving QEMU running and answering on the
 # same socket, an attached QEMU killed. A QEMU that ignores quit and SIGTERM is killed after
-# the bounds. Bad input: not QEMU, nothing listening, network drives, a missing binary, a QEMU
-# that fails at start, a run directory whose socket is in use.
+# the bounds. The C API through tests/interop/qemu-vm-probe. Bad input: not QEMU, nothing
+# listening, network drives, a missing binary, a QEMU that fails at start, a run directory
+# whose socket is in use.
 . "$(dirname "$0")/../lib.sh"
 
 need_cmd qemu-system-x86_64 qemu-system-x86
@@ -298,6 +299,19 @@ alive "$QPID" && fail "stubborn: the fake QEMU ($QPID) survived"
 grep -q 'SIGTERM' "$TMP/run.err" && grep -q 'SIGKILL' "$TMP/run.err" ||
     fail "stubborn: no word of SIGTERM and SIGKILL: $(cat "$TMP/run.err")"
 check_sanitizer_log "$TMP/run.err"
+
+# ---- the C API the migration will use (tests/interop/qemu-vm-probe.c) ----
+PROBE=${QEMU_VM_PROBE:-$top_builddir/tests/interop/qemu-vm-probe}
+[ -x "$PROBE" ] || fail "$PROBE is not built (make check builds it, or set QEMU_VM_PROBE)"
+log "the C API"
+mkdir -p "$TMP/probe"
+rc=0
+"$PROBE" "$TMP/probe" qemu-system-x86_64 "${MACHINE[@]}" \
+    -drive "if=none,id=d0,file=$TMP/a.qcow2,format=qcow2" -device virtio-blk-pci,drive=d0 \
+    >"$TMP/probe.out" 2>"$TMP/probe.err" || rc=$?
+check_sanitizer_log "$TMP/probe.err"
+[ $rc -eq 0 ] && grep -qx 'ok all' "$TMP/probe.out" ||
+    fail "qemu-vm-probe exited $rc: $(cat "$TMP/probe.err")"
 
 # ---- bad input ----
 # expect_fail RC PATTERN ARGS...: blkmig run ARGS exits RC with PATTERN in its stderr, and
