@@ -22,7 +22,8 @@ static void usage(FILE *f)
     fprintf(f,
             "Usage: blkmig incoming --listen ADDR:PORT [--nbd-port N]\n"
             "                       (--disk-dir DIR | --disk NAME=PATH ...) [--force]\n"
-            "                       [--max-ram SIZE] [--max-disk SIZE] [--qemu-binary PATH]\n"
+            "                       [--max-ram SIZE] [--max-disk SIZE]\n"
+            "                       [--qemu-binary PATH] [--run-dir DIR]\n"
             "                       --control SOCKET [--json] [--peer-timeout MS]\n"
             "                       [--accept-timeout S] [--log-level LEVEL]\n"
             "\n"
@@ -44,6 +45,9 @@ static void usage(FILE *f)
             "  --qemu-binary PATH   a QEMU VM: the QEMU to run here (default: the source's\n"
             "                       binary name, looked up in PATH); its version must be the\n"
             "                       source's\n"
+            "  --run-dir DIR        a QEMU VM: where its QMP socket and the chardev sockets\n"
+            "                       and files of its command line go (created if absent;\n"
+            "                       default: a new directory in /tmp)\n"
             "  --control SOCKET     the VM's control socket once it runs here\n"
             "  --json               once the VM runs here, print its events as JSON lines\n"
             "  --peer-timeout MS    silence that counts as a lost source (default 10000)\n"
@@ -83,7 +87,7 @@ static void at_complete(void *opaque)
 int cmd_incoming(int argc, char **argv)
 {
     enum { O_LISTEN = 256, O_NBD, O_DIR, O_DISK, O_FORCE, O_CONTROL, O_JSON, O_PEER, O_ACCEPT,
-           O_LOG, O_MAX_RAM, O_MAX_DISK, O_QEMU_BIN };
+           O_LOG, O_MAX_RAM, O_MAX_DISK, O_QEMU_BIN, O_RUN_DIR };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
         {"nbd-port", required_argument, NULL, O_NBD},
@@ -93,6 +97,7 @@ int cmd_incoming(int argc, char **argv)
         {"max-ram", required_argument, NULL, O_MAX_RAM},
         {"max-disk", required_argument, NULL, O_MAX_DISK},
         {"qemu-binary", required_argument, NULL, O_QEMU_BIN},
+        {"run-dir", required_argument, NULL, O_RUN_DIR},
         {"control", required_argument, NULL, O_CONTROL},
         {"json", no_argument, NULL, O_JSON},
         {"peer-timeout", required_argument, NULL, O_PEER},
@@ -121,6 +126,9 @@ int cmd_incoming(int argc, char **argv)
             break;
         case O_QEMU_BIN:
             o.qemu_binary = optarg;
+            break;
+        case O_RUN_DIR:
+            o.run_dir = optarg;
             break;
         case O_NBD:
             if (bm_parse_u64(optarg, 1, 65535, &v) < 0) {

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
@@ -54,7 +55,8 @@ struct qdest {
     struct qemu_cmdline *cl;
     struct qimage img[VM_MAX_DISKS];
     unsigned n;
-    char rundir[64];
+    char rundir[96];
+    bool rundir_made; /* by this migration: removed with it if it failed */
     char qmp[128];
     struct qemu_vm *vm;
     int nbd_port;
@@ -199,8 +201,20 @@ static void remove_images(struct qdest *q)
 
 static int start_qemu(struct qdest *q, const char *binary)
 {
-    if (!mkdtemp(strcpy(q->rundir, "/tmp/blkmig-qemu-in.XXXXXX")))
+    if (q->o->run_dir) {
+        if ((size_t)snprintf(q->rundir, sizeof q->rundir, "%s", q->o->run_dir) >=
+            sizeof q->rundir)
+            return failq(q, -ENAMETOOLONG, "--run-dir %s: too long for QEMU's sockets",
+                         q->o->run_dir);
+        if (mkdir(q->rundir, 0700) == 0)
+            q->rundir_made = true;
+        else if (errno != EEXIST)
+            return failq(q, -errno, "--run-dir %s: %s", q->rundir, strerror(errno));
+    } else if (!mkdtemp(strcpy(q->rundir, "/tmp/blkmig-qemu-in.XXXXXX"))) {
         return failq(q, -errno, "cannot make a run directory: %s", strerror(errno));
+    } else {
+        q->rundir_made = true;
+    }
     snprintf(q->qmp, sizeof q->qmp, "%s/qmp.sock", q->rundir);
     struct qemu_cmdline_image im[VM_MAX_DISKS];
     for (unsigned k = 0; k < q->n; k++)
@@ -498,7 +512,8 @@ static void send_json(struct qdest *q, uint32_t type, struct json_object *o)
 
 /* ---- the whole ---- */
 
-static int setup(struct qdest *q, struct json_object *h, struct json_object *ack)
+/* What HELLO says of the VM, checked (no side effect: the fuzz harness calls it too). */
+static int parse_hello(struct qdest *q, struct json_object *h)
 {
     struct json_object *vmd, *x, *argv, *wd, *vf;
     json_object_object_get_ex(h, "vm", &vmd);
@@ -531,11 +546,24 @@ static int setup(struct qdest *q, struct json_object *h, struct json_object *ack
     if (r < 0)
         return failq(q, r, "the QEMU VM's command line is refused here: %s", e);
     json_object_object_get_ex(vmd, "disks", &x);
+    return parse_disks(q, x);
+}
+
+int mig_qemu_hello_check(struct json_object *hello, char *err, size_t errlen)
+{
+    struct qdest q = {.err = err, .errlen = errlen};
+    int r = parse_hello(&q, hello);
+    qemu_cmdline_free(q.cl);
+    return r;
+}
+
+static int setup(struct qdest *q, struct json_object *h, struct json_object *ack)
+{
     const char *binary;
-    int qport;
+    int qport, r;
     struct json_object *exports = json_object_new_object();
     json_object_object_add(ack, "exports", exports);
-    if ((r = parse_disks(q, x)) < 0 || (r = check_qemu(q, &binary)) < 0 ||
+    if ((r = parse_hello(q, h)) < 0 || (r = check_qemu(q, &binary)) < 0 ||
         (r = create_images(q)) < 0 || (r = start_qemu(q, binary)) < 0 ||
         (r = find_nodes(q)) < 0 || (r = serve_disks(q, exports)) < 0 ||
         (r = incoming(q, &qport)) < 0)
@@ -564,9 +592,9 @@ static void discard(struct qdest *q)
 static void cleanup(struct qdest *q)
 {
     qemu_cmdline_free(q->cl);
-    if (q->rundir[0]) {
+    if (q->rundir[0] && q->rundir_made && !q->vm) {
         unlink(q->qmp);
-        rmdir(q->rundir); /* the relocated chardev paths of a QEMU still running stay */
+        rmdir(q->rundir); /* only if empty: a file QEMU made there stays */
     }
 }
 

@@ -85,6 +85,8 @@ struct mig_incoming_opts {
     uint64_t max_disk;        /* refuse disks larger in all (0 = each file system's free space) */
     const char *qemu_binary;  /* a QEMU VM: the QEMU to run (NULL: the source's binary name,
                                  looked up in PATH) */
+    const char *run_dir;      /* a QEMU VM: where its QMP socket and its relocated host paths
+                                 (chardev sockets, files) go (NULL: a new /tmp directory) */
     unsigned peer_timeout_ms; /* default 10000 */
     unsigned accept_timeout_s; /* 0 = wait for ever */
     mig_vm_factory factory;

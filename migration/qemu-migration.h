@@ -19,4 +19,8 @@ int mig_qemu_incoming(const struct mig_incoming_opts *o, struct mig_conn *c,
                       struct json_object *hello, struct mig_incoming_result *res, char *err,
                       size_t errlen);
 
+/* The checks the destination makes of a QEMU VM's HELLO before it makes anything (its kind,
+ * version, command line and disks): 0, or -errno with why in err. No side effect. */
+int mig_qemu_hello_check(struct json_object *hello, char *err, size_t errlen);
+
 #endif
