@@ -1,7 +1,8 @@
 /* fuzz-mig-stream.c: the migration stream as a destination (and a source) receives it: the
  * stream header and frames through mig_recv (migration/stream.c) over a socketpair, then each
  * frame's record the way its receiver takes it: HELLO's VM description (disks: mig_disks_check,
- * the synthetic workload, a KVM CPUID, the VM factory of cli/vmproc.c), RAM and RAM_ZLIB records
+ * the synthetic workload, a KVM CPUID, the VM factory of cli/vmproc.c, a QEMU VM's version,
+ * command line and disks: mig_qemu_hello_check), RAM and RAM_ZLIB records
  * (ram/ram.c) into a 256 KiB synthetic VM, STATE blobs (the synthetic VM's load_state),
  * COMPLETE/ABORT/PING and the source's HELLO_ACK/RESUMED/REPORT/DURABLE. Input: u8 flags (bit 0: frames
  * carry their own trailer, else the harness checksums them; bit 1: the next 16 bytes are the stream
@@ -12,6 +13,7 @@
 #include "cli/vmproc.h"
 #include "common/io.h"
 #include "migration/migration.h"
+#include "migration/qemu-migration.h"
 #include "migration/stream.h"
 #include "ram/ram.h"
 #include "tests/fuzz/fuzz.h"
@@ -102,9 +104,16 @@ static void hello(struct json_object *h)
         synth_workload_from_json(x, &w, err, sizeof err);
     if (json_object_object_get_ex(vmd, "cpuid", &x))
         free(kvm_cpuid_from_json(x, err, sizeof err));
+    /* A QEMU VM: the checks made before QEMU or an image is (migration/dest-qemu.c). */
+    const char *kind = str(vmd, "kind");
+    if (kind && strcmp(kind, "qemu") == 0) {
+        err[0] = '\0';
+        if (mig_qemu_hello_check(h, err, sizeof err) < 0 && !err[0])
+            abort(); /* a refusal says why */
+        return;
+    }
     /* The destination's factory (cli/vmproc.c), but neither a KVM guest (it would open
      * /dev/kvm where there is one) nor a synthetic guest of more than 1 MiB. */
-    const char *kind = str(vmd, "kind");
     if ((kind && strcmp(kind, "kvm") == 0) || (uint64_t)num(vmd, "ram") > (1u << 20))
         return;
     err[0] = '\0';

@@ -96,6 +96,15 @@ HELLO = {"token": "t", "with_disk": True, "verify": False,
                              "disk_min_io": 4096, "disk_max_io": 65536,
                              "disk_pattern": "hotspot", "seed": 1},
                 "disks": [{"name": "vda", "size": 1048576}, {"name": "vdb", "size": 512}]}}
+QEMU_HELLO = {"token": "t", "with_disk": True, "verify": True,
+              "vm": {"kind": "qemu", "version": "7.2.22",
+                     "argv": ["qemu-system-x86_64", "-machine", "q35", "-m", "64",
+                              "-drive", "if=none,id=d0,file=/x/a.qcow2,format=qcow2",
+                              "-device", "virtio-blk-pci,drive=d0,id=vd0",
+                              "-chardev", "socket,id=c,path=/x/c.sock,server=on,wait=off",
+                              "-serial", "chardev:c"],
+                     "disks": [{"name": "disk0", "size": 67108864, "format": "qcow2",
+                                "drive": "d0"}]}}
 RAM = ram_zero(0) + ram_raw(4096, 0x5a) + ram_zero(8192)
 STATE = js({"last_hb_ns": 1, "max_gap_ns": 2, "hb_count": 3, "ram_writes": 4, "disk_writes": 5,
             "ram_checks": 6, "disk_checks": 7, "errors": 0, "mem_seq": 9, "synth_state": 1})
@@ -107,6 +116,8 @@ write("mig-stream", {
     "source": bytes([0]) + frame(2, js({"nbd_port": 10809, "exports": {"vda": "x-vda"}})) +
     frame(7, js({"digest_ms": 1, "verified": True})) + frame(10, js({"guest_gap_ns": 5})),
     "header": bytes([2]) + b"BLKMIGST" + be32(1) + be32(0) + frame(9, be64(0)),
+    "qemu": bytes([0]) + frame(1, js(QEMU_HELLO)) + frame(2, js({
+        "nbd_port": 10809, "exports": {"disk0": "x-disk0"}, "qemu_port": 49152})),
 })
 
 # ---- control: u8 stub flags | command lines ----
@@ -157,6 +168,15 @@ write("qmp", {
     "typed": bytes([3]) + qlines(GREETING, {"return": {}, "id": 1}, {"return": [], "id": 2},
                                  {"return": {}, "id": 7}),
     "not-qmp": bytes([1]) + b"SSH-2.0-OpenSSH_9.2p1\r\n",
+    "query-migrate": bytes([0]) + qlines(
+        {"return": {"expected-downtime": 1, "status": "pre-switchover", "setup-time": 2,
+                    "total-time": 411, "ram": {"total": 134750208, "dirty-sync-count": 3,
+                                               "page-size": 4096, "remaining": 0,
+                                               "mbps": 31.60237037037037, "transferred": 799950,
+                                               "dirty-pages-rate": 0, "normal": 123}}, "id": 5},
+        {"return": {"status": "failed", "error-desc": "Unable to write to socket"}, "id": 6},
+        {"return": {"socket-address": [{"port": "33289", "ipv4": True, "host": "127.0.0.1",
+                                        "type": "inet"}]}, "id": 7}),
     "lines": bytes([0]) + qlines(GREETING, qev("BLOCK_JOB_READY", {"device": "d0"}),
                                  {"return": [{"device": "d0", "inserted": {"drv": "raw"}}],
                                   "id": 18446744073709551615},
