@@ -10,6 +10,10 @@
 #       "pre-switchover" `block-job-cancel` (waiting for the job to end) and `migrate-continue`;
 #       then `nbd-server-stop` and `cont` on the destination. Accelerator: kvm where usable,
 #       else tcg (the guest runs its ring-0 setup fast under TCG, and its workload too).
+#   (c) blkmig driving QEMU ("blkmig-qemu"): side (b)'s very QEMU command line under
+#       `blkmig run --qemu`; `blkmig incoming` on host B starts the destination QEMU from it;
+#       `blkmig migrate --with-disk --verify`: blkmig moves the disk (QEMU's NBD export and
+#       dirty bitmaps), QEMU RAM and devices, blkmig decides when. Same accelerator as (b).
 # Per run: total time (mirror start -> the guest runs on the destination), QEMU's own downtime
 # figure, the guest-observed gap (host timestamps on the guest's console lines, which it
 # prints every STATUS_MS or 4x the time a line takes to print, whichever is longer: QEMU's
@@ -24,7 +28,7 @@
 # host-clock gap does.
 # Knobs: RAM_M=512 RAM_FILL_M=128 DISK_M=1024 DISK_FILL_M=256 WORKLOAD (mem=32M/s,hot=64M,
 # disk=4M/s) WARM_S=5 RUN_S=90 STATUS_MS=10 SHAPED=0|1 RATE=1gbit MTU=1500 REPS=1
-# SIDES="blkmig qemu" ACCEL=auto|kvm|tcg NETNS_NAME=bmgm RAM_CHECK=1 (QEMU side: also compare
+# SIDES="blkmig qemu" (blkmig-qemu: side c) ACCEL=auto|kvm|tcg NETNS_NAME=bmgm RAM_CHECK=1 (QEMU side: also compare
 # both VMs' RAM, page by page, at the switchover, and check each VM's RAM dump and image by
 # content with blkmig guest-check) BLKMIG (binary; default a fresh
 # optimised build) MIG_ARGS (more `blkmig migrate` options, e.g. "--order disk-first")
@@ -401,6 +405,19 @@ def warm_up(console, seconds):
     time.sleep(seconds)
     return st0, t0, console.status(), time.time()
 
+def qemu_argv(a, img, qmp, con):
+    """The VM's QEMU command line (both QEMU sides: the same guest, devices and cache mode)."""
+    return ["qemu-system-x86_64", "-M", "microvm,acpi=off",
+            "-accel", a.accel, "-m", "%dM" % a.ram, "-nodefaults", "-no-user-config",
+            "-display", "none", "-kernel", a.guest, "-append", a.append,
+            "-global", "virtio-mmio.force-legacy=false",
+            "-drive", "id=vda,file=%s,format=raw,if=none,cache=writeback,aio=threads" % img,
+            "-device", "virtio-blk-device,drive=vda",
+            "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
+            "-chardev", "socket,id=con,path=%s,server=on,wait=off" % con,
+            "-serial", "chardev:con", "-qmp", "unix:%s,server=on,wait=off" % qmp] + \
+           os.environ.get("QEMU_ARGS", "").split()
+
 def run_qemu(a):
     sock = lambda n: os.path.join(a.work, n)
     src_img, dst_img = os.path.join(a.dir_a, "vda.img"), os.path.join(a.dir_b, "vda.img")
@@ -408,16 +425,7 @@ def run_qemu(a):
         with open(p, "wb") as f:
             f.truncate(a.disk << 20)
     def qemu(ns, img, qmp, con, extra):
-        cmd = ["ip", "netns", "exec", ns, "qemu-system-x86_64", "-M", "microvm,acpi=off",
-               "-accel", a.accel, "-m", "%dM" % a.ram, "-nodefaults", "-no-user-config",
-               "-display", "none", "-kernel", a.guest, "-append", a.append,
-               "-global", "virtio-mmio.force-legacy=false",
-               "-drive", "id=vda,file=%s,format=raw,if=none,cache=writeback,aio=threads" % img,
-               "-device", "virtio-blk-device,drive=vda",
-               "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
-               "-chardev", "socket,id=con,path=%s,server=on,wait=off" % con,
-               "-serial", "chardev:con", "-qmp", "unix:%s,server=on,wait=off" % qmp] + \
-              os.environ.get("QEMU_ARGS", "").split() + extra
+        cmd = ["ip", "netns", "exec", ns] + qemu_argv(a, img, qmp, con) + extra
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
                                 stderr=open(os.path.join(a.work, os.path.basename(qmp) + ".err"), "w"))
     src = qemu(a.ns_a, src_img, sock("src.qmp"), sock("src.con"), [])
@@ -614,69 +622,113 @@ def run_blkmig(a):
     procs = [src, dst]
     BLKMIG_CONTROL.update({src.pid: (a.blkmig, sock("src.sock")),
                            dst.pid: (a.blkmig, sock("dst.sock"))})
+    cons = [csrc, cdst]
     try:
-        warm = warm_up(csrc, a.warm)
-        w0 = wire_bytes(a.ns_b)
-        t_start = time.time()
-        perf = perf_start(a)
-        mp = subprocess.Popen([a.blkmig, "migrate", "--with-disk", "--verify", "--json",
-                               "--no-progress"] + os.environ.get("MIG_ARGS", "").split() +
-                              [sock("src.sock"), "tcp:%s:7700" % ADDR_B],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        lines = []
-        mlive = live(a, "migrate.jsonl")
-        mlive = open(mlive, "w", buffering=1) if mlive else None
-        for l in mp.stdout:  # the profile ends at the pause (before the --verify digests)
-            lines.append(l)
-            if mlive:
-                mlive.write(l)
-            if perf and '"status":"switchover"' in l:
-                perf = perf_stop(perf)
-        err_text = mp.stderr.read()
-        mp.wait()
-        perf_stop(perf)
-        out = subprocess.CompletedProcess(mp.args, mp.returncode, "".join(lines), err_text)
-        t_end = time.time()
-        keep(a, "migrate.jsonl", out.stdout)
-        w1 = wire_bytes(a.ns_b)
-        rep = {}
-        for l in out.stdout.splitlines():
-            if l.startswith("{") and '"report"' in l:
-                rep = json.loads(l)["report"]
-        if out.returncode != 0:
-            raise SystemExit("blkmig migrate exited %d: %s" % (out.returncode, out.stderr[-500:]))
-        dst_dead = lambda: blkmig_dead(a, sock("dst.sock"))
-        cdst.wait_for("BMG status", 60, dead=dst_dead)
-        time.sleep(2)
-        st_d = cdst.status()
-        # --verify's digests are taken with the guest paused (both sides): like the QEMU side's
-        # check, they are left out of the total and of the guest's gap (blkmig's own downtime
-        # figure leaves them out already).
-        verify_ms = (rep.get("source_digest_ms") or 0) + (rep.get("dest_digest_ms") or 0)
-        gap = gap_across(csrc, cdst, t_end)
-        if gap is not None:
-            gap -= verify_ms
-        t_chk, line = cdst.wait_for("BMG check", a.run_s + 600, dead=dst_dead)
-        subprocess.run([a.blkmig, "control", sock("dst.sock"), "quit"], capture_output=True)
-        dst.wait(timeout=60)
-        src.wait(timeout=60)
-        ram, disk = rep.get("ram", {}), rep.get("disk", {})
-        return {"side": "blkmig", "accel": "kvm", "rep": a.rep, "status": rep.get("status"),
-                "total_s": round((rep.get("total_ms", 0) - verify_ms) / 1000, 3),
-                "verify_ms": verify_ms, "ready_s": None,
-                "downtime_ms": rep.get("downtime_ms"),
-                "guest_gap_ms": round(gap, 1) if gap is not None else None,
-                "guest_downtime_ms": rep.get("guest_downtime_ms"),
-                "ram_bytes": ram.get("transferred"), "wire_bytes": w1 - w0,
-                "images_equal": rep.get("verified"), **common_fields(st_d, line, warm)}
+        return blkmig_migrate(a, sock, cons, lambda: cdst, "blkmig", "kvm")
     finally:
         stop_all(procs, a.work)
-        for n, c in (("src-console.log", csrc), ("dst-console.log", cdst)):
-            if not c.live:  # else written as the lines came
-                keep(a, n, "".join("%.6f %s\n" % (t, l) for t, l in c.lines))
-        for n in ("src.err", "dst.err"):
-            if not live(a, n) and os.path.exists(sock(n)):
-                keep(a, n, open(sock(n), errors="replace").read())
+        keep_logs(a, sock, cons)
+
+def keep_logs(a, sock, consoles):
+    for n, c in zip(("src-console.log", "dst-console.log"), consoles):
+        if c and not c.live:  # else written as the lines came
+            keep(a, n, "".join("%.6f %s\n" % (t, l) for t, l in c.lines))
+    for n in ("src.err", "dst.err"):
+        if not live(a, n) and os.path.exists(sock(n)):
+            keep(a, n, open(sock(n), errors="replace").read())
+
+def blkmig_migrate(a, sock, cons, dst_console, side, accel):
+    """blkmig migrate --with-disk --verify from src.sock to host B, measured: the row. cons
+    holds the source's console and, once dst_console() gives it (called as the migration
+    starts), the destination's."""
+    csrc = cons[0]
+    warm = warm_up(csrc, a.warm)
+    w0 = wire_bytes(a.ns_b)
+    t_start = time.time()
+    perf = perf_start(a)
+    mp = subprocess.Popen([a.blkmig, "migrate", "--with-disk", "--verify", "--json",
+                           "--no-progress"] + os.environ.get("MIG_ARGS", "").split() +
+                          [sock("src.sock"), "tcp:%s:7700" % ADDR_B],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cons[1] = cdst = dst_console()
+    lines = []
+    mlive = live(a, "migrate.jsonl")
+    mlive = open(mlive, "w", buffering=1) if mlive else None
+    for l in mp.stdout:  # the profile ends at the pause (before the --verify digests)
+        lines.append(l)
+        if mlive:
+            mlive.write(l)
+        if perf and '"status":"switchover"' in l:
+            perf = perf_stop(perf)
+    err_text = mp.stderr.read()
+    mp.wait()
+    perf_stop(perf)
+    out = subprocess.CompletedProcess(mp.args, mp.returncode, "".join(lines), err_text)
+    t_end = time.time()
+    keep(a, "migrate.jsonl", out.stdout)
+    w1 = wire_bytes(a.ns_b)
+    rep = {}
+    for l in out.stdout.splitlines():
+        if l.startswith("{") and '"report"' in l:
+            rep = json.loads(l)["report"]
+    if out.returncode != 0:
+        raise SystemExit("blkmig migrate exited %d: %s" % (out.returncode, out.stderr[-500:]))
+    dst_dead = lambda: blkmig_dead(a, sock("dst.sock"))
+    cdst.wait_for("BMG status", 60, dead=dst_dead)
+    time.sleep(2)
+    st_d = cdst.status()
+    # --verify's digests are taken with the guest paused (both sides): like the QEMU side's
+    # check, they are left out of the total and of the guest's gap (blkmig's own downtime
+    # figure leaves them out already).
+    verify_ms = (rep.get("source_digest_ms") or 0) + (rep.get("dest_digest_ms") or 0)
+    gap = gap_across(csrc, cdst, t_end)
+    if gap is not None:
+        gap -= verify_ms
+    t_chk, line = cdst.wait_for("BMG check", a.run_s + 600, dead=dst_dead)
+    subprocess.run([a.blkmig, "control", sock("dst.sock"), "quit"], capture_output=True)
+    ram, disk = rep.get("ram", {}), rep.get("disk", {})
+    return {"side": side, "accel": accel, "rep": a.rep, "status": rep.get("status"),
+            "total_s": round((rep.get("total_ms", 0) - verify_ms) / 1000, 3),
+            "verify_ms": verify_ms, "ready_s": None,
+            "downtime_ms": rep.get("downtime_ms"),
+            "qemu_downtime_ms": rep.get("qemu_downtime_ms"),
+            "guest_gap_ms": round(gap, 1) if gap is not None else None,
+            "guest_downtime_ms": rep.get("guest_downtime_ms"),
+            "ram_bytes": ram.get("transferred"), "wire_bytes": w1 - w0,
+            "images_equal": rep.get("verified"), **common_fields(st_d, line, warm)}
+
+def run_blkmig_qemu(a):
+    """blkmig driving QEMU: the QEMU side's very VM under `blkmig run --qemu`, its disk moved
+    by blkmig, its RAM and devices by QEMU, to the QEMU `blkmig incoming` starts on host B
+    (its console socket in --run-dir, under the source's base name)."""
+    sock = lambda n: (live(a, n) if n.endswith(".err") else None) or os.path.join(a.work, n)
+    src_img = os.path.join(a.dir_a, "vda.img")
+    with open(src_img, "wb") as f:
+        f.truncate(a.disk << 20)
+    for f in os.listdir(a.dir_b):  # the destination creates its image: the name must be free
+        if f.startswith("disk"):
+            os.unlink(os.path.join(a.dir_b, f))
+    run_dir = os.path.join(a.work, "dst-run")
+    lv = ["--log-level", os.environ["LOG_LEVEL"]] if os.environ.get("LOG_LEVEL") else []
+    dst = subprocess.Popen(["ip", "netns", "exec", a.ns_b, a.blkmig, "incoming", "--listen",
+                            ADDR_B + ":7700", "--disk-dir", a.dir_b, "--run-dir", run_dir,
+                            "--control", sock("dst.sock")] + lv,
+                           stderr=open(sock("dst.err"), "w"))
+    src = subprocess.Popen(["ip", "netns", "exec", a.ns_a, a.blkmig, "run", "--qemu",
+                            "--control", sock("src.sock")] + lv + ["--"] +
+                           qemu_argv(a, src_img, sock("src.qmp"), sock("src.con")),
+                           stdout=subprocess.DEVNULL, stderr=open(sock("src.err"), "w"))
+    procs = [src, dst]
+    BLKMIG_CONTROL.update({src.pid: (a.blkmig, sock("src.sock")),
+                           dst.pid: (a.blkmig, sock("dst.sock"))})
+    cons = [Console(sock("src.con"), "socket", live(a, "src-console.log")), None]
+    try:
+        return blkmig_migrate(a, sock, cons, lambda: Console(
+            os.path.join(run_dir, "src.con"), "socket", live(a, "dst-console.log")),
+                              "blkmig-qemu", a.accel)
+    finally:
+        stop_all(procs, a.work)
+        keep_logs(a, sock, cons)
 
 def report(a):
     runs = [json.loads(l) for l in open(a.runs)]
@@ -739,11 +791,11 @@ def main():
         p.add_argument("--" + k, type=int)
     a = p.parse_args()
     try:
-        row = run_qemu(a) if a.side == "qemu" else run_blkmig(a)
+        row = {"qemu": run_qemu, "blkmig-qemu": run_blkmig_qemu}.get(a.side, run_blkmig)(a)
     except BaseException as e:  # a wedged or failed run is a result too: record it, go on
         import traceback
         traceback.print_exc()
-        row = {"side": a.side, "rep": a.rep, "accel": a.accel if a.side == "qemu" else "kvm",
+        row = {"side": a.side, "rep": a.rep, "accel": "kvm" if a.side == "blkmig" else a.accel,
                "status": "failed", "error": "%s: %s" % (type(e).__name__, e)}
     finally:
         for p in PERF_PROCS:
