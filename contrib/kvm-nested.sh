@@ -5,7 +5,7 @@
 # own filesystem (shared read-only over virtio-9p, with writes kept in the VM's RAM), as root,
 # with /dev/kvm. Everything the nested guest does is emulated, so it is slow (expect 10x or
 # more), but it is real KVM: the ioctls, the dirty log, the vCPU state. The kernel and busybox
-# come from Debian's packages (apt-get download, cached in $BLKMIG_NESTED_CACHE, default
+# come from Debian's packages (apt-get download, cached: see contrib/debian-kernel.sh; default
 # /var/cache/blkmig-nested). Exit status: COMMAND's; 77 if this cannot be set up here (no
 # qemu-system-x86_64, no packages); 124 on timeout.
 #
@@ -38,23 +38,8 @@ done
 [ "$(id -u)" -eq 0 ] || { echo "kvm-nested: needs root (apt-get download, 9p passthrough)" >&2; exit 77; }
 command -v qemu-system-x86_64 >/dev/null || { echo "kvm-nested: qemu-system-x86_64 missing (qemu-system-x86)" >&2; exit 77; }
 
-CACHE=${BLKMIG_NESTED_CACHE:-/var/cache/blkmig-nested}
-mkdir -p "$CACHE"
-# The kernel: the package linux-image-amd64 points at (its Depends), downloaded and unpacked once.
-if [ ! -f "$CACHE/ready" ]; then
-    kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-    [ -n "$kpkg" ] || { echo "kvm-nested: cannot tell which kernel package linux-image-amd64 needs" >&2; exit 77; }
-    rm -rf "$CACHE"/{deb,k,bb} && mkdir -p "$CACHE/deb"
-    (cd "$CACHE/deb" && apt-get download "$kpkg" busybox-static >/dev/null 2>&1) ||
-        { echo "kvm-nested: apt-get download $kpkg busybox-static failed (apt-get update first?)" >&2; exit 77; }
-    dpkg-deb -x "$CACHE"/deb/linux-image-*.deb "$CACHE/k"
-    dpkg-deb -x "$CACHE"/deb/busybox-static*.deb "$CACHE/bb"
-    rm -rf "$CACHE/deb"
-    touch "$CACHE/ready"
-fi
-KV=$(ls "$CACHE/k/lib/modules" | head -1)
-MODDIR=$CACHE/k/lib/modules/$KV/kernel
-BB=$CACHE/bb/bin/busybox
+. "$(dirname "$0")/debian-kernel.sh"
+bm_debian_kernel || exit 77
 
 WORK=$(mktemp -d /tmp/kvm-nested.XXXXXX)
 QPID=
@@ -67,21 +52,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# The modules, each after those it depends on (their "depends=" field).
+# The modules, each after those it depends on.
 mkdir -p "$WORK/root/"{bin,proc,sys,dev,host,new,mods,mnt}
-ORDER=()
-add_mod() {
-    local m=$1 f d
-    for x in "${ORDER[@]:-}"; do [ "$x" != "$m" ] || return 0; done
-    f=$(find "$MODDIR" -name "$m.ko" -o -name "$m.ko.xz" | head -1)
-    [ -n "$f" ] || { echo "kvm-nested: module $m not in $KV" >&2; exit 77; }
-    for d in $(strings "$f" | sed -n 's/^depends=//p' | tr ',' ' '); do add_mod "$d"; done
-    case $f in *.xz) xz -dc "$f" >"$WORK/root/mods/$m.ko" ;; *) cp "$f" "$WORK/root/mods/$m.ko" ;; esac
-    ORDER+=("$m")
-}
-for m in kvm-amd 9p 9pnet_virtio virtio_pci overlay veth sch_tbf; do add_mod "$m"; done
-cp "$BB" "$WORK/root/bin/busybox"
-printf '%s\n' "${ORDER[@]}" >"$WORK/root/modules"
+bm_kernel_modules "$WORK/root/mods" kvm-amd 9p 9pnet_virtio virtio_pci overlay veth sch_tbf || exit 77
+cp "$BM_BUSYBOX" "$WORK/root/bin/busybox"
 OUTFS=()
 if [ -n "$OUT" ]; then
     case $OUT in *,*) echo "kvm-nested: --out $OUT: a comma cannot go into QEMU's -virtfs path" >&2; exit 2 ;; esac
@@ -100,7 +74,7 @@ cat >"$WORK/root/init" <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-for m in $(cat /modules); do insmod /mods/$m.ko 2>/dev/null || echo "kvm-nested: insmod $m failed"; done
+for m in $(cat /mods/order); do insmod /mods/$m.ko 2>/dev/null || echo "kvm-nested: insmod $m failed"; done
 [ -c /dev/kvm ] || echo "kvm-nested: no /dev/kvm in the VM"
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288 hostroot /host ||
     { echo "kvm-nested: cannot mount the host's filesystem"; poweroff -f; }
@@ -142,12 +116,12 @@ echo "kvm-nested: exit $rc"
 poweroff -f
 INIT
 chmod +x "$WORK/root/init"
-(cd "$WORK/root" && find . | "$BB" cpio -o -H newc 2>/dev/null | gzip -1 >"$WORK/initrd.gz")
+(cd "$WORK/root" && find . | "$BM_BUSYBOX" cpio -o -H newc 2>/dev/null | gzip -1 >"$WORK/initrd.gz")
 
 : >"$WORK/console" # before tail follows it
-echo "kvm-nested: booting $KV under QEMU TCG (-cpu max: SVM with nested paging), $MEM MiB, $CPUS vCPUs" >&2
+echo "kvm-nested: booting $BM_KV under QEMU TCG (-cpu max: SVM with nested paging), $MEM MiB, $CPUS vCPUs" >&2
 timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp "$CPUS" -m "$MEM" \
-    -kernel "$CACHE/k/boot/vmlinuz-$KV" -initrd "$WORK/initrd.gz" \
+    -kernel "$BM_VMLINUZ" -initrd "$WORK/initrd.gz" \
     -append "console=ttyS0 quiet panic=-1 mitigations=off sysrq_always_enabled${APPEND:+ $APPEND}" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
     "${OUTFS[@]}" ${MONITOR:+-monitor "unix:$MONITOR,server=on,wait=off"} \
