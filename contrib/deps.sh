@@ -2,8 +2,11 @@
 # call `bm_install_deps build` (compiler, autotools, libraries) or `bm_install_deps test`
 # (that plus the NBD/QEMU peers the tests drive). Safe to run with no stdin.
 
-BM_BUILD_PKGS="gcc make autoconf automake libtool pkg-config libnbd-dev libaio-dev zlib1g-dev
-libcmocka-dev libjson-c-dev libxxhash-dev"
+BM_BUILD_PKGS="gcc libc6-dev make autoconf automake libtool pkg-config libnbd-dev libaio-dev
+zlib1g-dev libcmocka-dev libjson-c-dev libxxhash-dev"
+# The Linux test guest (contrib/linux-guest/) also needs libc6-dev's libc.a, and downloads its
+# kernel and busybox-static with apt-get download (not installed: busybox-static conflicts with
+# busybox); its initramfs is packed with busybox's own cpio.
 BM_TEST_PKGS="libnbd-bin python3-libnbd nbdkit qemu-utils qemu-system-x86 fio iproute2 python3
 procps clang-14 libclang-rt-14-dev"
 
