@@ -76,9 +76,12 @@ if [ -c /dev/kvm ] && [ ! -d /sys/module/kvm_pvm ] && { exec 9<>/dev/kvm; } 2>/d
     exec 9>&-
     ACCEL=(-accel kvm -cpu host)
 fi
+# The uncompressed kernel boots quicker (PVH: no decompression under TCG) when build.sh made it.
+KERNEL=$GUEST/vmlinuz
+[ ! -f "$GUEST/vmlinux" ] || KERNEL=$GUEST/vmlinux
 truncate -s 64M "$TMP/disk.img"
 start_bg qemu-system-x86_64 "${ACCEL[@]}" -m 256 -smp 1 -nodefaults -display none -no-reboot \
-    -kernel "$GUEST/vmlinuz" -initrd "$GUEST/initrd.img" \
+    -kernel "$KERNEL" -initrd "$GUEST/initrd.img" \
     -append "console=ttyS0 quiet panic=-1 bmw.ram=64M bmw.rate=16M bmw.disk=/dev/vda bmw.wrate=4M bmw.bs=64k bmw.hb=100" \
     -drive "file=$TMP/disk.img,format=raw,if=none,id=d0" -device virtio-blk-pci,drive=d0 \
     -chardev "socket,id=s0,path=$TMP/con.sock,server=on,wait=off" -serial chardev:s0 \
@@ -88,10 +91,10 @@ t_boot=$SECONDS
 start_bg /usr/bin/python3 "$CON" record "$TMP/con.sock" "$TMP/con.log" --ctl "$TMP/ctl.sock"
 until grep -q ' HB ' "$TMP/con.log" 2>/dev/null; do
     kill -0 "$QPID" 2>/dev/null || fail "QEMU exited before a heartbeat: $(cat "$TMP/qemu.log") $(tail -5 "$TMP/con.log" 2>/dev/null)"
-    [ $((SECONDS - t_boot)) -lt 45 ] || fail "no heartbeat in 45 s: $(tail -5 "$TMP/con.log" 2>/dev/null)"
+    [ $((SECONDS - t_boot)) -lt 60 ] || fail "no heartbeat in 60 s: $(tail -5 "$TMP/con.log" 2>/dev/null)"
     sleep 0.2
 done
-log "first heartbeat $((SECONDS - t_boot)) s after QEMU started (${ACCEL[*]})"
+log "first heartbeat $((SECONDS - t_boot)) s after QEMU started (${ACCEL[*]}, $(basename "$KERNEL"))"
 grep -q '^[0-9.]* BMW disk /dev/vda: 67108864 bytes, writing 1024 blocks' "$TMP/con.log" ||
     sleep 2 # the disk's line may follow the first beat
 grep -q '^[0-9.]* BMW disk /dev/vda: 67108864 bytes, writing 1024 blocks' "$TMP/con.log" ||
