@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/log.h"
 #include "vm/qemu/qdisk.h"
@@ -30,6 +31,13 @@ struct qdisk {
     bool exported, hexported; /* the reading export; a harvest's export */
     struct nbd_handle *h;    /* reads and base:allocation, on the reading export */
 };
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 /* ---- QMP ---- */
 
@@ -237,7 +245,9 @@ static int q_harvest(void *opaque, struct bm_disk *d,
 {
     struct qdisk *q = opaque;
     char err[512], frozen[NAME_LEN], ctx[NAME_LEN + 32], hid[NAME_LEN];
+    uint64_t t[5] = {now_ns()};
     int r = rotate(q, err, sizeof err);
+    t[1] = now_ns();
     if (r < 0)
         goto out;
     bitmap_name(q, q->gen - 1, frozen);
@@ -246,6 +256,7 @@ static int q_harvest(void *opaque, struct bm_disk *d,
     if (r < 0)
         goto out;
     q->hexported = true;
+    t[2] = now_ns();
     snprintf(ctx, sizeof ctx, "qemu:dirty-bitmap:%s", frozen);
     struct nbd_handle *h;
     r = nbd_open(q, hid, ctx, &h, err, sizeof err);
@@ -254,6 +265,7 @@ static int q_harvest(void *opaque, struct bm_disk *d,
         r = status(h, hid, &c, 0, q->size, err, sizeof err);
         nbd_close(h);
     }
+    t[3] = now_ns();
     export_del(q, hid);
     q->hexported = false;
     if (r < 0)
@@ -262,6 +274,11 @@ static int q_harvest(void *opaque, struct bm_disk *d,
     r = bitmap_remove(q, q->gen - 1, err, sizeof err);
     if (r == 0)
         q->frozen = false;
+    t[4] = now_ns();
+    bm_debug("%s: harvest %llu: rotate %.1f ms, export %.1f ms, read %.1f ms, clean up %.1f ms",
+             q->node, (unsigned long long)q->gen - 1, (double)(t[1] - t[0]) / 1e6,
+             (double)(t[2] - t[1]) / 1e6, (double)(t[3] - t[2]) / 1e6,
+             (double)(t[4] - t[3]) / 1e6);
 out:
     if (r < 0)
         bm_error("%s", err);
