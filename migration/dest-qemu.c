@@ -432,8 +432,11 @@ static int compare_digests(struct qdest *q, struct json_object *want, uint64_t *
     struct vm *vm = qemu_vm_base(q->vm);
     int r = 0;
     for (unsigned k = 0; k < q->n && r == 0; k++) {
-        char uri[256];
-        snprintf(uri, sizeof uri, "nbd://localhost:%d/%s", q->nbd_port, q->img[k].export);
+        char uri[512];
+        const char *h = q->o->host && *q->o->host ? q->o->host : "localhost";
+        bool v6 = strchr(h, ':') != NULL; /* the listener's own address: it may be no other */
+        snprintf(uri, sizeof uri, "nbd://%s%s%s:%d/%s", v6 ? "[" : "", h, v6 ? "]" : "",
+                 q->nbd_port, q->img[k].export);
         snprintf(vm->disks[k].name, sizeof vm->disks[k].name, "%s", q->img[k].name);
         r = qemu_nbd_reader_open(uri, q->img[k].name, q->img[k].size, &vm->disks[k].disk,
                                  q->err, q->errlen);
