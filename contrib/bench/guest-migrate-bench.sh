@@ -133,6 +133,7 @@ class Console:
     all = []  # every console of this run, for the failure report
     def __init__(self, path, kind, live=None):
         self.lines, self.path, self.kind, self.stop = [], path, kind, False
+        self.connected = False
         # LOG_DIR: every line also goes to this file as it comes (a run that hangs inside a
         # nested VM can be read from outside).
         self.live = open(live, "w", buffering=1) if live else None
@@ -187,6 +188,7 @@ class Console:
                     time.sleep(0.05)
             else:
                 return
+            self.connected = True
             self.recv_lines(s, True)
         elif self.kind == "listen":
             while not self.stop:
@@ -714,15 +716,22 @@ def run_blkmig_qemu(a):
                             ADDR_B + ":7700", "--disk-dir", a.dir_b, "--run-dir", run_dir,
                             "--control", sock("dst.sock")] + lv,
                            stderr=open(sock("dst.err"), "w"))
+    # Frozen (-S) until its console is read: the guest's first lines come at once.
     src = subprocess.Popen(["ip", "netns", "exec", a.ns_a, a.blkmig, "run", "--qemu",
                             "--control", sock("src.sock")] + lv + ["--"] +
-                           qemu_argv(a, src_img, sock("src.qmp"), sock("src.con")),
+                           qemu_argv(a, src_img, sock("src.qmp"), sock("src.con")) + ["-S"],
                            stdout=subprocess.DEVNULL, stderr=open(sock("src.err"), "w"))
     procs = [src, dst]
     BLKMIG_CONTROL.update({src.pid: (a.blkmig, sock("src.sock")),
                            dst.pid: (a.blkmig, sock("dst.sock"))})
     cons = [Console(sock("src.con"), "socket", live(a, "src-console.log")), None]
     try:
+        for _ in range(200):
+            if cons[0].connected and os.path.exists(sock("src.sock")):
+                break
+            time.sleep(0.05)
+        subprocess.run([a.blkmig, "control", sock("src.sock"), "cont"], check=True,
+                       capture_output=True, timeout=30)
         return blkmig_migrate(a, sock, cons, lambda: Console(
             os.path.join(run_dir, "src.con"), "socket", live(a, "dst-console.log")),
                               "blkmig-qemu", a.accel)
