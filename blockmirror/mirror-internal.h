@@ -21,8 +21,23 @@ struct slot {
     bool redirty;    /* on failure, set the blocks dirty again */
     bool dirty_copy; /* taken from the dirty bitmap (counts as dirty while in flight) */
     bool used;
-    bool reading; /* an O_DIRECT read is in flight into buf */
+    bool reading; /* an O_DIRECT read (or a remote source's, mirror-readers.c) is in flight
+                     into buf */
     struct iocb iocb;
+    struct slot *rnext; /* mirror-readers.c: its queue, and the finished reads */
+    int rres;           /* and the read's result */
+};
+
+/* A remote source's readers (mirror-readers.c). */
+#define MIRROR_READERS 4
+struct mirror_readers {
+    bool inited, stop;
+    pthread_t th[MIRROR_READERS];
+    unsigned n;
+    pthread_mutex_t mu; /* protects the queue, done and stop */
+    pthread_cond_t cv;
+    struct slot *head, *tail, *done;
+    int fd; /* eventfd: a read finished */
 };
 
 /* A write-blocking writer's change, forwarded by the job's thread. */
@@ -82,6 +97,7 @@ struct mirror_job {
     io_context_t aio;
     int aio_fd;
     int direct_fd;
+    struct mirror_readers rd; /* a remote source's reads (rd.inited) */
 
     _Atomic bool want_complete, want_cancel, complete_now;
     _Atomic uint64_t speed;
@@ -162,6 +178,14 @@ struct mirror_job {
 void mirror_set_test_hook(struct mirror_job *j,
                           void (*fn)(void *opaque, uint64_t off, uint64_t len, bool bulk),
                           void *opaque);
+
+/* mirror-readers.c: start the readers (0 or -errno); queue a slot's read (offset, len into
+ * buf); take one finished read (NULL when none; with wait, wait for one); stop them, once the
+ * job has taken every read it queued. */
+int mirror_readers_start(struct mirror_job *j);
+void mirror_readers_submit(struct mirror_job *j, struct slot *s);
+struct slot *mirror_readers_take(struct mirror_job *j, bool wait);
+void mirror_readers_stop(struct mirror_job *j);
 
 /* mirror-active.c */
 int mirror_hook_before(void *opaque, uint64_t offset, uint64_t len);

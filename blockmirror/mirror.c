@@ -376,6 +376,10 @@ static int copy_range(struct mirror_job *j, struct slot *s, uint64_t off, uint64
     s->redirty = !bulk;
     s->used = true;
     j->nused++;
+    if (j->rd.inited) { /* a remote source: its readers' threads */
+        mirror_readers_submit(j, s);
+        return 0;
+    }
     if (j->aio && (off | len) % 4096 == 0) {
         struct iocb *p = &s->iocb;
         io_prep_pread(p, j->direct_fd, s->buf, (size_t)len, (long long)off);
@@ -397,8 +401,29 @@ static int copy_range(struct mirror_job *j, struct slot *s, uint64_t off, uint64
 
 /* Collect finished O_DIRECT reads (at least min of them) and send them, or with send false
  * (the job is ending) just let their slots go. */
+static void reaped(struct mirror_job *j, struct slot *s, long res, bool send)
+{
+    s->reading = false;
+    if (!send) {
+        unclaim(j, s->first_bit, s->nbits);
+        s->used = false;
+        s->dirty_copy = false;
+        j->nused--;
+    } else if (res != (long)s->len) {
+        read_failed(j, s, res < 0 ? (int)-res : EIO);
+    } else {
+        send_copy(j, s);
+    }
+}
+
 static void reap_reads(struct mirror_job *j, long min, bool send)
 {
+    if (j->rd.inited) {
+        struct slot *s;
+        for (bool wait = min > 0; (s = mirror_readers_take(j, wait)) != NULL; wait = false)
+            reaped(j, s, s->rres < 0 ? s->rres : (long)s->len, send);
+        return;
+    }
     if (!j->aio)
         return;
     struct io_event ev[64];
@@ -407,21 +432,8 @@ static void reap_reads(struct mirror_job *j, long min, bool send)
         int n = io_getevents(j->aio, min, 64, ev, min ? NULL : &zero);
         if (n <= 0)
             return;
-        for (int i = 0; i < n; i++) {
-            struct slot *s = ev[i].data;
-            s->reading = false;
-            long res = (long)ev[i].res;
-            if (!send) {
-                unclaim(j, s->first_bit, s->nbits);
-                s->used = false;
-                s->dirty_copy = false;
-                j->nused--;
-            } else if (res != (long)s->len) {
-                read_failed(j, s, res < 0 ? (int)-res : EIO);
-            } else {
-                send_copy(j, s);
-            }
-        }
+        for (int i = 0; i < n; i++)
+            reaped(j, ev[i].data, (long)ev[i].res, send);
         min = 0;
         if (n < 64)
             return;
@@ -832,6 +844,10 @@ static void run_loop(struct mirror_job *j)
             if (j->remote && harvest(j) < 0)
                 return;
             j->hold_dirty = bm_bitmap_dirty_bytes(j->dirty);
+            if (j->remote)
+                bm_debug("mirror: %s: last harvest at the hold: %.1f ms, %llu bytes dirty",
+                         bm_disk_path(j->src), (double)(mirror_now_ns() - j->hold_ns) / 1e6,
+                         (unsigned long long)j->hold_dirty);
         }
         /* A remote source past its bulk pass, out of dirty blocks: harvest what its writers
          * wrote meanwhile, at most every HARVEST_MS (each harvest costs the remote a few
@@ -888,7 +904,10 @@ static void run_loop(struct mirror_job *j)
         if (j->held && j->nused == 0)
             wait_ms = 1; /* writers that were mid-change are finishing */
         struct pollfd wake[2] = {{.fd = j->wake_fd, .events = POLLIN},
-                                 {.fd = j->aio ? j->aio_fd : -1, .events = POLLIN}};
+                                 {.fd = j->aio       ? j->aio_fd
+                                        : j->rd.inited ? j->rd.fd
+                                                       : -1,
+                                  .events = POLLIN}};
         int r = bm_target_poll(j->t, wake, 2, wait_ms);
         for (int k = 0; k < 2; k++) {
             if (wake[k].revents & POLLIN) {
@@ -973,6 +992,10 @@ static int setup(struct mirror_job *j, bool *attached)
             return r;
         }
     }
+    if (j->remote && (r = mirror_readers_start(j)) < 0) {
+        fail(j, -r, "cannot start the readers of %s: %s", bm_disk_path(j->src), strerror(-r));
+        return r;
+    }
     struct bm_disk_hooks h = {
         .before = mirror_hook_before, .after = mirror_hook_after, .opaque = j};
     bm_disk_set_hooks(j->src, &h);
@@ -1029,6 +1052,7 @@ static void *job_main(void *arg)
     /* Stop: let reads in flight land, answer every writer, wait for commands, detach. */
     while (reads_in_flight(j) > 0)
         reap_reads(j, 1, false);
+    mirror_readers_stop(j);
     bool drained = j->t ? drain_target(j) : true;
     if (!drained) {
         bm_warn("mirror: the target did not answer within %llu s of the cancel; giving up on it",

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <libnbd.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,7 @@
 
 #define MAX_STATUS       (UINT64_C(1) << 30) /* bytes asked per NBD_CMD_BLOCK_STATUS */
 #define NAME_LEN         96
+#define QDISK_CONNS      4
 
 struct qemu_nbd {
     struct qemu_mon *mon;
@@ -30,6 +32,12 @@ struct qdisk {
     bool bitmap, frozen;     /* blkmig-TAG-gen exists; blkmig-TAG-(gen-1) exists too */
     bool exported, hexported; /* the reading export; a harvest's export */
     struct nbd_handle *h;    /* reads and base:allocation, on the reading export */
+    /* More connections to it for reads, which a mirror makes on several threads at once
+     * (blockmirror/mirror-readers.c): a read is a round trip, and each connection serves one
+     * at a time. rh[0] is h. */
+    struct nbd_handle *rh[QDISK_CONNS];
+    unsigned nrh;
+    atomic_uint next;
 };
 
 static uint64_t now_ns(void)
@@ -216,7 +224,8 @@ static int q_pread(void *opaque, void *buf, size_t len, uint64_t offset)
     struct qdisk *q = opaque;
     if (len == 0)
         return 0;
-    if (nbd_pread(q->h, buf, len, offset, 0) < 0) {
+    struct nbd_handle *h = q->nrh ? q->rh[atomic_fetch_add(&q->next, 1) % q->nrh] : q->h;
+    if (nbd_pread(h, buf, len, offset, 0) < 0) {
         int e = nbd_get_errno();
         bm_error("reading %s through QEMU's export at %llu: %s", q->node,
                  (unsigned long long)offset, nbd_get_error());
@@ -289,6 +298,8 @@ static void q_close(void *opaque)
 {
     struct qdisk *q = opaque;
     char err[512];
+    for (unsigned i = 1; i < q->nrh; i++)
+        nbd_close(q->rh[i]);
     if (q->h)
         nbd_close(q->h);
     if (!q->mon) { /* a plain reader: nothing of ours in QEMU */
@@ -345,6 +356,10 @@ static int setup(struct qdisk *q, char *err, size_t errlen)
                  q->node, (long long)size, (unsigned long long)q->size);
         return -EPROTO;
     }
+    q->rh[0] = q->h;
+    for (q->nrh = 1; q->nrh < QDISK_CONNS; q->nrh++)
+        if (nbd_open(q, id, LIBNBD_CONTEXT_BASE_ALLOCATION, &q->rh[q->nrh], err, errlen) < 0)
+            return -EIO;
     return 0;
 }
 
