@@ -26,6 +26,10 @@
 /* The pause's costs besides RAM and the disks' drain: QEMU's device state, the destination's
  * load and resume, COMPLETE and RESUMED (measured on an idle guest: 7-12 ms). */
 #define QEMU_FIXED_MS 12
+/* QEMU's dirty bitmaps track 4 KiB blocks, as the mirror does: at 64 KiB a guest's 4 KiB random
+ * writes made 16 times their size dirty (44 MB left at a pause for 4 MB/s of writes, measured
+ * with the test guest). The bitmap costs QEMU 32 KiB per GiB of disk. */
+#define QEMU_BITMAP_GRANULARITY 4096
 
 bool mig_vm_is_qemu(const struct vm *vm)
 {
@@ -120,7 +124,8 @@ int mig_qemu_open_disks(struct mig_source *m, char *err, size_t errlen)
         char label[160];
         snprintf(vm->disks[i].name, sizeof vm->disks[i].name, "disk%u", i);
         snprintf(label, sizeof label, "QEMU drive %s", di[i].node);
-        r = qemu_disk_open(m->qnbd, di[i].node, vm->disks[i].name, label, di[i].size, 0,
+        r = qemu_disk_open(m->qnbd, di[i].node, vm->disks[i].name, label, di[i].size,
+                           QEMU_BITMAP_GRANULARITY,
                            &vm->disks[i].disk, err, errlen);
         if (r == 0)
             vm->ndisks = i + 1;
@@ -237,6 +242,11 @@ static int steer(struct mig_source *m, char *why, size_t whylen)
             return r;
         m->qmig_started = true;
         m->qdowntime_set = HOLD_MS;
+        /* QEMU may pause the guest at any pass end from now on: a periodic flush of a
+         * target in flight then (a device barrier on the destination) would be waited for in
+         * the pause. The destination makes the disks durable after the resume instead. */
+        for (unsigned i = 0; i < m->nmj; i++)
+            mirror_quiet_flushes(m->mj[i], true);
         w->ram_start_ms = (mig_now_ns() - m->t0_ns) / 1000000u;
         bm_info("migration: QEMU's RAM pre-copy starts at %llu ms to %s",
                 (unsigned long long)w->ram_start_ms, m->qemu_uri);
