@@ -430,13 +430,19 @@ def run_qemu(a):
         cmd = ["ip", "netns", "exec", ns] + qemu_argv(a, img, qmp, con) + extra
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
                                 stderr=open(os.path.join(a.work, os.path.basename(qmp) + ".err"), "w"))
-    src = qemu(a.ns_a, src_img, sock("src.qmp"), sock("src.con"), [])
+    src = qemu(a.ns_a, src_img, sock("src.qmp"), sock("src.con"), ["-S"])
     dst = qemu(a.ns_b, dst_img, sock("dst.qmp"), sock("dst.con"), ["-incoming", "defer", "-S"])
     procs = [src, dst]
     csrc = Console(sock("src.con"), "socket", live(a, "src-console.log"))
     cdst = Console(sock("dst.con"), "socket", live(a, "dst-console.log"))
     try:
         qs, qd = QMP(sock("src.qmp")), QMP(sock("dst.qmp"))
+        # Frozen (-S) until its console is read: the guest's first lines come at once.
+        for _ in range(200):
+            if csrc.connected:
+                break
+            time.sleep(0.05)
+        qs.cmd("cont")
         warm = warm_up(csrc, a.warm)
         # Destination: NBD export of its empty image; incoming migration.
         qd.cmd("nbd-server-start", addr={"type": "inet", "data": {"host": ADDR_B, "port": "10809"}})
