@@ -155,6 +155,8 @@ struct mirror_job {
      * harvested, when the copy has run out of dirty blocks and once more at the hold. */
     bool remote;
     uint64_t last_harvest_ns;
+    unsigned hold_copies, hold_reads_left, hold_cmds_left; /* debug: the copies after a hold */
+    uint64_t hold_last_copy_ns;
     double dirty_rate; /* tick's estimate of bytes/s newly dirtied, for the unharvested part */
     bool released;
     /* The pivot (o.pivot): once done, the pivot thread owns t and serves the source disk's

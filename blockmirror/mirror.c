@@ -558,6 +558,12 @@ static bool dirty_step(struct mirror_job *j, struct slot *s)
         s->nbits = got;
         j->dirty_cursor = bit + got;
         s->dirty_copy = true;
+        if (j->held) {
+            j->hold_copies++;
+            j->hold_last_copy_ns = mirror_now_ns();
+            j->hold_reads_left = reads_in_flight(j);
+            j->hold_cmds_left = bm_target_in_flight(j->t);
+        }
         copy_range(j, s, off, end - off, false);
         return true;
     }
@@ -887,6 +893,12 @@ static void run_loop(struct mirror_job *j)
                 return;
             }
             uint64_t t_drained = mirror_now_ns();
+            if (j->remote)
+                bm_debug("mirror: %s: at the hold %u copies, the last sent %.1f ms after it, "
+                         "%u reads and %u commands in flight then",
+                         bm_disk_path(j->src), j->hold_copies,
+                         (double)(j->hold_last_copy_ns - j->hold_ns) / 1e6, j->hold_reads_left,
+                         j->hold_cmds_left);
             int r = j->o.skip_final_flush ? 0 : flush_target(j);
             bm_debug("mirror: completion: %.1f ms to copy and drain (at the hold: %llu dirty "
                      "bytes, %u commands in flight%s), final flush %.1f ms",
