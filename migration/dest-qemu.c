@@ -128,8 +128,15 @@ static int check_qemu(struct qdest *q, const char **binary)
 {
     const char *b = q->o->qemu_binary;
     if (!b) {
+        /* The peer names the program this host runs: only a qemu-system-* by its base name,
+         * looked up in PATH (--qemu-binary for anything else). */
         const char *slash = strrchr(q->cl->binary, '/');
         b = slash ? slash + 1 : q->cl->binary;
+        size_t n = strlen(b);
+        if (strncmp(b, "qemu-system-", 12) != 0 || n == 12 || n > 64 ||
+            strspn(b + 12, "abcdefghijklmnopqrstuvwxyz0123456789_") != n - 12)
+            return failq(q, -EPERM, "the source's QEMU binary is not a qemu-system-* name: "
+                                    "--qemu-binary chooses the one to run here");
     }
     *binary = b;
     char out[512];

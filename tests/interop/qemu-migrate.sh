@@ -9,7 +9,9 @@
 #   b) attached, two raw disks, --verify; the QEMU started by hand ends after the migration;
 #   c) the destination QEMU killed during the bulk copy: the source VM runs on, nothing of
 #      blkmig's is left in its QEMU (exports, bitmaps), the destination's images are gone;
-#   d) a destination QEMU of another version: refused before anything is copied.
+#   d) a destination QEMU of another version: refused before anything is copied;
+#   e) a source QEMU binary under another name than qemu-system-*: refused (the destination
+#      runs no program the peer names but a QEMU).
 . "$(dirname "$0")/../lib.sh"
 
 need_cmd qemu-system-x86_64 qemu-system-x86
@@ -194,6 +196,23 @@ grep -q '"running": true' <<<"$(qmp "$TMP/d-user.sock" query-status)" ||
 no_leftovers "$TMP/d-user.sock"
 [ -z "$(ls -A "$TMP/d-dst")" ] || fail "d: the destination made images: $(ls "$TMP/d-dst")"
 "$BLKMIG" control "$TMP/d-src.ctl" quit >/dev/null
+wait_pid "$SRC_PID" 30
+# ---- e) a source binary that is no qemu-system-*: the destination runs nothing it names ----
+log "e) a source QEMU under another name"
+ln -s "$(command -v qemu-system-x86_64)" "$TMP/myqemu"
+truncate -s 8M "$TMP/e.raw"
+incoming e
+start_bg "$BLKMIG" run --qemu --control "$TMP/e-src.ctl" -- "$TMP/myqemu" "${QEMU[@]:1}" \
+    -drive "if=none,id=d0,file=$TMP/e.raw,format=raw" -device virtio-blk-pci,drive=d0,id=vd0 \
+    >"$TMP/e-src.out" 2>"$TMP/e-src.err"
+SRC_PID=$BG_PID
+wait_unix "$TMP/e-src.ctl"
+migrate e "$TMP/e-src.ctl"
+[ $MIG_RC -ne 0 ] || fail "e: the destination ran a binary named by the source"
+grep -q "not a qemu-system-\* name" "$TMP/e-mig.err" ||
+    fail "e: the refusal does not say why: $(tail -n 2 "$TMP/e-mig.err")"
+[ -z "$(ls -A "$TMP/e-dst")" ] || fail "e: the destination made images: $(ls "$TMP/e-dst")"
+"$BLKMIG" control "$TMP/e-src.ctl" quit >/dev/null
 wait_pid "$SRC_PID" 30
 for f in "$TMP"/*-src.err "$TMP"/*-dst.err "$TMP"/*-mig.err; do
     check_sanitizer_log "$f"
