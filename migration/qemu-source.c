@@ -47,14 +47,7 @@ static struct qemu_vm *qvm(struct mig_source *m)
  * and its name on the command line (matched by image file). */
 static struct json_object *describe_disks(struct mig_source *m, char *err, size_t errlen)
 {
-    int argc;
-    const char *const *argv = qemu_vm_argv(qvm(m), &argc);
-    struct qemu_cmdline *cl;
-    char e[QEMU_CMDLINE_ERRLEN];
-    if (qemu_cmdline_parse(argc, argv, &cl, e, sizeof e) < 0) {
-        snprintf(err, errlen, "the VM's command line: %s", e);
-        return NULL;
-    }
+    const struct qemu_cmdline *cl = qemu_vm_cmdline(qvm(m));
     unsigned n;
     const struct qemu_disk_info *di = qemu_vm_disks(qvm(m), &n);
     struct json_object *a = json_object_new_array();
@@ -78,7 +71,6 @@ static struct json_object *describe_disks(struct mig_source *m, char *err, size_
                         json_object_new_string(di[i].format), "drive",
                         json_object_new_string(drive), NULL));
     }
-    qemu_cmdline_free(cl);
     return a;
 }
 
@@ -203,6 +195,19 @@ int mig_qemu_set_uri(struct mig_source *m, struct json_object *ack, char *err, s
     return 0;
 }
 
+/* The disks' copy rate now: the mirrors' own figures (converge.c measures the link for
+ * blkmig's RAM stream; here QEMU's RAM has its own connection). */
+static uint64_t disk_throughput(struct mig_source *m)
+{
+    uint64_t t = 0;
+    for (unsigned i = 0; i < m->nmj; i++) {
+        struct mirror_stats st;
+        mirror_query(m->mj[i], &st);
+        t += st.throughput;
+    }
+    return t;
+}
+
 static void take_qemu_figures(struct mig_source *m, const struct qemu_mig_info *mi)
 {
     struct mig_stats *w = &m->w;
@@ -229,6 +234,7 @@ static int steer(struct mig_source *m, char *why, size_t whylen)
     struct mig_stats *w = &m->w;
     struct qemu_mon *mon = qemu_vm_mon(qvm(m));
     mig_collect(m);
+    w->throughput = disk_throughput(m);
     bool ready = w->disks_ready == m->nmj;
     if (!m->qmig_started) {
         w->phase = "disk-bulk";
@@ -377,6 +383,9 @@ void mig_qemu_switchover(struct mig_source *m)
     t = mig_now_ns();
     struct qemu_mig_info mi;
     int r = qemu_mig_continue(mon, why, sizeof why);
+    /* QEMU sends the rest; a link that stops carrying it stops QEMU too (TCP's own timeout is
+     * many minutes): no progress for the peer timeout gives up, and the rollback cancels. */
+    uint64_t last_bytes = 0, last_progress = mig_now_ns();
     while (r == 0) {
         r = qemu_mig_query(mon, &mi, why, sizeof why);
         if (r < 0 || strcmp(mi.status, "completed") == 0)
@@ -385,6 +394,16 @@ void mig_qemu_switchover(struct mig_source *m)
             snprintf(why, sizeof why, "QEMU's migration is %s%s%s", mi.status,
                      mi.error[0] ? ": " : "", mi.error);
             r = -EIO;
+            break;
+        }
+        if (mi.ram_transferred != last_bytes) {
+            last_bytes = mi.ram_transferred;
+            last_progress = mig_now_ns();
+        } else if (mig_now_ns() - last_progress > (uint64_t)m->p.peer_timeout_ms * 1000000u) {
+            snprintf(why, sizeof why, "QEMU's migration made no progress for %u ms after "
+                                      "migrate-continue (status %s)",
+                     m->p.peer_timeout_ms, mi.status);
+            r = -ETIMEDOUT;
             break;
         }
         usleep(500);
