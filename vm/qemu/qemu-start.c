@@ -413,7 +413,10 @@ static int launch_incoming(struct qemu_vm *v, int argc, const char *const *argv,
     memcpy(qargv, argv, (size_t)argc * sizeof *qargv);
     if (paused)
         qargv[argc] = "-S";
-    int r = start(v, (char *const *)qargv, timeout_ms, err, errlen);
+    /* Kept parsed, as for a launch: the VM may migrate on from here. */
+    int r = qemu_cmdline_parse(argc, argv, &v->cl, err, errlen);
+    if (r == 0)
+        r = start(v, (char *const *)qargv, timeout_ms, err, errlen);
     free(qargv);
     return r;
 }
