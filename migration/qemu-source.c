@@ -218,13 +218,15 @@ static void take_qemu_figures(struct mig_source *m, const struct qemu_mig_info *
     w->qemu_downtime_ms = mi->downtime_ms;
 }
 
-/* The disks' drain at the pause, in ms, at the rate they copy now. */
-static uint64_t disk_drain_ms(const struct mig_stats *w)
+/* The disks' drain at the pause, in ms, at the best rate they have copied at: an idle
+ * mirror's current rate is near 0 and says nothing of what the link can do (with it, a
+ * 1 KB/s lull made the drain look like seconds and held QEMU iterating pass after pass). */
+static uint64_t disk_drain_ms(const struct mig_source *m)
 {
-    if (w->disk_dirty == 0)
+    if (m->w.disk_dirty == 0)
         return 0;
-    uint64_t thr = w->throughput ? w->throughput : 100u << 20;
-    return w->disk_dirty * 1000 / thr + 1;
+    uint64_t thr = m->qbest_thr ? m->qbest_thr : 100u << 20;
+    return m->w.disk_dirty * 1000 / thr + 1;
 }
 
 /* One look: figures, and QEMU's knobs set as the disks allow. Returns 1 at pre-switchover,
@@ -235,6 +237,8 @@ static int steer(struct mig_source *m, char *why, size_t whylen)
     struct qemu_mon *mon = qemu_vm_mon(qvm(m));
     mig_collect(m);
     w->throughput = disk_throughput(m);
+    if (w->throughput > m->qbest_thr)
+        m->qbest_thr = w->throughput;
     bool ready = w->disks_ready == m->nmj;
     if (!m->qmig_started) {
         w->phase = "disk-bulk";
@@ -272,7 +276,7 @@ static int steer(struct mig_source *m, char *why, size_t whylen)
         return -EIO;
     }
     /* QEMU may stop iterating once its own pause fits what the disks leave of the limit. */
-    uint64_t drain = disk_drain_ms(w) + QEMU_FIXED_MS;
+    uint64_t drain = disk_drain_ms(m) + QEMU_FIXED_MS;
     int64_t want = !ready || drain >= m->p.downtime_limit_ms
                        ? HOLD_MS
                        : (int64_t)(m->p.downtime_limit_ms - drain);

@@ -68,6 +68,7 @@ struct mig_source {
     char qemu_uri[300];
     bool qmig_started;
     int64_t qdowntime_set, qbw_set; /* the last downtime-limit and max-bandwidth set */
+    uint64_t qbest_thr;             /* the disks' best copy rate seen, bytes/s */
     uint64_t t_pre_switchover;
 };
 
