@@ -569,7 +569,7 @@ int mig_qemu_hello_check(struct json_object *hello, char *err, size_t errlen)
 
 static int setup(struct qdest *q, struct json_object *h, struct json_object *ack)
 {
-    const char *binary;
+    const char *binary = NULL;
     int qport, r;
     struct json_object *exports = json_object_new_object();
     json_object_object_add(ack, "exports", exports);
